@@ -1,0 +1,1 @@
+"""Alembic migrations for the recae store (installed as ``recae._migrations``)."""

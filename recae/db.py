@@ -1,0 +1,198 @@
+"""The store: SQLAlchemy 2.x tables, an engine factory, and Alembic migrations run from code.
+
+The schema is created only by the migrations in ``migrations/`` (shipped as ``recae._migrations``);
+the ORM classes below describe it for queries and for Alembic's autogenerate check.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+log = logging.getLogger(__name__)
+
+#: The newest migration's revision id; a test checks it equals Alembic's head.
+SCHEMA_HEAD = "0001"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, for run timestamps."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every recae table."""
+
+
+class Movie(Base):
+    """One film of the catalogue; ``genres`` is pipe-separated as in MovieLens (``Action|Comedy``)."""
+
+    __tablename__ = "movies"
+
+    movie_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    title: Mapped[str | None] = mapped_column(String(512))
+    year: Mapped[int | None] = mapped_column(Integer)
+    genres: Mapped[str] = mapped_column(String(512), default="", server_default="")
+
+
+class Rating(Base):
+    """One rating; at most one per user and movie. ``timestamp`` is Unix seconds, NULL when unknown."""
+
+    __tablename__ = "ratings"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    movie_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rating: Mapped[float] = mapped_column(Float, nullable=False)
+    timestamp: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class IngestRun(Base):
+    """One ingest attempt: what was read, how much loaded, and whether it finished."""
+
+    __tablename__ = "ingest_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    rows_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_loaded: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    message: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelVersion(Base):
+    """A trained model whose artifact folder is ``path``; metrics and config are JSON text."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    orientation: Mapped[str] = mapped_column(String(8))
+    split: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    data_fingerprint: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[str] = mapped_column(Text, default="{}")
+    config: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Champion(Base):
+    """The single row pointing at the model that serves; switching it is one UPDATE."""
+
+    __tablename__ = "champion"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
+    switched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Recommendation(Base):
+    """Precomputed top-N for every known user of a model version (``rank`` 1 is best)."""
+
+    __tablename__ = "recommendations"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    version: Mapped[str] = mapped_column(
+        ForeignKey("model_versions.version", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    movie_id: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """True when the engine talks to SQLite (bulk paths and PRAGMAs differ)."""
+    return engine.dialect.name == "sqlite"
+
+
+def _set_sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; for SQLite, make the folder and set WAL, NORMAL sync, foreign keys, busy timeout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrations_dir() -> Path:
+    """Folder of the Alembic scripts, found inside the installed package."""
+    return Path(str(resources.files("recae._migrations")))
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The store's schema revision, or None for a blank database."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError):
+        return None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run Alembic migrations up to ``revision`` on ``engine`` (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    log.info("store schema at revision %s", revision)
+
+
+def open_store(url: str) -> Engine:
+    """Engine for ``url`` with its schema migrated to the newest revision on first use."""
+    engine = make_engine(url)
+    if current_revision(engine) != SCHEMA_HEAD:
+        upgrade(engine)
+    return engine
+
+
+def count_ratings(engine: Engine) -> int:
+    """Number of ratings in the store."""
+    from sqlalchemy import func
+
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Rating)).scalar_one())

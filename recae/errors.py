@@ -1,0 +1,65 @@
+"""Errors a user can act on, each with the process exit code the CLI turns it into.
+
+Only ``recae.cli`` converts these into exits; library code raises them and never prints.
+
+Exit codes (also documented in ``recae --help``):
+    0  success
+    1  error (no model, unknown user, corrupt artifact, ...)
+    2  usage error (bad flags; click's own code)
+    65 bad input data (malformed file, rating out of scale); ``EX_DATAERR`` from sysexits.h
+    75 another run holds the lock; try again later (``EX_TEMPFAIL``)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DATA = 65
+EXIT_LOCKED = 75
+
+
+class RecaeError(Exception):
+    """Base class: a one-line message meant for the user, and an exit code."""
+
+    exit_code: int = EXIT_ERROR
+
+
+class DataError(RecaeError):
+    """Input data is malformed or out of range; the message names file and line."""
+
+    exit_code = EXIT_DATA
+
+
+class DownloadError(RecaeError):
+    """A dataset could not be fetched or failed its checksum."""
+
+
+class UnknownUserError(RecaeError):
+    """A user id is not in the store or not in the model."""
+
+
+class UnknownMovieError(RecaeError):
+    """A movie id is not in the catalogue or not in the model."""
+
+
+class ModelNotFoundError(RecaeError):
+    """No trained model (or not the requested version) is published."""
+
+
+class CorruptArtifactError(RecaeError):
+    """Model files on disk are missing, truncated or inconsistent with their metadata."""
+
+
+class EmptyStoreError(RecaeError):
+    """The store holds no ratings yet."""
+
+
+class TrainingError(RecaeError):
+    """Training diverged (NaN loss) or could not start."""
+
+
+class LockHeldError(RecaeError):
+    """Another run holds the lock."""
+
+    exit_code = EXIT_LOCKED

@@ -1,0 +1,50 @@
+"""Render records on stdout as a table, JSON or CSV (data on stdout; logs go to stderr)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FORMATS = ("table", "json", "csv")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    return value
+
+
+def render(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], fmt: str, title: str | None = None) -> str:
+    """Format ``rows`` (a list of records, or one record) as ``table``, ``json`` or ``csv`` text.
+
+    JSON keeps the exact structure given (nested dicts allowed); table and CSV flatten one level.
+    """
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str)
+    records = [rows] if isinstance(rows, Mapping) else list(rows)
+    columns: list[str] = []
+    for record in records:
+        columns.extend(k for k in record if k not in columns)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: _plain(v) for k, v in record.items()})
+        return buffer.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for record in records:
+        table.add_row(*("" if record.get(c) is None else str(_plain(record.get(c))) for c in columns))
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    console.print(table)
+    return console.file.getvalue().rstrip("\n")  # type: ignore[attr-defined]
