@@ -68,6 +68,17 @@ class Rating(Base):
     timestamp: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class FoldTest(Base):
+    """Membership of a rating in the test part of a dataset's canonical fold (ml-100k u1..u5, ua, ub)."""
+
+    __tablename__ = "fold_tests"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    split: Mapped[str] = mapped_column(String(16), primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    movie_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+
+
 class IngestRun(Base):
     """One ingest attempt: what was read, how much loaded, and whether it finished."""
 

@@ -1,4 +1,4 @@
-"""Initial schema: movies, ratings, ingest runs, model versions, champion pointer, recommendations.
+"""Initial schema: movies, ratings, canonical fold tests, ingest runs, model versions, champion pointer, recommendations.
 
 Revision ID: 0001
 Revises:
@@ -30,6 +30,13 @@ def upgrade() -> None:
         sa.Column("movie_id", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("rating", sa.Float(), nullable=False),
         sa.Column("timestamp", sa.BigInteger()),
+        sqlite_with_rowid=False,
+    )
+    op.create_table(
+        "fold_tests",
+        sa.Column("split", sa.String(16), primary_key=True),
+        sa.Column("user_id", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("movie_id", sa.Integer(), primary_key=True, autoincrement=False),
         sqlite_with_rowid=False,
     )
     op.create_table(
@@ -79,5 +86,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("recommendations", "champion", "model_versions", "ingest_runs", "ratings", "movies"):
+    for table in ("recommendations", "champion", "model_versions", "ingest_runs", "fold_tests", "ratings", "movies"):
         op.drop_table(table)
