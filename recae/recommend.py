@@ -1,0 +1,240 @@
+"""Recommendations: precomputed top-N per user at publish time, served from the store without torch.
+
+Publishing a model calls ``precompute_recommendations`` once; ``recommend_from_store`` then answers with one
+indexed SQL query. Filters that exhaust the precomputed list fall back to scoring with the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from sqlalchemy import and_, delete, func, insert, not_, select
+from sqlalchemy.engine import Connection, Engine
+
+from recae.db import Champion, Movie, Rating, Recommendation
+from recae.errors import ModelNotFoundError, UnknownUserError
+
+if TYPE_CHECKING:
+    from recae.matrix import RatingMatrix
+
+log = logging.getLogger(__name__)
+
+#: How many films are stored per user; enough headroom for --genre / --min-year / --exclude filters.
+DEFAULT_PRECOMPUTED = 100
+
+
+class RowScorer(Protocol):
+    """Anything that predicts every movie's rating for a batch of user rows (see recae.evaluate.Scorer)."""
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RecommendedMovie:
+    """One recommended film with the model's predicted rating."""
+
+    rank: int
+    movie_id: int
+    title: str | None
+    year: int | None
+    genres: str
+    predicted_rating: float
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Constraints on which films may be recommended."""
+
+    genre: str | None = None
+    min_year: int | None = None
+    exclude: tuple[int, ...] = ()
+
+    def allows(self, year: int | None, genres: str) -> bool:
+        """True when a film of this year and these pipe-separated genres passes the filters."""
+        if self.min_year is not None and (year is None or year < self.min_year):
+            return False
+        if self.genre is not None and self.genre.lower() not in {g.lower() for g in genres.split("|")}:
+            return False
+        return True
+
+
+def top_n_unrated(scores: np.ndarray, rated: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``n`` columns of each row of ``scores`` whose ``rated`` flag is False, best first.
+
+    Args:
+        scores: (batch, n_movies) predicted ratings.
+        rated: (batch, n_movies) bool, True where the user already rated the film.
+    Returns:
+        (cols, values), each (batch, min(n, n_movies)); a row with fewer unrated films pads with col -1.
+    """
+    masked = np.where(rated, -np.inf, scores.astype(np.float64, copy=False))
+    k = min(n, masked.shape[1])
+    part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(masked, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1)
+    values = np.take_along_axis(part_scores, order, axis=1)
+    cols = np.where(np.isfinite(values), cols, -1)
+    return cols, values
+
+
+def _batches(n: int, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, n, size):
+        yield np.arange(start, min(start + size, n))
+
+
+def precompute_recommendations(
+    conn: Connection,
+    version: str,
+    scorer: RowScorer,
+    rated: RatingMatrix,
+    n: int = DEFAULT_PRECOMPUTED,
+    batch_users: int = 1024,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Store the top ``n`` unrated films of every user in ``rated.index`` for ``version``; returns rows written.
+
+    Runs inside the caller's transaction so that publishing stays atomic. Memory is O(batch_users x n_movies).
+    """
+    conn.execute(delete(Recommendation).where(Recommendation.version == version))
+    index = rated.index
+    written = 0
+    for rows in _batches(index.n_users, batch_users):
+        scores = scorer.score_rows(rows)  # (batch, n_movies)
+        block = rated.csr[rows[0] : rows[-1] + 1]
+        flags = np.zeros(scores.shape, dtype=bool)
+        flags[np.repeat(np.arange(len(rows)), np.diff(block.indptr)), block.indices] = True
+        cols, values = top_n_unrated(scores, flags, n)
+        keep = cols >= 0
+        batch_pos, ranks = np.nonzero(keep)
+        payload = [
+            {"version": version, "user_id": int(u), "rank": int(r) + 1, "movie_id": int(m), "score": float(s)}
+            for u, r, m, s in zip(
+                index.user_ids[rows[batch_pos]], ranks, index.movie_ids[cols[keep]], values[keep], strict=True
+            )
+        ]
+        if payload:
+            conn.execute(insert(Recommendation), payload)
+        written += len(payload)
+        if on_batch is not None:
+            on_batch(len(rows))
+    log.info("precomputed %d recommendations for %d users (version %s)", written, index.n_users, version)
+    return written
+
+
+def champion_version(conn: Connection) -> str:
+    """Version of the serving model; ModelNotFoundError when none is published."""
+    version = conn.execute(select(Champion.version).where(Champion.id == 1)).scalar()
+    if version is None:
+        raise ModelNotFoundError("no trained model yet; run `recae train` (or `recae quickstart`)")
+    return str(version)
+
+
+def known_users_message(conn: Connection, user_id: int) -> str:
+    """``user 9999 is unknown; known users are 1..943 (943 users)``, from the store."""
+    low, high, count = conn.execute(
+        select(func.min(Rating.user_id), func.max(Rating.user_id), func.count(func.distinct(Rating.user_id)))
+    ).one()
+    if not count:
+        return f"user {user_id} is unknown; the store holds no ratings yet (run `recae ingest`)"
+    return f"user {user_id} is unknown; known users are {low}..{high} ({count} users)"
+
+
+def recommend_from_store(
+    engine: Engine, user_id: int, n: int = 10, filters: Filters = Filters(), version: str | None = None
+) -> list[RecommendedMovie] | None:
+    """The precomputed top ``n`` for ``user_id`` after filters, or None when the list cannot answer.
+
+    Returns None when the user is not in the precomputed table (e.g. they joined after training) or when the
+    filters leave fewer than ``n`` films; the caller then scores with the model. Raises UnknownUserError when the
+    store has never seen the user, ModelNotFoundError when no model is published.
+    """
+    with engine.connect() as conn:
+        version = version or champion_version(conn)
+        conditions = [Recommendation.version == version, Recommendation.user_id == user_id]
+        if filters.min_year is not None:
+            conditions.append(Movie.year >= filters.min_year)
+        if filters.genre is not None:
+            token = "%|" + filters.genre.lower() + "|%"
+            conditions.append(func.lower("|" + Movie.genres + "|").like(token))
+        if filters.exclude:
+            conditions.append(not_(Recommendation.movie_id.in_(filters.exclude)))
+        query = (
+            select(Recommendation.rank, Recommendation.movie_id, Movie.title, Movie.year, Movie.genres,
+                   Recommendation.score)
+            .join(Movie, Movie.movie_id == Recommendation.movie_id, isouter=True)
+            .where(and_(*conditions))
+            .order_by(Recommendation.rank)
+            .limit(n)
+        )
+        rows = conn.execute(query).all()
+        if len(rows) < n:
+            if not rows and not _has_precomputed(conn, version, user_id):
+                if not _user_in_store(conn, user_id):
+                    raise UnknownUserError(known_users_message(conn, user_id))
+            return None
+    return [
+        RecommendedMovie(rank=i + 1, movie_id=m, title=t, year=y, genres=g or "", predicted_rating=float(s))
+        for i, (_, m, t, y, g, s) in enumerate(rows)
+    ]
+
+
+def _has_precomputed(conn: Connection, version: str, user_id: int) -> bool:
+    query = select(Recommendation.rank).where(Recommendation.version == version, Recommendation.user_id == user_id)
+    return conn.execute(query.limit(1)).first() is not None
+
+
+def _user_in_store(conn: Connection, user_id: int) -> bool:
+    return conn.execute(select(Rating.movie_id).where(Rating.user_id == user_id).limit(1)).first() is not None
+
+
+def movie_details(engine: Engine, movie_ids: Sequence[int]) -> dict[int, tuple[str | None, int | None, str]]:
+    """Title, year and genres for ``movie_ids`` (missing films are simply absent)."""
+    if not movie_ids:
+        return {}
+    out: dict[int, tuple[str | None, int | None, str]] = {}
+    ids = [int(m) for m in movie_ids]
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+            chunk = ids[start : start + 900]
+            for m, t, y, g in conn.execute(
+                select(Movie.movie_id, Movie.title, Movie.year, Movie.genres).where(Movie.movie_id.in_(chunk))
+            ):
+                out[int(m)] = (t, y, g or "")
+    return out
+
+
+def rank_scores(
+    engine: Engine,
+    movie_ids: np.ndarray,
+    scores: np.ndarray,
+    exclude_ids: set[int],
+    n: int,
+    filters: Filters = Filters(),
+) -> list[RecommendedMovie]:
+    """Rank one user's predicted ``scores`` over ``movie_ids``, dropping rated/excluded films and applying filters."""
+    order = np.argsort(-scores, kind="stable")
+    banned = set(exclude_ids) | set(filters.exclude)
+    needs_details = filters.genre is not None or filters.min_year is not None
+    details = movie_details(engine, [int(m) for m in movie_ids]) if needs_details else {}
+    chosen: list[tuple[int, float]] = []
+    for col in order:
+        movie_id = int(movie_ids[col])
+        if movie_id in banned:
+            continue
+        if needs_details and not filters.allows(*details.get(movie_id, (None, None, ""))[1:]):
+            continue
+        chosen.append((movie_id, float(scores[col])))
+        if len(chosen) == n:
+            break
+    if not needs_details:
+        details = movie_details(engine, [m for m, _ in chosen])
+    recommended = []
+    for i, (movie_id, score) in enumerate(chosen):
+        title, year, genres = details.get(movie_id, (None, None, ""))
+        recommended.append(RecommendedMovie(i + 1, movie_id, title, year, genres, score))
+    return recommended
