@@ -1,0 +1,103 @@
+"""Published model versions and the champion pointer: list, show, switch (rollback). No torch here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from recae.db import Champion, ModelVersion, Recommendation, utcnow
+from recae.errors import ModelNotFoundError
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One published model as the store records it."""
+
+    version: str
+    model: str
+    orientation: str
+    split: str
+    seed: int
+    path: str
+    data_fingerprint: str
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    created_at: datetime
+    is_champion: bool
+
+    def summary(self) -> dict[str, Any]:
+        """Flat record for tables: the headline metrics beside the identity."""
+        return {
+            "version": self.version,
+            "champion": "*" if self.is_champion else "",
+            "model": self.model,
+            "orientation": self.orientation,
+            "split": self.split,
+            "test_rmse": self.metrics.get("test_rmse"),
+            "val_rmse": self.metrics.get("val_rmse"),
+            "created_at": self.created_at.isoformat(timespec="seconds") if self.created_at else None,
+        }
+
+
+def _info(row: ModelVersion, champion: str | None) -> VersionInfo:
+    return VersionInfo(
+        version=row.version, model=row.model, orientation=row.orientation, split=row.split, seed=row.seed,
+        path=row.path, data_fingerprint=row.data_fingerprint, metrics=json.loads(row.metrics or "{}"),
+        config=json.loads(row.config or "{}"), created_at=row.created_at, is_champion=row.version == champion,
+    )
+
+
+def champion_of(engine: Engine) -> str | None:
+    """The serving version, or None before the first publish."""
+    with engine.connect() as conn:
+        return conn.execute(select(Champion.version).where(Champion.id == 1)).scalar()
+
+
+def list_versions(engine: Engine) -> list[VersionInfo]:
+    """Every published version, newest first."""
+    from sqlalchemy.orm import Session
+
+    champion = champion_of(engine)
+    with Session(engine) as session:
+        rows = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+        return [_info(r, champion) for r in rows]
+
+
+def get_version(engine: Engine, version: str | None = None) -> VersionInfo:
+    """One version (default: the champion); ModelNotFoundError naming the known versions otherwise."""
+    from sqlalchemy.orm import Session
+
+    champion = champion_of(engine)
+    wanted = version or champion
+    if wanted is None:
+        raise ModelNotFoundError("no trained model yet; run `recae train` (or `recae quickstart`)")
+    with Session(engine) as session:
+        row = session.get(ModelVersion, wanted)
+        if row is None:
+            known = session.scalars(select(ModelVersion.version).order_by(ModelVersion.created_at.desc())).all()
+            listed = ", ".join(known[:5]) + (" ..." if len(known) > 5 else "") if known else "none"
+            raise ModelNotFoundError(f"model version {wanted!r} is unknown; published versions: {listed}")
+        return _info(row, champion)
+
+
+def use_version(engine: Engine, version: str) -> VersionInfo:
+    """Make ``version`` the champion in one transaction (rollback or roll forward)."""
+    get_version(engine, version)
+    with engine.begin() as conn:
+        has_recs = conn.execute(
+            select(Recommendation.user_id).where(Recommendation.version == version).limit(1)
+        ).first()
+        if has_recs is None:
+            raise ModelNotFoundError(
+                f"model version {version!r} has no precomputed recommendations (they were pruned); retrain instead"
+            )
+        switched = conn.execute(update(Champion).where(Champion.id == 1).values(version=version,
+                                                                                  switched_at=utcnow()))
+        if switched.rowcount == 0:
+            conn.execute(Champion.__table__.insert().values(id=1, version=version, switched_at=utcnow()))
+    return get_version(engine, version)
