@@ -1,0 +1,217 @@
+"""Accuracy metrics: rating error (RMSE, MAE) and top-k ranking quality (precision, recall, NDCG).
+
+Pure numpy/scipy, no torch. Any model that implements :class:`Scorer` (the baselines in
+``recae.baselines`` and the autoencoders) can be measured with :func:`rating_metrics` and
+:func:`ranking_metrics`. Ranking is honest: a user's training films are never ranked (they cannot be
+recommended), and held-out ratings are only ever used to judge the ranking, never as input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from recae.matrix import RatingMatrix
+
+#: Held-out ratings at or above this value count as relevant (liked) in ranking metrics.
+DEFAULT_RELEVANCE_THRESHOLD = 4.0
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A fitted model that predicts ratings at positions of the shared IdIndex, clipped to the rating scale."""
+
+    def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Predicted ratings at the (row, col) pairs; ``rows`` and ``cols`` are (n,), result (n,)."""
+        ...
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Predicted ratings of every movie for the users ``rows`` (batch,); result (batch, n_movies)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RatingMetrics:
+    """Error of predicted ratings on held-out ratings."""
+
+    rmse: float
+    mae: float
+    n_test: int
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    """Mean top-k quality over the users that have at least one relevant held-out film.
+
+    ``n_users`` users were evaluated; ``n_skipped`` test users had no relevant held-out film. With no user
+    to evaluate the three means are NaN.
+    """
+
+    precision: float
+    recall: float
+    ndcg: float
+    k: int
+    n_users: int
+    n_skipped: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rating error
+
+
+def _paired(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred has shape {pred.shape} but true has shape {true.shape}; they must match")
+    if pred.size == 0:
+        raise ValueError("cannot measure an error on zero ratings")
+    return pred, true
+
+
+def rmse(pred: np.ndarray, true: np.ndarray) -> float:
+    """Root mean squared error: sqrt( (1/n) * sum_j (pred_j - true_j)^2 )."""
+    pred, true = _paired(pred, true)
+    return float(np.sqrt(np.mean(np.square(pred - true))))
+
+
+def mae(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean absolute error: (1/n) * sum_j |pred_j - true_j|. Never larger than RMSE."""
+    pred, true = _paired(pred, true)
+    return float(np.mean(np.abs(pred - true)))
+
+
+def rating_metrics(scorer: Scorer, test: RatingMatrix) -> RatingMetrics:
+    """RMSE and MAE of ``scorer`` on every rating of ``test``. O(nnz(test)) memory."""
+    rows, cols, values = test.coo()
+    pred = scorer.predict(rows, cols)  # (nnz,)
+    return RatingMetrics(rmse=rmse(pred, values), mae=mae(pred, values), n_test=int(values.size))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ranking quality, per user, on a hit matrix
+#
+# ``hits`` is (n_users, k) bool: hits[u, j] is True when the film ranked j-th (0-based) for user u is relevant.
+# ``n_relevant`` is (n_users,): how many relevant held-out films user u has (>= 1).
+
+
+def precision_at_k(hits: np.ndarray) -> np.ndarray:
+    """Per-user precision@k = hits_u / k, with k = hits.shape[1]. Returns (n_users,)."""
+    hits = np.asarray(hits, dtype=bool)
+    return hits.sum(axis=1) / hits.shape[1]
+
+
+def recall_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Per-user recall@k = hits_u / n_relevant_u (the common definition; it stays below 1 when
+    n_relevant_u > k). Returns (n_users,)."""
+    hits = np.asarray(hits, dtype=bool)
+    return hits.sum(axis=1) / _positive(n_relevant)
+
+
+def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Per-user binary-relevance NDCG@k = DCG_u / IDCG_u. Returns (n_users,).
+
+    DCG_u  = sum_{j=0}^{k-1} hits[u, j] / log2(j + 2)
+    IDCG_u = sum_{j=0}^{min(k, n_relevant_u)-1} 1 / log2(j + 2)   (every relevant film ranked first)
+    """
+    hits = np.asarray(hits, dtype=bool)
+    k = hits.shape[1]
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)  # (k,)
+    dcg = hits @ discount
+    ideal_prefix = np.concatenate(([0.0], np.cumsum(discount)))  # ideal_prefix[m] = IDCG with m relevant films
+    idcg = ideal_prefix[np.minimum(_positive(n_relevant), k)]
+    return dcg / idcg
+
+
+def _positive(n_relevant: np.ndarray) -> np.ndarray:
+    n_relevant = np.asarray(n_relevant, dtype=np.int64)
+    if np.any(n_relevant < 1):
+        raise ValueError("every user needs at least one relevant film (skip users without one)")
+    return n_relevant
+
+
+def top_k_unseen(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the ``k`` highest scores per row among films not ``seen``, best first.
+
+    Args:
+        scores: (batch, n_movies) predicted ratings.
+        seen: (batch, n_movies) bool, True for films the user rated in training (never returned).
+        k: list length; rows with fewer than ``k`` unseen films are padded with -1.
+    Returns:
+        (batch, min(k, n_movies)) int64 columns. Cost O(batch x n_movies) via argpartition.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    masked = np.where(seen, -np.inf, np.nan_to_num(scores.astype(np.float64, copy=False), nan=-np.inf))
+    k = min(k, masked.shape[1])
+    part = np.argpartition(-masked, k - 1, axis=1)[:, :k]  # (batch, k) unordered top k
+    part_scores = np.take_along_axis(masked, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1)
+    valid = np.take_along_axis(~np.take_along_axis(seen, part, axis=1), order, axis=1)
+    return np.where(valid, cols, -1).astype(np.int64)
+
+
+def _row_batches(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, rows.size, size):
+        yield rows[start : start + size]
+
+
+def _dense_flags(block_indptr: np.ndarray, block_indices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    flags = np.zeros(shape, dtype=bool)
+    flags[np.repeat(np.arange(shape[0]), np.diff(block_indptr)), block_indices] = True
+    return flags
+
+
+def ranking_metrics(
+    scorer: Scorer,
+    train: RatingMatrix,
+    test: RatingMatrix,
+    k: int = 10,
+    threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    batch_users: int = 1024,
+) -> RankingMetrics:
+    """Mean precision@k, recall@k and NDCG@k over test users with a relevant held-out film.
+
+    For each test user the scorer ranks every film the user did not rate in ``train``; held-out films rated
+    >= ``threshold`` are relevant, all others (including held-out films rated lower) are not. Users with no
+    relevant held-out film are skipped and counted in ``n_skipped``. Users are scored ``batch_users`` at a
+    time, so memory is O(batch_users x n_movies), never users x movies.
+    """
+    if train.shape != test.shape:
+        raise ValueError(f"train has shape {train.shape} but test has {test.shape}; they must share one IdIndex")
+    if batch_users < 1:
+        raise ValueError(f"batch_users must be at least 1, got {batch_users}")
+    relevant_csr = test.csr.copy()
+    relevant_csr.data = (relevant_csr.data >= threshold).astype(np.float32)
+    relevant_csr.eliminate_zeros()
+    n_relevant_all = np.diff(relevant_csr.indptr)  # (n_users,)
+    test_users = np.flatnonzero(np.diff(test.csr.indptr) > 0)
+    users = test_users[n_relevant_all[test_users] > 0]
+    n_skipped = int(test_users.size - users.size)
+    if users.size == 0:
+        return RankingMetrics(math.nan, math.nan, math.nan, k=k, n_users=0, n_skipped=n_skipped)
+
+    n_movies = train.shape[1]
+    sums = np.zeros(3)  # precision, recall, ndcg
+    for rows in _row_batches(users, batch_users):
+        scores = np.asarray(scorer.score_rows(rows))  # (batch, n_movies)
+        if scores.shape != (rows.size, n_movies):
+            raise ValueError(f"score_rows returned shape {scores.shape}, expected {(rows.size, n_movies)}")
+        seen_block = train.csr[rows]
+        seen = _dense_flags(seen_block.indptr, seen_block.indices, scores.shape)  # (batch, n_movies)
+        rel_block = relevant_csr[rows]
+        relevant = _dense_flags(rel_block.indptr, rel_block.indices, scores.shape)  # (batch, n_movies)
+        top = top_k_unseen(scores, seen, k)  # (batch, k')
+        hits = (top >= 0) & np.take_along_axis(relevant, np.maximum(top, 0), axis=1)
+        if hits.shape[1] < k:  # fewer films than k: the missing places are misses
+            hits = np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
+        n_rel = n_relevant_all[rows]
+        sums += [precision_at_k(hits).sum(), recall_at_k(hits, n_rel).sum(), ndcg_at_k(hits, n_rel).sum()]
+    precision, recall, ndcg = (float(x) for x in sums / users.size)
+    return RankingMetrics(precision, recall, ndcg, k=k, n_users=int(users.size), n_skipped=n_skipped)
