@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from recae.db import Champion, Movie, Rating, Recommendation
 from recae.errors import ModelNotFoundError, UnknownUserError
+from recae.metrics import top_k_unseen
 
 if TYPE_CHECKING:
     from recae.matrix import RatingMatrix
@@ -62,26 +63,6 @@ class Filters:
         return True
 
 
-def top_n_unrated(scores: np.ndarray, rated: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``n`` columns of each row of ``scores`` whose ``rated`` flag is False, best first.
-
-    Args:
-        scores: (batch, n_movies) predicted ratings.
-        rated: (batch, n_movies) bool, True where the user already rated the film.
-    Returns:
-        (cols, values), each (batch, min(n, n_movies)); a row with fewer unrated films pads with col -1.
-    """
-    masked = np.where(rated, -np.inf, scores.astype(np.float64, copy=False))
-    k = min(n, masked.shape[1])
-    part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(masked, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    cols = np.take_along_axis(part, order, axis=1)
-    values = np.take_along_axis(part_scores, order, axis=1)
-    cols = np.where(np.isfinite(values), cols, -1)
-    return cols, values
-
-
 def _batches(n: int, size: int) -> Iterator[np.ndarray]:
     for start in range(0, n, size):
         yield np.arange(start, min(start + size, n))
@@ -108,13 +89,14 @@ def precompute_recommendations(
         block = rated.csr[rows[0] : rows[-1] + 1]
         flags = np.zeros(scores.shape, dtype=bool)
         flags[np.repeat(np.arange(len(rows)), np.diff(block.indptr)), block.indices] = True
-        cols, values = top_n_unrated(scores, flags, n)
+        cols = top_k_unseen(scores, flags, n)  # (batch, n) best first, -1 padded
         keep = cols >= 0
         batch_pos, ranks = np.nonzero(keep)
+        values = scores[batch_pos, cols[keep]]
         payload = [
             {"version": version, "user_id": int(u), "rank": int(r) + 1, "movie_id": int(m), "score": float(s)}
             for u, r, m, s in zip(
-                index.user_ids[rows[batch_pos]], ranks, index.movie_ids[cols[keep]], values[keep], strict=True
+                index.user_ids[rows[batch_pos]], ranks, index.movie_ids[cols[keep]], values, strict=True
             )
         ]
         if payload:

@@ -8,14 +8,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from recae.db import Champion, Movie, ModelVersion, Rating
 from recae.errors import ModelNotFoundError, UnknownUserError
 from recae.matrix import IdIndex, RatingMatrix
-from recae.recommend import Filters, precompute_recommendations, recommend_from_store, top_n_unrated
+from recae.recommend import Filters, precompute_recommendations, recommend_from_store
 
 GENRES = ("Comedy", "Drama", "Horror")
 
@@ -94,21 +92,6 @@ def test_unknown_user_names_the_known_range(planted_store) -> None:  # type: ign
 def test_no_model_says_what_to_run(engine) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModelNotFoundError, match="recae train"):
         recommend_from_store(engine, 1)
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 6), st.integers(1, 12), st.integers(1, 15), st.integers(0, 10_000))
-def test_top_n_unrated_is_the_best_unrated(batch: int, n_movies: int, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    scores = rng.normal(size=(batch, n_movies))
-    rated = rng.random((batch, n_movies)) < 0.4
-    cols, values = top_n_unrated(scores, rated, n)
-    for b in range(batch):
-        unrated = np.flatnonzero(~rated[b])
-        expected = unrated[np.argsort(-scores[b, unrated], kind="stable")][:n]
-        got = cols[b][cols[b] >= 0]
-        assert set(got) == set(expected)
-        assert np.all(np.diff(values[b][cols[b] >= 0]) <= 0)
 
 
 def test_serving_does_not_import_torch() -> None:
