@@ -137,6 +137,208 @@ def db_upgrade(obj: Context) -> None:
     echo_info(f"store at schema revision {current_revision(engine)}: {engine.url.render_as_string()}")
 
 
+def _parse_rate(values: tuple[str, ...]) -> dict[int, float]:
+    ratings: dict[int, float] = {}
+    for value in values:
+        movie, sep, rating = value.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            ratings[int(movie)] = float(rating)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not MOVIE_ID=RATING (e.g. 50=5)", param_hint="--rate") from None
+    return ratings
+
+
+def _parse_ids(values: tuple[str, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for value in values for v in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"movie ids must be integers, got {' '.join(values)!r}", param_hint="--exclude") from None
+
+
+@cli.command()
+@click.option("--user", "user_id", type=int, help="Known user id to recommend for.")
+@click.option("-n", "n", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many films.")
+@click.option("--genre", help="Only films of this genre (e.g. Comedy).")
+@click.option("--min-year", type=int, help="Only films released in or after this year.")
+@click.option("--exclude", multiple=True, metavar="MOVIE_ID", help="Never recommend these (repeat or comma-separate).")
+@click.option("--rate", multiple=True, metavar="MOVIE_ID=RATING",
+              help="Fresh ratings to fold in without retraining (repeatable); alone, for a new user.")
+@click.option("--ratings-file", type=click.Path(exists=True, dir_okay=False),
+              help="CSV of movie_id,rating lines to fold in (header optional).")
+@click.option("--model", "version", help="Model version to use (default: the champion).")
+@format_option
+@pass_context
+def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_year: int | None,
+              exclude: tuple[str, ...], rate: tuple[str, ...], ratings_file: str | None, version: str | None,
+              fmt: str) -> None:
+    """Rank the films a user has not rated by the model's predicted rating.
+
+    Known users are answered from recommendations precomputed when the model was published (fast, no torch).
+    Fresh ratings (--rate, --ratings-file) are folded into the model without retraining.
+
+    \b
+    Examples:
+      recae recommend --user 42
+      recae recommend --user 42 -n 5 --genre Comedy --min-year 1990 --format json
+      recae recommend --rate 50=5 --rate 172=4 --rate 133=1      # a new user
+    """
+    from dataclasses import asdict
+
+    from recae.output import render
+    from recae.recommend import Filters, recommend_from_store
+
+    fresh = _parse_rate(rate)
+    if ratings_file:
+        from recae.recommend import read_fresh_ratings
+
+        fresh.update(read_fresh_ratings(ratings_file))
+    if user_id is None and not fresh:
+        raise click.UsageError("give --user ID, or fresh ratings with --rate MOVIE_ID=RATING / --ratings-file")
+    filters = Filters(genre=genre, min_year=min_year, exclude=_parse_ids(exclude))
+    engine = obj.engine()
+    recs = None
+    if user_id is not None and not fresh:
+        recs = recommend_from_store(engine, user_id, n, filters, version)
+    if recs is None:
+        from recae.recommend import recommend_live
+
+        recs = recommend_live(engine, obj.paths(), user_id, fresh, n, filters, version)
+    who = f"user {user_id}" if user_id is not None else "the new user"
+    echo_data(render([asdict(r) for r in recs], fmt, title=f"Top {len(recs)} for {who}"))
+
+
+@cli.group()
+def models() -> None:
+    """See the published models and choose which one serves.
+
+    \b
+    Examples:
+      recae models list
+      recae models show            # the champion
+      recae models use 20261123-101500-stacked
+    """
+
+
+@models.command("list")
+@format_option
+@pass_context
+def models_list(obj: Context, fmt: str) -> None:
+    """List published model versions, newest first; * marks the champion.
+
+    \b
+    Example:
+      recae models list --format json
+    """
+    from recae.output import render
+    from recae.registry import list_versions
+
+    versions = list_versions(obj.engine())
+    if not versions:
+        echo_info("no models published yet; run `recae train`")
+    echo_data(render([v.summary() for v in versions], fmt, title="Models"))
+
+
+@models.command("show")
+@click.argument("version", required=False)
+@format_option
+@pass_context
+def models_show(obj: Context, version: str | None, fmt: str) -> None:
+    """Show one version's metrics and configuration (default: the champion).
+
+    \b
+    Example:
+      recae models show 20261123-101500-stacked --format json
+    """
+    from dataclasses import asdict
+
+    from recae.output import render
+    from recae.registry import get_version
+
+    info = get_version(obj.engine(), version)
+    record = asdict(info)
+    if fmt != "json":
+        record = {**info.summary(), "path": info.path, "metrics": info.metrics, "config": info.config}
+    echo_data(render(record, fmt, title=f"Model {info.version}"))
+
+
+@models.command("use")
+@click.argument("version")
+@pass_context
+def models_use(obj: Context, version: str) -> None:
+    """Make VERSION the champion that serves recommendations (rollback).
+
+    \b
+    Example:
+      recae models use 20261122-020000-stacked
+    """
+    from recae.registry import use_version
+
+    info = use_version(obj.engine(), version)
+    echo_info(f"model {info.version} now serves recommendations")
+
+
+@cli.command("ingest")
+@click.argument("dataset", required=False, metavar="[DATASET]")
+@click.option("--path", "path", type=click.Path(exists=True, dir_okay=True),
+              help="The GroupLens zip or its extracted folder (default: download DATASET into the cache).")
+@click.option("--ratings", "ratings_file", type=click.Path(exists=True, dir_okay=False),
+              help="A plain CSV user_id,movie_id,rating[,timestamp] (header optional) instead of a DATASET.")
+@click.option("--scale", nargs=2, type=float, default=(0.5, 5.0), show_default=True, metavar="LOW HIGH",
+              help="Allowed ratings of a --ratings file.")
+@click.option("--step", type=float, default=0.5, show_default=True,
+              help="Allowed increment above LOW in a --ratings file (0 allows any value).")
+@click.option("--skip-bad", is_flag=True, help="Load the good rows and report the rejected lines.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="How to print the summary on stdout.")
+@pass_context
+def ingest_command(obj: Context, dataset: str | None, path: str | None, ratings_file: str | None,
+                   scale: tuple[float, float], step: float, skip_bad: bool, fmt: str) -> None:
+    """Load a MovieLens DATASET or a plain ratings CSV into the store (all or nothing; re-runs change nothing).
+
+    DATASET is one of ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest, ml-latest-small.
+
+    \b
+    Examples:
+      recae ingest ml-100k --path ~/Downloads/ml-100k.zip
+      recae ingest ml-latest-small                  # download (cached, sha256-checked)
+      recae ingest --ratings new.csv --scale 1 5 --step 1 --skip-bad
+    """
+    from dataclasses import asdict
+
+    from recae.datasets import FORMATS
+    from recae.ingest import ingest_dataset, ingest_ratings_file
+    from recae.output import render
+
+    if (dataset is None) == (ratings_file is None):
+        raise click.UsageError("give either a DATASET name or --ratings FILE")
+    if dataset is not None and dataset not in FORMATS:
+        raise click.BadParameter(f"{dataset!r}; choose one of {', '.join(FORMATS)}", param_hint="DATASET")
+    if ratings_file is not None and path is not None:
+        raise click.UsageError("--path goes with a DATASET; a ratings file is given by --ratings FILE")
+    engine = obj.engine()
+    progress = sys.stderr.isatty()
+    if dataset is not None:
+        report = ingest_dataset(engine, dataset, path, downloads_dir=obj.paths().downloads_dir,
+                                skip_bad=skip_bad, progress=progress)
+    else:
+        report = ingest_ratings_file(engine, ratings_file, scale=scale, step=step or None, skip_bad=skip_bad,
+                                     progress=progress)
+    if report.already_ingested:
+        echo_info(f"{report.source}: already ingested (sha256 {report.sha256[:12]}...); nothing changed")
+    if report.movies_untitled:
+        echo_info(f"{report.movies_untitled} rated movies were not in the catalogue; added with no title")
+    if report.rows_rejected:
+        echo_info(f"skipped {report.rows_rejected} bad lines, first: " + "; ".join(map(str, report.rejects[:3])))
+    record = asdict(report)
+    if fmt == "json":
+        echo_data(render(record, "json"))
+    else:
+        record["rejects"] = "; ".join(map(str, report.rejects))
+        echo_data(render([{"field": k, "value": v} for k, v in record.items()], "table", title="ingest"))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="recae")

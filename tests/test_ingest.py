@@ -1,0 +1,402 @@
+"""Ingest: every MovieLens format round-trips, bad input is refused by file and line, nothing is half loaded."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from recae import datasets, ingest
+from recae.cli import cli
+from recae.errors import DataError
+from recae.ingest import ingest_dataset, ingest_ratings_file, parse_year
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# movie_id, title, genres (ml-100k: names from its u.genre list below)
+MOVIES = [
+    (1, "Toy Story (1995)", "Animation|Comedy"),
+    (2, "American President, The (1995)", "Comedy|Drama|Romance"),
+    (3, "Café au lait (1994)", "Comedy"),
+    (4, "Untitled Project", "unknown"),
+    (5, 'Lady "Luck" (1999)', "Drama"),
+]
+GENRES_100K = ["unknown", "Action", "Animation", "Comedy", "Drama", "Romance"]
+STAR_RATINGS = [(1, 1, 5, 881250949), (1, 2, 3, 881250950), (2, 1, 4, 0), (2, 3, 1, 881250999), (3, 5, 2, 891717742)]
+HALF_RATINGS = [(1, 1, 4.5, 1112486027), (1, 2, 0.5, 1112484676), (2, 1, 5.0, 0), (2, 3, 3.5, 1112484819),
+                (3, 5, 1.0, 1094785740)]
+TOP_FOLDER = {"ml-10m": "ml-10M100K"}
+
+
+def _ratings_text(name: str, rows: list[tuple[int, int, float, int]]) -> str:
+    fmt = datasets.FORMATS[name]
+    sep = fmt.sep
+    eol = "\r\n" if name == "ml-latest-small" else "\n"
+    value = (lambda r: f"{r:d}") if fmt.scale.step == 1.0 else (lambda r: f"{r:.1f}")
+    header = f"userId,movieId,rating,timestamp{eol}" if fmt.header else ""
+    return header + "".join(f"{u}{sep}{m}{sep}{value(r)}{sep}{t}{eol}" for u, m, r, t in rows)
+
+
+def write_dataset(name: str, root: Path, ratings: list[tuple[int, int, float, int]] | None = None,
+                  *, as_zip: bool = False) -> Path:
+    """Write a tiny dataset in ``name``'s native layout (folder, or zip like GroupLens ships) under ``root``."""
+    fmt = datasets.FORMATS[name]
+    rows = ratings if ratings is not None else (STAR_RATINGS if fmt.scale.step == 1.0 else HALF_RATINGS)
+    files: dict[str, bytes] = {fmt.ratings_file: _ratings_text(name, rows).encode()}
+    if fmt.movies_kind == "item":
+        lines = []
+        for movie_id, title, genres in MOVIES:
+            flags = "|".join("1" if g in genres.split("|") else "0" for g in GENRES_100K)
+            lines.append(f"{movie_id}|{title}|01-Jan-1995||http://us.imdb.com/M/x|{flags}\n")
+        files[fmt.movies_file] = "".join(lines).encode("latin-1")
+        files["u.genre"] = ("".join(f"{g}|{i}\n" for i, g in enumerate(GENRES_100K)) + "\n").encode()
+        files["u1.test"] = _ratings_text(name, rows[:2]).encode()
+        files["ua.test"] = _ratings_text(name, rows[4:]).encode()
+    elif fmt.movies_kind == "dat":
+        files[fmt.movies_file] = "".join(f"{m}::{t}::{_genres(g)}\n" for m, t, g in MOVIES).encode(fmt.encoding)
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n" if name == "ml-latest-small" else "\n")
+        writer.writerow(["movieId", "title", "genres"])
+        writer.writerows((m, t, _genres(g)) for m, t, g in MOVIES)
+        files[fmt.movies_file] = buffer.getvalue().encode("utf-8")
+    top = TOP_FOLDER.get(name, name)
+    root.mkdir(parents=True, exist_ok=True)
+    if as_zip:
+        path = root / f"{name}.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file, data in files.items():
+                archive.writestr(f"{top}/{file}", data)
+        return path
+    folder = root / top
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, data in files.items():
+        (folder / file).write_bytes(data)
+    return folder
+
+
+def _genres(genres: str) -> str:
+    return "(no genres listed)" if genres == "unknown" else genres
+
+
+def snapshot(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    """Everything an ingest may change, in a comparable form."""
+    with engine.connect() as conn:
+        return {
+            "ratings": [tuple(r) for r in conn.execute(text('SELECT user_id, movie_id, rating, "timestamp" FROM ratings'
+                                                             " ORDER BY user_id, movie_id"))],
+            "movies": [tuple(r) for r in conn.execute(text("SELECT * FROM movies ORDER BY movie_id"))],
+            "folds": [tuple(r) for r in conn.execute(text("SELECT * FROM fold_tests ORDER BY 1, 2, 3"))],
+            "succeeded": [tuple(r) for r in conn.execute(text(
+                "SELECT dataset, sha256 FROM ingest_runs WHERE status = 'succeeded' ORDER BY id"))],
+        }
+
+
+def write_csv(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+# --------------------------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+@pytest.mark.parametrize("name", list(datasets.FORMATS))
+def test_every_format_round_trips(engine: Engine, tmp_path: Path, name: str, as_zip: bool) -> None:
+    source = write_dataset(name, tmp_path, as_zip=as_zip)
+    report = ingest_dataset(engine, name, source, downloads_dir=tmp_path / "dl")
+    fmt = datasets.FORMATS[name]
+    rows = STAR_RATINGS if fmt.scale.step == 1.0 else HALF_RATINGS
+    state = snapshot(engine)
+    assert state["ratings"] == sorted((u, m, float(r), t or None) for u, m, r, t in rows)
+    genres = {m: (g if fmt.movies_kind == "item" else _genres(g)) for m, _, g in MOVIES}
+    assert state["movies"] == [(m, t, parse_year(t), genres[m]) for m, t, _ in MOVIES]
+    assert state["movies"][2][1] == "Café au lait (1994)"  # latin-1 and utf-8 decoded right
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (5, 5, 0)
+    assert (report.movies_loaded, report.movies_untitled, report.already_ingested) == (5, 0, False)
+    assert state["succeeded"] == [(name, report.sha256)]
+    expected_folds = sorted([("u1", u, m) for u, m, _, _ in rows[:2]] + [("ua", u, m) for u, m, _, _ in rows[4:]])
+    assert state["folds"] == (expected_folds if name == "ml-100k" else [])
+
+
+@pytest.mark.parametrize(("title", "year"), [("Toy Story (1995)", 1995), ("Untitled Project", None),
+                                             ("Babylon 5 (1994-1998)", 1994), ("Heat (1995) ", 1995),
+                                             ("1984 (1956)", 1956), ("(500) Days of Summer", None)])
+def test_parse_year(title: str, year: int | None) -> None:
+    assert parse_year(title) == year
+
+
+def test_download_by_name_uses_the_checked_cache(engine: Engine, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    served = write_dataset("ml-latest-small", tmp_path / "server", as_zip=True)
+    fmt = dataclasses.replace(datasets.FORMATS["ml-latest-small"], url=served.as_uri())
+    monkeypatch.setitem(datasets.FORMATS, "ml-latest-small", fmt)
+    report = ingest_dataset(engine, "ml-latest-small", downloads_dir=tmp_path / "dl")
+    assert report.rows_loaded == len(HALF_RATINGS)
+    assert (tmp_path / "dl" / "ml-latest-small.zip").read_bytes() == served.read_bytes()
+    assert (tmp_path / "dl" / "ml-latest-small.zip.sha256").exists()
+
+
+# --------------------------------------------------------------------------------------------- real data
+
+
+def test_real_ml100k(engine: Engine, ml100k: Path, tmp_path: Path) -> None:
+    report = ingest_dataset(engine, "ml-100k", ml100k, downloads_dir=tmp_path)
+    with engine.connect() as conn:
+        users, n = conn.execute(text("SELECT COUNT(DISTINCT user_id), COUNT(*) FROM ratings")).one()
+        folds = dict(conn.execute(text("SELECT split, COUNT(*) FROM fold_tests GROUP BY split")).all())
+        toy = conn.execute(text("SELECT title, year, genres FROM movies WHERE movie_id = 1")).one()
+    assert (n, users, report.rows_loaded, report.movies_loaded) == (100_000, 943, 100_000, 1682)
+    assert folds == {"u1": 20_000, "u2": 20_000, "u3": 20_000, "u4": 20_000, "u5": 20_000, "ua": 9430, "ub": 9430}
+    assert tuple(toy) == ("Toy Story (1995)", 1995, "Animation|Children's|Comedy")
+
+
+def test_real_ml1m(engine: Engine, ml1m: Path, tmp_path: Path) -> None:
+    report = ingest_dataset(engine, "ml-1m", ml1m, downloads_dir=tmp_path)
+    with engine.connect() as conn:
+        users, n, unknown = conn.execute(text(
+            'SELECT COUNT(DISTINCT user_id), COUNT(*), SUM("timestamp" IS NULL) FROM ratings')).one()
+    assert (n, users, report.rows_loaded, report.movies_loaded) == (1_000_209, 6040, 1_000_209, 3883)
+    assert unknown == 337_147  # timestamps written as 0 in this copy are stored as unknown
+
+
+def test_real_ml_latest_small(engine: Engine, ml_latest_small: Path, tmp_path: Path) -> None:
+    report = ingest_dataset(engine, "ml-latest-small", ml_latest_small, downloads_dir=tmp_path)
+    with engine.connect() as conn:
+        users, n = conn.execute(text("SELECT COUNT(DISTINCT user_id), COUNT(*) FROM ratings")).one()
+        no_year = conn.execute(text("SELECT COUNT(*) FROM movies WHERE year IS NULL")).scalar_one()
+    assert (n, users, report.movies_loaded, report.movies_untitled) == (100_836, 610, 9742, 0)
+    assert 0 < no_year < 30  # a handful of titles carry no year
+
+
+# --------------------------------------------------------------------------------------------- idempotence
+
+
+def test_reingest_changes_nothing(engine: Engine, tmp_path: Path) -> None:
+    source = write_dataset("ml-1m", tmp_path, as_zip=True)
+    first = ingest_dataset(engine, "ml-1m", source, downloads_dir=tmp_path)
+    before = snapshot(engine)
+    again = ingest_dataset(engine, "ml-1m", source, downloads_dir=tmp_path)
+    assert again.already_ingested and again.rows_loaded == 0 and again.sha256 == first.sha256
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["sqlite-fast-path", "portable-path"])
+def test_update_keeps_the_latest_rating(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        portable: bool) -> None:
+    if portable:
+        monkeypatch.setattr(ingest, "is_sqlite", lambda _engine: False)
+    first = write_csv(tmp_path / "a.csv", ["user_id,movie_id,rating,timestamp", "1,1,4.0,100", "1,2,3.0,100",
+                                           "1,3,2.0,0", "2,1,3.0,300", "2,1,1.0,200", "2,2,2.0,", "2,2,2.5,50"])
+    report = ingest_ratings_file(engine, first)
+    assert report.rows_read == 7
+    second = write_csv(tmp_path / "b.csv", ["1,1,2.0,50", "1,2,5.0,200", "1,3,1.0,0", "2,2,4.0,50", "3,1,0.5,7"])
+    ingest_ratings_file(engine, second)
+    assert snapshot(engine)["ratings"] == [
+        (1, 1, 4.0, 100),  # an older rating does not replace a newer one
+        (1, 2, 5.0, 200),  # a newer one does
+        (1, 3, 1.0, None),  # unknown timestamps: the later ingest wins
+        (2, 1, 3.0, 300),  # within one file, too, the newer timestamp wins
+        (2, 2, 4.0, 50),  # equal timestamps: the later ingest wins
+        (3, 1, 0.5, 7),
+    ]
+
+
+def test_ratings_for_unknown_movies_create_untitled_catalogue_rows(engine: Engine, tmp_path: Path) -> None:
+    ingest_dataset(engine, "ml-latest-small", write_dataset("ml-latest-small", tmp_path), downloads_dir=tmp_path)
+    report = ingest_ratings_file(engine, write_csv(tmp_path / "new.csv", ["7,1,4.0", "7,99,3.5", "8,98,1.0"]))
+    assert report.movies_untitled == 2 and report.rows_loaded == 3
+    movies = {row[0]: row for row in snapshot(engine)["movies"]}
+    assert movies[99] == (99, None, None, "") and movies[98][1] is None and movies[1][1] == "Toy Story (1995)"
+
+
+def test_plain_csv_with_three_columns_and_custom_scale(engine: Engine, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "r.csv", ["1,1,1", "1,2,5", "2,1,3"])
+    report = ingest_ratings_file(engine, path, scale=(1, 5), step=1)
+    assert report.rows_loaded == 3 and snapshot(engine)["ratings"][1] == (1, 2, 5.0, None)
+    with pytest.raises(DataError, match=r"s.csv line 2: rating 3.5 is not a step of 1 on 1..5"):
+        ingest_ratings_file(engine, write_csv(tmp_path / "s.csv", ["1,1,1", "1,2,3.5"]), scale=(1, 5), step=1)
+
+
+def test_header_is_optional_but_bad_first_line_is_not_taken_for_one(engine: Engine, tmp_path: Path) -> None:
+    with_header = ingest_ratings_file(engine, write_csv(tmp_path / "h.csv", ["user_id,movie_id,rating", "1,1,4"]))
+    without = ingest_ratings_file(engine, write_csv(tmp_path / "n.csv", ["1,2,4", "1,3,4"]))
+    assert (with_header.rows_read, without.rows_read) == (1, 2)
+    with pytest.raises(DataError, match=r"^x\.csv line 1: user id 'x' is not an integer"):
+        ingest_ratings_file(engine, write_csv(tmp_path / "x.csv", ["x,1,4", "1,4,4"]))
+    folder = write_dataset("ml-20m", tmp_path / "d")
+    write_csv(folder / "ratings.csv", ["1,1,4.0,5"])  # the header GroupLens always ships is missing
+    with pytest.raises(DataError, match="ratings.csv line 1: expected a header line"):
+        ingest_dataset(engine, "ml-20m", folder, downloads_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+BAD_100K = [
+    (17, "7", "u.data line 17: rating 7 is outside 1..5"),
+    (3, "x", "u.data line 3: user id 'x' is not an integer in 1..2147483647"),
+    (5, "", "u.data line 5: expected 4 fields separated by '\\t', found 3"),
+    (20, "3.5", "u.data line 20: rating 3.5 is not a step of 1 on 1..5"),
+]
+
+
+@pytest.mark.parametrize(("line", "bad", "message"), BAD_100K)
+def test_malformed_line_is_named_and_nothing_is_loaded(engine: Engine, tmp_path: Path, line: int, bad: str,
+                                                       message: str) -> None:
+    ingest_ratings_file(engine, write_csv(tmp_path / "earlier.csv", ["1,1,4.0,5"]))
+    before = snapshot(engine)
+    rows = [f"{u}\t{m}\t3\t88125{m:04d}" for u in (1, 2) for m in range(1, 11)]
+    user, movie, rating, stamp = rows[line - 1].split("\t")
+    if bad == "x":
+        rows[line - 1] = "\t".join(["x", movie, rating, stamp])
+    elif bad == "":
+        rows[line - 1] = "\t".join([user, movie, rating])
+    else:
+        rows[line - 1] = "\t".join([user, movie, bad, stamp])
+    folder = write_dataset("ml-100k", tmp_path / "d")
+    write_csv(folder / "u.data", rows)
+    with pytest.raises(DataError) as caught:
+        ingest_dataset(engine, "ml-100k", folder, downloads_dir=tmp_path)
+    assert str(caught.value) == message
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("bad_line", [2, 3_001, 9_999])
+@pytest.mark.parametrize("kind", ["out-of-scale", "not-a-number", "too-many-fields"])
+def test_line_numbers_are_exact_across_blocks(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              bad_line: int, kind: str) -> None:
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)  # many blocks: the line count must carry over exactly
+    lines = ["userId,movieId,rating,timestamp"] + [f"{i // 50 + 1},{i % 50 + 1},3.5,{1000 + i}" for i in range(9_999)]
+    lines[bad_line - 1] = {"out-of-scale": "5,5,5.5,1", "not-a-number": "5,x5,3,1",
+                           "too-many-fields": "5,5,3,1,9"}[kind]
+    path = write_csv(tmp_path / "big.csv", lines)
+    with pytest.raises(DataError, match=rf"^big\.csv line {bad_line}: "):
+        ingest_ratings_file(engine, path)
+    assert snapshot(engine)["ratings"] == []
+    report = ingest_ratings_file(engine, path, skip_bad=True)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (9_999, 9_998, 1)
+    assert [r.line for r in report.rejects] == [bad_line]
+
+
+def test_skip_bad_loads_good_rows_and_reports_rejects(engine: Engine, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "r.csv", ["1,1,4", "1,2,9", "oops", "", "1,3,3.5,12", "2,x,1"] +
+                     [f"3,{m},0" for m in range(1, 15)])
+    report = ingest_ratings_file(engine, path, skip_bad=True)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (19, 2, 17)
+    assert [(r.file, r.line) for r in report.rejects[:3]] == [("r.csv", 2), ("r.csv", 3), ("r.csv", 6)]
+    assert len(report.rejects) == ingest.REJECTS_KEPT
+    assert "rating 9 is outside 0.5..5" in report.rejects[0].reason
+    assert snapshot(engine)["ratings"] == [(1, 1, 4.0, None), (1, 3, 3.5, 12)]
+
+
+def test_zip_slip_archive_writes_nothing_and_loads_nothing(engine: Engine, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = write_dataset("ml-1m", work, as_zip=True)
+    with zipfile.ZipFile(archive, "a") as handle:
+        handle.writestr("../escaped.txt", "x")
+        handle.writestr("/tmp/absolute-escape.txt", "x")
+    before_files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(DataError, match="unsafe member name '../escaped.txt'"):
+        ingest_dataset(engine, "ml-1m", archive, downloads_dir=tmp_path / "dl")
+    after_files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not p.name.startswith("recae.db"))
+    assert after_files == [p for p in before_files if not p.name.startswith("recae.db")]
+    assert not Path("/tmp/absolute-escape.txt").exists()
+    assert snapshot(engine)["ratings"] == []
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_bad_data_exits_65_with_one_line(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "r.csv", ["1,1,4", "1,2,4", "1,3,7"])
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "ingest", "--ratings", str(path)])
+    assert result.exit_code == 65
+    assert result.stderr.strip() == "Error: r.csv line 3: rating 7 is outside 0.5..5"
+    assert result.stdout == ""
+
+
+def test_cli_ingests_and_reports_json_then_already_ingested(tmp_path: Path) -> None:
+    import json
+
+    folder = write_dataset("ml-100k", tmp_path)
+    args = ["--home", str(tmp_path / "home"), "ingest", "ml-100k", "--path", str(folder), "--format", "json"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["rows_loaded"] == len(STAR_RATINGS)
+    second = CliRunner().invoke(cli, args)
+    assert json.loads(second.stdout)["already_ingested"] is True and "already ingested" in second.stderr
+
+
+def test_cli_offline_message_says_use_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fmt = dataclasses.replace(datasets.FORMATS["ml-100k"], url=(tmp_path / "offline.zip").as_uri())
+    monkeypatch.setitem(datasets.FORMATS, "ml-100k", fmt)
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "ingest", "ml-100k"])
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "--path" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["ml-100k", "--ratings", "X"], ["--ratings", "X", "--path", "X"], ["ml-7m"]])
+def test_cli_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "x.csv").write_text("1,1,1\n")
+    args = [str(tmp_path / "x.csv") if a == "X" else a for a in args]
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "ingest", *args])
+    assert result.exit_code == 2 and "Usage" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------- SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+@pytest.mark.parametrize("prefilled", [False, True], ids=["empty-store", "prefilled-store"])
+def test_sigkill_mid_ingest_leaves_store_unchanged_and_rerun_succeeds(tmp_path: Path, prefilled: bool) -> None:
+    from tests.benchmarks.bench_ingest import write_ratings_csv
+
+    home = tmp_path / "home"
+    big = write_ratings_csv(tmp_path / "big.csv", 2_500_000)  # ~50 MB: several 16 MiB blocks
+    command = [sys.executable, "-m", "recae", "--home", str(home), "ingest", "--ratings", str(big)]
+    if prefilled:
+        small = write_csv(tmp_path / "small.csv", ["999998,1,4.0,5", "999999,7,2.0,9"])
+        subprocess.run([*command[:-1], str(small)], check=True, capture_output=True, cwd=ROOT)
+    from recae.db import open_store
+
+    engine = open_store(f"sqlite:///{home / 'recae.db'}")
+    before = snapshot(engine)
+    engine.dispose()
+    # -vv logs each written block on stderr; kill after the first one, while the rest is still to come.
+    process = subprocess.Popen([command[0], "-m", "recae", "-vv", *command[3:]], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    lines_read = 0
+    for line in process.stderr:
+        if "ratings written so far" in line:
+            lines_read = int(line.split(" lines read, ")[0].rsplit(" ", 1)[1])
+            break
+    assert 0 < lines_read < 2_500_000 and process.poll() is None, "the ingest ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    engine = open_store(f"sqlite:///{home / 'recae.db'}")
+    assert snapshot(engine) == before
+    engine.dispose()
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    engine = open_store(f"sqlite:///{home / 'recae.db'}")
+    with engine.connect() as conn:
+        n_ratings = conn.execute(text("SELECT COUNT(*) FROM ratings")).scalar_one()
+        n_succeeded = conn.execute(text("SELECT COUNT(*) FROM ingest_runs WHERE status = 'succeeded'")).scalar_one()
+    assert n_ratings == 2_500_000 + (2 if prefilled else 0)
+    assert n_succeeded == len(before["succeeded"]) + 1
+    engine.dispose()
