@@ -54,7 +54,9 @@ class DatasetFormat:
     Attributes:
         name: the name users type (``ml-100k``).
         url: official GroupLens zip.
-        sha256: the zip's known checksum, or None (then recorded on first download: trust on first use).
+        sha256: the zip's known checksum, or None (then recorded on first download).
+        md5: the checksum GroupLens publishes beside each zip (``<name>.zip.md5``); when there is no sha256, the
+            first download must match it before its sha256 is recorded, so even the first fetch is verified.
         ratings_file / movies_file: member names (found at any folder depth inside the zip or folder).
         sep: field separator of the ratings and movies files (``\\t`` for u.data, ``|`` for u.item).
         header: whether ratings and movies files start with a header line.
@@ -73,6 +75,7 @@ class DatasetFormat:
     movies_kind: Literal["item", "dat", "csv"]
     encoding: str
     scale: RatingScale
+    md5: str | None = None
     movies_sep: str = ""
     genre_file: str | None = None
     fold_files: tuple[tuple[str, str], ...] = ()
@@ -82,27 +85,38 @@ def _csv_format(name: str) -> DatasetFormat:
     return DatasetFormat(
         name=name, url=f"{GROUPLENS}/{name}.zip", sha256=None, ratings_file="ratings.csv",
         movies_file="movies.csv", sep=",", header=True, movies_kind="csv", encoding="utf-8", scale=HALF_STARS,
+        md5=GROUPLENS_MD5.get(name),
     )
 
 
-#: Every dataset ``recae ingest`` knows by name. No sha256 is filled in: none was verified offline, so the
-#: first download records its checksum (``<name>.zip.sha256`` beside the cached zip) and later ones must match.
+#: GroupLens's published MD5 of the stable releases (the same values appear in several independent projects).
+#: ml-latest and ml-latest-small change over time, and ml-32m's was not found, so those are trust-on-first-use.
+GROUPLENS_MD5 = {
+    "ml-100k": "0e33842e24a9c977be4e0107933c0723",
+    "ml-1m": "c4d9eecfca2ab87c1945afe126590906",
+    "ml-10m": "ce571fd55effeba0271552578f2648bd",
+    "ml-20m": "cd245b17a1ae2cc31bb14903e1204af3",
+    "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
+}
+
+#: Every dataset ``recae ingest`` knows by name. The first download is checked against GroupLens's MD5 where one
+#: is published, and its sha256 is recorded (``<name>.zip.sha256`` beside the cached zip); later ones must match.
 FORMATS: dict[str, DatasetFormat] = {
     "ml-100k": DatasetFormat(
         name="ml-100k", url=f"{GROUPLENS}/ml-100k.zip", sha256=None, ratings_file="u.data",
         movies_file="u.item", sep="\t", header=False, movies_kind="item", encoding="latin-1", scale=STARS,
-        movies_sep="|", genre_file="u.genre",
+        movies_sep="|", genre_file="u.genre", md5=GROUPLENS_MD5["ml-100k"],
         fold_files=tuple((f"u{i}", f"u{i}.test") for i in range(1, 6)) + (("ua", "ua.test"), ("ub", "ub.test")),
     ),
     "ml-1m": DatasetFormat(
         name="ml-1m", url=f"{GROUPLENS}/ml-1m.zip", sha256=None, ratings_file="ratings.dat",
         movies_file="movies.dat", sep="::", header=False, movies_kind="dat", encoding="latin-1", scale=STARS,
-        movies_sep="::",
+        movies_sep="::", md5=GROUPLENS_MD5["ml-1m"],
     ),
     "ml-10m": DatasetFormat(
         name="ml-10m", url=f"{GROUPLENS}/ml-10m.zip", sha256=None, ratings_file="ratings.dat",
         movies_file="movies.dat", sep="::", header=False, movies_kind="dat", encoding="utf-8", scale=HALF_STARS,
-        movies_sep="::",
+        movies_sep="::", md5=GROUPLENS_MD5["ml-10m"],
     ),
     **{name: _csv_format(name) for name in ("ml-20m", "ml-25m", "ml-32m", "ml-latest", "ml-latest-small")},
 }
@@ -239,6 +253,12 @@ def fetch(fmt: DatasetFormat, downloads_dir: Path) -> Download:
     if not target.exists():
         _download(fmt, target)
     actual = sha256_file(target)
+    if expected is None and fmt.md5 is not None and _md5_file(target) != fmt.md5:
+        target.unlink()
+        raise DownloadError(
+            f"{fmt.name}: the download from {fmt.url} does not match GroupLens's published MD5 and was removed; "
+            "try again, or use --path with a file you trust"
+        )
     if expected is None:
         record.write_text(json.dumps({"url": fmt.url, "sha256": actual}) + "\n")
         log.warning("%s: no known checksum; recorded sha256 %s (trust on first use)", fmt.name, actual)
@@ -250,6 +270,14 @@ def fetch(fmt: DatasetFormat, downloads_dir: Path) -> Download:
             f"the download was removed - try again, or use --path with a file you trust"
         )
     return Download(target, actual, "registry" if fmt.sha256 else "recorded")
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_record(record: Path) -> str | None:

@@ -66,7 +66,7 @@ def test_source_finds_members_in_zip_and_folder(tmp_path: Path) -> None:
 def test_fetch_downloads_records_sha256_on_first_use_and_checks_it_later(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     served = _zip(tmp_path / "served.zip", {"ml-100k/u.data": b"1\t2\t3\t4\n"})
-    fmt = dataclasses.replace(datasets.FORMATS["ml-100k"], url=served.as_uri())
+    fmt = dataclasses.replace(datasets.FORMATS["ml-100k"], url=served.as_uri(), md5=None)
     cache = tmp_path / "downloads"
     first = fetch(fmt, cache)
     digest = hashlib.sha256(served.read_bytes()).hexdigest()
@@ -78,6 +78,17 @@ def test_fetch_downloads_records_sha256_on_first_use_and_checks_it_later(tmp_pat
         fetch(fmt, cache)
     assert not (cache / "ml-100k.zip").exists()
     assert fetch(fmt, cache).sha256 == digest  # downloaded afresh
+
+
+def test_first_download_must_match_grouplens_md5(tmp_path: Path) -> None:
+    served = _zip(tmp_path / "served.zip", {"ml-100k/u.data": b"1\t2\t3\t4\n"})
+    fmt = dataclasses.replace(datasets.FORMATS["ml-100k"], url=served.as_uri())
+    assert fmt.md5 == "0e33842e24a9c977be4e0107933c0723"
+    with pytest.raises(DownloadError, match="published MD5"):
+        fetch(fmt, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing recorded, nothing cached
+    good = dataclasses.replace(fmt, md5=hashlib.md5(served.read_bytes()).hexdigest())
+    assert fetch(good, tmp_path / "cache").sha256 == hashlib.sha256(served.read_bytes()).hexdigest()
 
 
 def test_fetch_rejects_a_download_that_does_not_match_the_registry(tmp_path: Path) -> None:
