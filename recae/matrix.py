@@ -1,12 +1,17 @@
 """The user x movie rating matrix (scipy CSR) and the index between external ids and positions.
 
 ``*_id`` is an external MovieLens id; ``row``/``col`` a position. No torch here.
+
+Loading from the store costs O(nnz) time and memory: ratings stream into preallocated numpy arrays in
+primary-key order, which is already CSR order, so nothing is sorted and no Python object is made per rating
+(on SQLite; see ``_read_sqlite``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +22,13 @@ from recae.errors import EmptyStoreError, UnknownMovieError, UnknownUserError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+log = logging.getLogger(__name__)
+
+#: A dense id -> position table is used while ``max_id - min_id`` stays below this multiple of the id count
+#: (plus a small constant): MovieLens ids are compact, so lookups are one gather instead of a binary search.
+_DENSE_LOOKUP_SLACK = 4
+_DENSE_LOOKUP_MIN = 1 << 20
+
 
 def _describe_ids(ids: np.ndarray) -> str:
     if ids.size == 0:
@@ -26,12 +38,73 @@ def _describe_ids(ids: np.ndarray) -> str:
     return f"{ids.size} ids between {ids[0]} and {ids[-1]}"
 
 
+def _sorted_unique_ids(ids: np.ndarray) -> np.ndarray:
+    """``np.unique(ids)`` in O(n) when ids are compact non-negative integers (a presence table), else by sorting."""
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    low, high = int(ids.min()), int(ids.max())
+    if low >= 0 and high < _DENSE_LOOKUP_SLACK * ids.size + _DENSE_LOOKUP_MIN:
+        present = np.zeros(high + 1, dtype=bool)
+        present[ids] = True
+        return np.flatnonzero(present).astype(np.int64)
+    return np.unique(ids).astype(np.int64)
+
+
+class _Lookup:
+    """Vectorised id -> position: a dense table for compact ids, binary search otherwise; -1 for unknown ids."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids
+        self.offset = int(ids[0]) if ids.size else 0
+        span = int(ids[-1]) - self.offset + 1 if ids.size else 0
+        self.table: np.ndarray | None = None
+        if ids.size and span <= _DENSE_LOOKUP_SLACK * ids.size + _DENSE_LOOKUP_MIN:
+            self.table = np.full(span, -1, dtype=np.int32 if ids.size < 2**31 else np.int64)
+            self.table[ids - self.offset] = np.arange(ids.size, dtype=self.table.dtype)
+
+    def known(self, query: np.ndarray) -> np.ndarray:
+        """Positions of ids known to be present, in the table's own dtype (int32 below 2**31 ids); no checks."""
+        if self.table is None:
+            return np.searchsorted(self.ids, query)
+        if self.offset == 0:
+            return self.table[query]
+        return self.table[query - self.offset]
+
+    def __call__(self, query: np.ndarray) -> np.ndarray:
+        query = np.asarray(query, dtype=np.int64)
+        if self.ids.size == 0:
+            return np.full(query.shape, -1, np.int64)
+        if self.table is not None:
+            shifted = query - self.offset
+            inside = (shifted >= 0) & (shifted < self.table.size)
+            if inside.all():
+                return self.table[shifted].astype(np.int64, copy=False)
+            out = np.full(query.shape, -1, np.int64)
+            out[inside] = self.table[shifted[inside]]
+            return out
+        pos = np.searchsorted(self.ids, query)
+        clipped = np.minimum(pos, self.ids.size - 1)
+        return np.where(self.ids[clipped] == query, clipped, -1)
+
+
 @dataclass(frozen=True, eq=False)
 class IdIndex:
     """Sorted external ids; position in the array is the row (users) or column (movies)."""
 
     user_ids: np.ndarray  # (n_users,) int64, strictly increasing
     movie_ids: np.ndarray  # (n_movies,) int64, strictly increasing
+    _user_lookup: _Lookup = field(init=False, repr=False, compare=False)
+    _movie_lookup: _Lookup = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("user_ids", "movie_ids"):
+            ids = np.ascontiguousarray(getattr(self, name), dtype=np.int64)
+            if ids.ndim != 1 or (ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1]))):
+                raise ValueError(f"IdIndex.{name} must be a strictly increasing 1-d array of ids")
+            ids.flags.writeable = False
+            object.__setattr__(self, name, ids)
+        object.__setattr__(self, "_user_lookup", _Lookup(self.user_ids))
+        object.__setattr__(self, "_movie_lookup", _Lookup(self.movie_ids))
 
     @property
     def n_users(self) -> int:
@@ -41,42 +114,54 @@ class IdIndex:
     def n_movies(self) -> int:
         return int(self.movie_ids.size)
 
+    def _user_position(self, user_id: int) -> int:
+        return int(self._user_lookup(np.asarray([user_id]))[0])
+
+    def _movie_position(self, movie_id: int) -> int:
+        return int(self._movie_lookup(np.asarray([movie_id]))[0])
+
     def has_user(self, user_id: int) -> bool:
-        i = int(np.searchsorted(self.user_ids, user_id))
-        return i < self.user_ids.size and int(self.user_ids[i]) == int(user_id)
+        return self._user_position(user_id) >= 0
 
     def has_movie(self, movie_id: int) -> bool:
-        i = int(np.searchsorted(self.movie_ids, movie_id))
-        return i < self.movie_ids.size and int(self.movie_ids[i]) == int(movie_id)
+        return self._movie_position(movie_id) >= 0
 
     def user_row(self, user_id: int) -> int:
         """Row of ``user_id``; raises UnknownUserError naming the known range."""
-        if not self.has_user(user_id):
+        row = self._user_position(user_id)
+        if row < 0:
             raise UnknownUserError(f"user {user_id} is unknown; known users are {_describe_ids(self.user_ids)}")
-        return int(np.searchsorted(self.user_ids, user_id))
+        return row
 
     def movie_col(self, movie_id: int) -> int:
         """Column of ``movie_id``; raises UnknownMovieError naming the known range."""
-        if not self.has_movie(movie_id):
+        col = self._movie_position(movie_id)
+        if col < 0:
             raise UnknownMovieError(
                 f"movie {movie_id} is unknown; known movies are {_describe_ids(self.movie_ids)}"
             )
-        return int(np.searchsorted(self.movie_ids, movie_id))
+        return col
+
+    def lookup_users(self, user_ids: np.ndarray) -> np.ndarray:
+        """Vectorised rows (int64), -1 where the id is unknown; never raises."""
+        return self._user_lookup(user_ids)
+
+    def lookup_movies(self, movie_ids: np.ndarray) -> np.ndarray:
+        """Vectorised columns (int64), -1 where the id is unknown; never raises."""
+        return self._movie_lookup(movie_ids)
 
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
-        """Vectorised rows for ids that must all be known."""
-        rows = np.searchsorted(self.user_ids, user_ids)
-        bad = (rows >= self.n_users) | (self.user_ids[np.minimum(rows, self.n_users - 1)] != user_ids)
-        if bad.any():
-            self.user_row(int(np.asarray(user_ids)[bad][0]))
+        """Vectorised rows (int64) for ids that must all be known; O(len) for compact ids."""
+        rows = self._user_lookup(user_ids)
+        if rows.size and int(rows.min()) < 0:
+            self.user_row(int(np.asarray(user_ids).ravel()[np.flatnonzero(rows.ravel() < 0)[0]]))
         return rows
 
     def movie_cols(self, movie_ids: np.ndarray) -> np.ndarray:
-        """Vectorised columns for ids that must all be known."""
-        cols = np.searchsorted(self.movie_ids, movie_ids)
-        bad = (cols >= self.n_movies) | (self.movie_ids[np.minimum(cols, self.n_movies - 1)] != movie_ids)
-        if bad.any():
-            self.movie_col(int(np.asarray(movie_ids)[bad][0]))
+        """Vectorised columns (int64) for ids that must all be known; O(len) for compact ids."""
+        cols = self._movie_lookup(movie_ids)
+        if cols.size and int(cols.min()) < 0:
+            self.movie_col(int(np.asarray(movie_ids).ravel()[np.flatnonzero(cols.ravel() < 0)[0]]))
         return cols
 
     def to_json(self) -> dict[str, Any]:
@@ -106,10 +191,13 @@ class RatingMatrix:
     def shape(self) -> tuple[int, int]:
         return self.csr.shape  # type: ignore[return-value]
 
+    def row_of_each_rating(self) -> np.ndarray:
+        """(nnz,) int64 row of every stored rating, in CSR order."""
+        return np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(self.csr.indptr))
+
     def coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, cols, values) of every rating, in CSR order."""
-        rows = np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(self.csr.indptr))
-        return rows, self.csr.indices.astype(np.int64), self.csr.data
+        return self.row_of_each_rating(), self.csr.indices.astype(np.int64), self.csr.data
 
     def rating_scale(self) -> tuple[float, float]:
         """Smallest and largest rating present (the clip range for predictions)."""
@@ -118,16 +206,49 @@ class RatingMatrix:
         return float(self.csr.data.min()), float(self.csr.data.max())
 
     def subset(self, mask: np.ndarray) -> RatingMatrix:
-        """The ratings where ``mask`` (aligned with ``csr.data``) is True, on the same index."""
-        rows, cols, values = self.coo()
-        return RatingMatrix.from_positions(rows[mask], cols[mask], values[mask], self.timestamps[mask], self.index)
+        """The ratings where ``mask`` (bool, aligned with ``csr.data``) is True, on the same index; O(nnz)."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.nnz,):
+            raise ValueError(f"mask has shape {mask.shape}; expected ({self.nnz},)")
+        kept_before = np.zeros(self.nnz + 1, dtype=np.int64)
+        np.cumsum(mask, out=kept_before[1:])
+        indptr = kept_before[self.csr.indptr]
+        return RatingMatrix._from_csr_parts(
+            self.csr.data[mask], self.csr.indices[mask], indptr, self.timestamps[mask], self.index
+        )
 
     def fingerprint(self) -> str:
-        """sha256 over ids and ratings: two matrices with equal fingerprints hold the same data."""
+        """sha256 over ids, ratings and timestamps: equal fingerprints mean the same data (and the same splits)."""
         digest = hashlib.sha256()
-        for array in (self.index.user_ids, self.index.movie_ids, self.csr.indptr, self.csr.indices, self.csr.data):
+        indptr = self.csr.indptr.astype(np.int64)
+        indices = self.csr.indices.astype(np.int32)
+        data = self.csr.data.astype(np.float32)
+        for array in (self.index.user_ids, self.index.movie_ids, indptr, indices, data, self.timestamps):
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
+
+    @classmethod
+    def _from_csr_parts(
+        cls,
+        values: np.ndarray,
+        cols: np.ndarray,
+        indptr: np.ndarray,
+        timestamps: np.ndarray,
+        index: IdIndex,
+    ) -> RatingMatrix:
+        """Wrap arrays already in CSR order (sorted, unique columns per row) without copying or checking."""
+        index_dtype = np.int32 if max(int(indptr[-1]), index.n_movies) < 2**31 else np.int64
+        csr = sp.csr_matrix(
+            (
+                np.asarray(values, dtype=np.float32),
+                np.asarray(cols, dtype=index_dtype),
+                np.asarray(indptr, dtype=index_dtype),
+            ),
+            shape=(index.n_users, index.n_movies),
+            copy=False,
+        )
+        csr.has_sorted_indices = True
+        return cls(csr=csr, timestamps=np.asarray(timestamps, dtype=np.int64), index=index)
 
     @classmethod
     def from_positions(
@@ -138,14 +259,25 @@ class RatingMatrix:
         timestamps: np.ndarray | None,
         index: IdIndex,
     ) -> RatingMatrix:
-        """Build from positions already mapped through ``index``; (row, col) pairs must be unique."""
+        """Build from positions already mapped through ``index``; (row, col) pairs must be unique.
+
+        Input already in (row, col) order is taken as is in O(n); otherwise it is sorted once.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float32)
         ts = np.zeros(rows.size, np.int64) if timestamps is None else np.asarray(timestamps, dtype=np.int64)
-        order = np.lexsort((cols, rows))
-        if not (np.all(np.diff(rows) >= 0) and np.all(order == np.arange(order.size))):
-            rows, cols, ts = rows[order], cols[order], ts[order]
-            values = np.asarray(values)[order]
+        if not (rows.shape == cols.shape == values.shape == ts.shape and rows.ndim == 1):
+            raise ValueError("rows, cols, values and timestamps must be 1-d arrays of one length")
+        if rows.size and (rows.min() < 0 or rows.max() >= index.n_users or cols.min() < 0
+                          or cols.max() >= index.n_movies):
+            raise ValueError(f"positions outside the index's {index.n_users} x {index.n_movies} shape")
+        in_order = rows.size < 2 or bool(
+            np.all((rows[1:] > rows[:-1]) | ((rows[1:] == rows[:-1]) & (cols[1:] >= cols[:-1])))
+        )
+        if not in_order:
+            order = np.lexsort((cols, rows))
+            rows, cols, values, ts = rows[order], cols[order], values[order], ts[order]
         if rows.size > 1:
             same = (rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1])
             if same.any():
@@ -155,11 +287,7 @@ class RatingMatrix:
                 )
         indptr = np.zeros(index.n_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=index.n_users), out=indptr[1:])
-        csr = sp.csr_matrix(
-            (np.asarray(values, dtype=np.float32), cols.astype(np.int32), indptr),
-            shape=(index.n_users, index.n_movies),
-        )
-        return cls(csr=csr, timestamps=ts, index=index)
+        return cls._from_csr_parts(values, cols, indptr, ts, index)
 
     @classmethod
     def from_ids(
@@ -174,25 +302,284 @@ class RatingMatrix:
         user_ids = np.asarray(user_ids, dtype=np.int64)
         movie_ids = np.asarray(movie_ids, dtype=np.int64)
         if index is None:
-            index = IdIndex(np.unique(user_ids), np.unique(movie_ids))
+            index = IdIndex(_sorted_unique_ids(user_ids), _sorted_unique_ids(movie_ids))
         return cls.from_positions(index.user_rows(user_ids), index.movie_cols(movie_ids), values, timestamps, index)
 
     @classmethod
     def from_db(cls, engine: Engine) -> RatingMatrix:
-        """Every rating in the store; unknown (NULL) timestamps become 0. Raises EmptyStoreError when empty."""
-        from sqlalchemy import select
+        """Every rating in the store; unknown (NULL) timestamps become 0. Raises EmptyStoreError when empty.
 
-        from recae.db import Rating
+        One consistent snapshot, O(nnz) time and memory. A SQLite file takes a fast path with no Python object
+        per rating; any other database (or data the fast path cannot read exactly) streams DBAPI rows.
+        """
+        from recae.db import is_sqlite
 
-        with engine.connect() as conn:
-            result = conn.execute(
-                select(Rating.user_id, Rating.movie_id, Rating.rating, Rating.timestamp).order_by(
-                    Rating.user_id, Rating.movie_id
-                )
-            )
-            rows = result.all()
-        if not rows:
+        columns: _Columns | None = None
+        if is_sqlite(engine) and engine.url.database not in (None, "", ":memory:"):  # threads need a file
+            columns = _read_sqlite(engine)
+        if columns is None:
+            columns = _read_generic(engine)
+        if columns.user_ids.size == 0:
             raise EmptyStoreError("the store holds no ratings; run `recae ingest ml-100k` first")
-        users, movies, values, ts = (np.asarray(c) for c in zip(*rows, strict=True))
-        ts = np.asarray([0 if t is None else t for t in ts], dtype=np.int64)
-        return cls.from_ids(users, movies, values.astype(np.float32), ts)
+        return _matrix_from_sorted_columns(columns)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading from the store
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Ratings read from the store, one array per column, normally in (user_id, movie_id) order."""
+
+    user_ids: np.ndarray  # (nnz,) int64
+    movie_ids: np.ndarray  # (nnz,) int64
+    values: np.ndarray  # (nnz,) float32
+    timestamps: np.ndarray  # (nnz,) int64, 0 = unknown
+
+
+def _matrix_from_sorted_columns(columns: _Columns) -> RatingMatrix:
+    """CSR straight from columns in (user_id, movie_id) order: O(nnz), no sort; falls back to a sort otherwise."""
+    users, movies = columns.user_ids, columns.movie_ids
+    new_user = np.empty(users.size, dtype=bool)
+    new_user[0] = True
+    np.not_equal(users[1:], users[:-1], out=new_user[1:])
+    starts = np.flatnonzero(new_user)
+    user_index = users[starts]
+    ordered = bool(np.all(user_index[1:] > user_index[:-1])) and bool(
+        np.all((movies[1:] > movies[:-1]) | new_user[1:])
+    )
+    if not ordered:  # a database that ignored ORDER BY, or duplicates: the general path sorts and checks
+        return RatingMatrix.from_ids(users, movies, columns.values, columns.timestamps)
+    del new_user
+    index = IdIndex(user_index, _sorted_unique_ids(movies))
+    indptr = np.empty(starts.size + 1, dtype=np.int64)
+    indptr[:-1] = starts
+    indptr[-1] = users.size
+    cols = index._movie_lookup.known(movies)  # every id is in the index: it was built from these ids
+    return RatingMatrix._from_csr_parts(columns.values, cols, indptr, columns.timestamps, index)
+
+
+_GENERIC_BATCH = 65_536
+
+
+def _read_generic(engine: Engine) -> _Columns:
+    """Any SQLAlchemy database: a raw DBAPI cursor streamed with ``fetchmany`` into numpy batches."""
+    from sqlalchemy import func, select
+
+    from recae.db import Rating
+
+    statement = select(
+        Rating.user_id, Rating.movie_id, Rating.rating, func.coalesce(Rating.timestamp, 0)
+    ).order_by(Rating.user_id, Rating.movie_id)
+    # The only parameter is the constant 0, rendered inline so the raw cursor needs no bindings.
+    sql = str(statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(sql)
+        while batch := cursor.fetchmany(_GENERIC_BATCH):
+            users, movies, values, stamps = zip(*batch, strict=True)
+            parts.append((
+                np.fromiter(users, np.int64, len(batch)),
+                np.fromiter(movies, np.int64, len(batch)),
+                np.fromiter(values, np.float32, len(batch)),
+                np.fromiter(stamps, np.int64, len(batch)),
+            ))
+        cursor.close()
+        raw.rollback()
+    finally:
+        raw.close()
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return _Columns(empty, empty, np.zeros(0, np.float32), empty)
+    return _Columns(*(np.concatenate([p[k] for p in parts]) for k in range(4)))  # type: ignore[arg-type]
+
+
+class _NotEncodable(Exception):
+    """SQLite rows the fast path cannot read exactly (a value that is not an integer where one is expected)."""
+
+
+_SQLITE_CHUNK_ROWS = 1_000_000  # ratings per query, bounding the text held at once (~30 MB)
+
+# One query per user id range returns each column as one comma-joined text. Ratings travel as twice their
+# value when that is an integer (every MovieLens dataset: half stars), else as NULL, which group_concat skips;
+# a chunk whose rating count then falls short is read again with ratings as REAL text.
+_SQLITE_COLUMNS_SQL = (
+    "SELECT group_concat(user_id), group_concat(movie_id),"
+    " group_concat(iif(rating * 2 = CAST(rating * 2 AS INTEGER), CAST(rating * 2 AS INTEGER), NULL)),"
+    " group_concat(ifnull(timestamp, 0))"
+    " FROM ratings WHERE user_id >= ? AND user_id < ?"
+)
+_SQLITE_REAL_RATINGS_SQL = "SELECT group_concat(rating) FROM ratings WHERE user_id >= ? AND user_id < ?"
+
+
+def _parse_into(text: str | None, out: np.ndarray) -> bool:
+    """Parse comma-joined numbers into ``out``; False unless there are exactly ``out.size`` of them."""
+    if text is None:
+        return out.size == 0
+    try:
+        parsed = np.fromstring(text, dtype=out.dtype, sep=",")
+    except ValueError:  # unparsable text (numpy >= 2.3 raises; older versions warn and stop early)
+        return False
+    if parsed.size != out.size:
+        return False
+    out[:] = parsed
+    return True
+
+
+def _user_ranges(low: int, high: int, n_rows: int) -> list[tuple[int, int]]:
+    """Half-open user id ranges of about ``_SQLITE_CHUNK_ROWS`` ratings each (equal id widths)."""
+    n_chunks = max(1, -(-n_rows // _SQLITE_CHUNK_ROWS))
+    edges = np.unique(np.linspace(low, high + 1, n_chunks + 1).round().astype(np.int64))
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
+class _SqliteSnapshot:
+    """One SQLite read transaction, used from a single worker thread (sqlite3 objects stay in their thread)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.raw = engine.raw_connection()
+        self.cursor = self.raw.cursor()
+        self.cursor.execute("BEGIN")
+        # The first read fixes the snapshot. Three statements, not one: alone, count(*) and min/max of the
+        # key need no full scan.
+        (self.n_rows,) = self.cursor.execute("SELECT count(*) FROM ratings").fetchone()
+        (self.low,) = self.cursor.execute("SELECT min(user_id) FROM ratings").fetchone()
+        (self.high,) = self.cursor.execute("SELECT max(user_id) FROM ratings").fetchone()
+
+    def columns(self, first: int, stop: int) -> tuple[str | None, ...]:
+        return tuple(self.cursor.execute(_SQLITE_COLUMNS_SQL, (first, stop)).fetchone())
+
+    def real_ratings(self, first: int, stop: int) -> str | None:
+        return self.cursor.execute(_SQLITE_REAL_RATINGS_SQL, (first, stop)).fetchone()[0]
+
+    def close(self) -> None:
+        try:
+            self.cursor.close()
+            self.raw.rollback()
+        finally:
+            self.raw.close()
+
+
+_SQLITE_READERS = 2  # connections reading ranges in parallel (the GIL is released inside SQLite)
+_SNAPSHOT_LOCK_WAIT_MS = 2_000
+
+
+def _open_snapshots(engine: Engine, workers: list[Any]) -> list[_SqliteSnapshot]:
+    """One read transaction per worker thread, all on the same snapshot of the database.
+
+    While a helper connection holds the write lock for a few milliseconds (``BEGIN IMMEDIATE``) no commit
+    can land, so every reader that starts then sees the same data; the lock is released before the long
+    reads. When the lock cannot be had quickly (a long write, a read-only file) one reader is used alone.
+    """
+    from recae.db import SQLITE_BUSY_TIMEOUT_MS
+
+    def start_all(count: int) -> list[_SqliteSnapshot]:
+        started: list[_SqliteSnapshot] = []
+        try:
+            for worker in workers[:count]:
+                started.append(worker.submit(_SqliteSnapshot, engine).result())
+        except BaseException:
+            for worker, snapshot in zip(workers, started, strict=False):
+                worker.submit(snapshot.close).result()
+            raise
+        return started
+
+    if len(workers) < 2:
+        return start_all(1)
+    guard = engine.raw_connection()
+    try:
+        cursor = guard.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={_SNAPSHOT_LOCK_WAIT_MS:d}")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except Exception as exc:  # sqlite3.OperationalError: locked or read-only
+            log.info("no shared snapshot (%s); loading with one reader", exc)
+            return start_all(1)
+        try:
+            return start_all(len(workers))
+        finally:
+            guard.rollback()
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+            cursor.close()
+    finally:
+        guard.close()
+
+
+def _read_sqlite(engine: Engine) -> _Columns | None:
+    """SQLite fast path: per user id range, one query returns each column as one text parsed by numpy.
+
+    Python's sqlite3 otherwise makes a tuple and four objects per rating, several times slower. The ratings
+    table is WITHOUT ROWID with key (user_id, movie_id), so a range scan yields rows in CSR order and
+    ``group_concat`` keeps it (checked again when the CSR is built). Worker threads, each with its own
+    connection on one shared snapshot, run the queries (SQLite releases the GIL) while this thread parses
+    finished ranges, so both cores work. Returns None when a value cannot be read exactly this way; the
+    caller then takes the generic path.
+    """
+    import warnings
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    workers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="recae-matrix-load")
+               for _ in range(_SQLITE_READERS)]
+    snapshots: list[_SqliteSnapshot] = []
+    try:
+        snapshots = _open_snapshots(engine, workers)
+        first_snapshot = snapshots[0]
+        n_rows = int(first_snapshot.n_rows)
+        ranges = _user_ranges(int(first_snapshot.low), int(first_snapshot.high), n_rows) if n_rows else []
+        users = np.empty(n_rows, np.int64)
+        movies = np.empty(n_rows, np.int64)
+        values = np.empty(n_rows, np.float32)
+        stamps = np.empty(n_rows, np.int64)
+        in_flight = 2 * len(snapshots)  # queries queued ahead; bounds the text held at once
+        pending: dict[int, Future[tuple[str | None, ...]]] = {}
+
+        def reader(i: int) -> tuple[ThreadPoolExecutor, _SqliteSnapshot]:
+            return workers[i % len(snapshots)], snapshots[i % len(snapshots)]
+
+        def submit(i: int) -> None:
+            if i < len(ranges):
+                worker, snapshot = reader(i)
+                pending[i] = worker.submit(snapshot.columns, *ranges[i])
+
+        for i in range(in_flight):
+            submit(i)
+        done = 0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # numpy < 2.3 on unparsable text
+                for i, (first, stop) in enumerate(ranges):
+                    user_text, movie_text, code_text, stamp_text = pending.pop(i).result()
+                    submit(i + in_flight)
+                    count = 0 if user_text is None else user_text.count(",") + 1
+                    end = done + count
+                    if end > n_rows:
+                        raise _NotEncodable("more rows than counted")
+                    if not (_parse_into(user_text, users[done:end]) and _parse_into(movie_text, movies[done:end])
+                            and _parse_into(stamp_text, stamps[done:end])):
+                        raise _NotEncodable(f"a non-integer id or timestamp for users {first}..{stop - 1}")
+                    if _parse_into(code_text, values[done:end]):
+                        values[done:end] *= np.float32(0.5)
+                    else:  # some rating is not a half star: read this range's ratings as REAL text
+                        worker, snapshot = reader(i)
+                        exact = np.empty(count, np.float64)
+                        if not _parse_into(worker.submit(snapshot.real_ratings, first, stop).result(), exact):
+                            raise _NotEncodable(f"a non-numeric rating for users {first}..{stop - 1}")
+                        values[done:end] = exact
+                    done = end
+            if done != n_rows:
+                raise _NotEncodable(f"read {done} of {n_rows} rows")
+        except _NotEncodable as exc:
+            log.info("SQLite fast load not applicable (%s); streaming rows instead", exc)
+            return None
+        finally:
+            for future in pending.values():
+                future.cancel()
+    finally:
+        for i, snapshot in enumerate(snapshots):
+            workers[i].submit(snapshot.close).result()
+        for worker in workers:
+            worker.shutdown(wait=True)
+    return _Columns(users, movies, values, stamps)

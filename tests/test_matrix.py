@@ -1,0 +1,235 @@
+"""IdIndex and RatingMatrix: id <-> position, CSR construction, subsets, fingerprints and loading from a real store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import insert
+
+from recae.db import Rating
+from recae.errors import EmptyStoreError, UnknownMovieError, UnknownUserError
+from recae.matrix import IdIndex, RatingMatrix, _matrix_from_sorted_columns, _read_generic, _read_sqlite
+from tests.synthetic import planted_low_rank
+
+
+def _triples(matrix: RatingMatrix) -> set[tuple[int, int, float, int]]:
+    rows, cols, values = matrix.coo()
+    users, movies = matrix.index.user_ids[rows], matrix.index.movie_ids[cols]
+    return set(zip(users.tolist(), movies.tolist(), values.tolist(), matrix.timestamps.tolist(), strict=True))
+
+
+def _insert_ratings(engine, users, movies, values, stamps) -> None:  # type: ignore[no-untyped-def]
+    rows = [
+        {"user_id": int(u), "movie_id": int(m), "rating": float(r), "timestamp": None if t is None else int(t)}
+        for u, m, r, t in zip(users, movies, values, stamps, strict=True)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(Rating), rows)
+
+
+# ------------------------------------------------------------------------------------------------ IdIndex
+
+
+def test_unknown_user_names_the_known_range() -> None:
+    index = IdIndex(np.arange(1, 944), np.arange(1, 1683))
+    with pytest.raises(UnknownUserError, match=r"user 9999 is unknown; known users are 1\.\.943"):
+        index.user_row(9999)
+    with pytest.raises(UnknownMovieError, match=r"movie 0 is unknown; known movies are 1\.\.1682"):
+        index.movie_col(0)
+    with pytest.raises(UnknownUserError, match="user 5000"):
+        index.user_rows(np.array([1, 5000, 2]))
+    assert index.user_row(943) == 942 and index.movie_col(1) == 0
+
+
+def test_index_rejects_unsorted_or_repeated_ids() -> None:
+    with pytest.raises(ValueError, match="strictly increasing"):
+        IdIndex(np.array([1, 3, 2]), np.array([1]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        IdIndex(np.array([1]), np.array([4, 4]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ids=st.sets(st.one_of(st.integers(0, 300), st.integers(-(2**40), 2**40)), min_size=1, max_size=60),
+    queries=st.lists(st.integers(-(2**41), 2**41), max_size=30),
+)
+def test_vectorised_lookup_agrees_with_a_dict(ids: set[int], queries: list[int]) -> None:
+    """Compact ids use a dense table, sparse ids a binary search; both must give the same answers."""
+    sorted_ids = np.array(sorted(ids), dtype=np.int64)
+    index = IdIndex(sorted_ids, sorted_ids)
+    position = {v: i for i, v in enumerate(sorted(ids))}
+    probe = np.array(queries + sorted(ids)[:5], dtype=np.int64)
+    expected = np.array([position.get(int(q), -1) for q in probe], dtype=np.int64)
+    assert np.array_equal(index.lookup_users(probe), expected)
+    assert np.array_equal(index.lookup_movies(probe), expected)
+    known = probe[expected >= 0]
+    assert np.array_equal(index.user_rows(known), expected[expected >= 0])
+    for q, e in zip(probe.tolist(), expected.tolist(), strict=True):
+        assert index.has_user(q) == (e >= 0)
+
+
+def test_index_json_round_trip() -> None:
+    index = IdIndex(np.array([3, 7, 100]), np.array([1, 2, 5000]))
+    again = IdIndex.from_json(index.to_json())
+    assert np.array_equal(again.user_ids, index.user_ids) and np.array_equal(again.movie_ids, index.movie_ids)
+    assert again.movie_col(5000) == 2
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_from_ids_round_trips_any_order(data: st.DataObject) -> None:
+    pairs = data.draw(st.sets(st.tuples(st.integers(1, 40), st.integers(1, 25)), min_size=1, max_size=80))
+    pairs_list = sorted(pairs)
+    values = data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.5, 4.0, 5.0]), min_size=len(pairs_list),
+                                max_size=len(pairs_list)))
+    stamps = data.draw(st.lists(st.integers(0, 2**40), min_size=len(pairs_list), max_size=len(pairs_list)))
+    perm = data.draw(st.permutations(range(len(pairs_list))))
+    users = np.array([p[0] for p in pairs_list])
+    movies = np.array([p[1] for p in pairs_list])
+    sorted_matrix = RatingMatrix.from_ids(users, movies, np.array(values), np.array(stamps))
+    shuffled = RatingMatrix.from_ids(users[perm], movies[perm], np.array(values)[perm], np.array(stamps)[perm])
+    expected = set(zip(users.tolist(), movies.tolist(), values, stamps, strict=True))
+    assert _triples(sorted_matrix) == expected == _triples(shuffled)
+    assert sorted_matrix.fingerprint() == shuffled.fingerprint()
+    assert sorted_matrix.csr.has_sorted_indices and sorted_matrix.csr.dtype == np.float32
+    assert sorted_matrix.nnz == len(pairs_list) and sorted_matrix.timestamps.dtype == np.int64
+    dense = sorted_matrix.csr.toarray()
+    for u, m, v in zip(users, movies, values, strict=True):
+        assert dense[sorted_matrix.index.user_row(u), sorted_matrix.index.movie_col(m)] == np.float32(v)
+
+
+def test_duplicates_are_rejected_naming_user_and_movie() -> None:
+    with pytest.raises(ValueError, match="duplicate rating for user 7 and movie 3"):
+        RatingMatrix.from_ids(np.array([7, 1, 7]), np.array([3, 3, 3]), np.array([1.0, 2.0, 3.0]))
+
+
+def test_fingerprint_changes_with_any_rating_or_timestamp() -> None:
+    base = planted_low_rank(n_users=30, n_movies=20, seed=1).observed
+    rows, cols, values = base.coo()
+    same = RatingMatrix.from_positions(rows, cols, values.copy(), base.timestamps.copy(), base.index)
+    assert same.fingerprint() == base.fingerprint()
+    changed_value = values.copy()
+    changed_value[5] += 0.5
+    changed_time = base.timestamps.copy()
+    changed_time[5] += 1
+    assert RatingMatrix.from_positions(rows, cols, changed_value, base.timestamps, base.index).fingerprint() \
+        != base.fingerprint()
+    assert RatingMatrix.from_positions(rows, cols, values, changed_time, base.index).fingerprint() \
+        != base.fingerprint()
+
+
+def test_subset_keeps_index_and_exactly_the_masked_ratings() -> None:
+    base = planted_low_rank(n_users=40, n_movies=30, seed=2).observed
+    mask = np.random.default_rng(0).random(base.nnz) < 0.3
+    part, rest = base.subset(mask), base.subset(~mask)
+    assert part.index is base.index and rest.index is base.index
+    assert part.nnz == int(mask.sum()) and rest.nnz == base.nnz - part.nnz
+    assert _triples(part) | _triples(rest) == _triples(base)
+    assert not _triples(part) & _triples(rest)
+    assert np.allclose((part.csr + rest.csr).toarray(), base.csr.toarray())
+
+
+def test_rating_scale_and_empty_matrix() -> None:
+    m = RatingMatrix.from_ids(np.array([1, 2]), np.array([5, 6]), np.array([0.5, 4.5]))
+    assert m.rating_scale() == (0.5, 4.5)
+    with pytest.raises(EmptyStoreError):
+        m.subset(np.zeros(2, dtype=bool)).rating_scale()
+
+
+# ------------------------------------------------------------------------------------------------ from_db
+
+
+def test_from_db_matches_from_ids_on_a_real_store(engine) -> None:  # type: ignore[no-untyped-def]
+    planted = planted_low_rank(n_users=60, n_movies=40, seed=3).observed
+    rows, cols, values = planted.coo()
+    users = planted.index.user_ids[rows] * 7 + 11  # non-contiguous ids
+    movies = planted.index.movie_ids[cols] * 3
+    halves = np.round(values * 2) / 2
+    stamps = [None if i % 17 == 0 else int(t) for i, t in enumerate(planted.timestamps)]
+    order = np.random.default_rng(0).permutation(rows.size)  # insertion order must not matter
+    _insert_ratings(engine, users[order], movies[order], halves[order], [stamps[i] for i in order])
+
+    loaded = RatingMatrix.from_db(engine)
+    expected_stamps = np.array([0 if t is None else t for t in stamps])
+    expected = RatingMatrix.from_ids(users, movies, halves, expected_stamps)
+    assert loaded.fingerprint() == expected.fingerprint()
+    assert _triples(loaded) == _triples(expected)
+    assert (loaded.timestamps == 0).sum() == sum(t is None for t in stamps)
+    assert RatingMatrix.from_db(engine).fingerprint() == loaded.fingerprint()  # stable
+
+
+def test_fast_and_generic_paths_agree_on_unusual_values(engine) -> None:  # type: ignore[no-untyped-def]
+    """Off-grid ratings, huge and negative ids, pre-1970 timestamps: the fast path must stay exact or step aside."""
+    users = [1, 1, 2, 5_000_000_000, -3]
+    movies = [10**12, 2, 2, 7, 1]
+    values = [3.7, 4.5, 1.0, 0.25, 5.0]
+    stamps = [None, -86_400, 2**40, 0, 1_000_000_000]
+    _insert_ratings(engine, users, movies, values, stamps)
+    fast = _read_sqlite(engine)
+    generic = _read_generic(engine)
+    assert fast is not None  # every value above can be read exactly by the fast path
+    from_fast, from_generic = _matrix_from_sorted_columns(fast), _matrix_from_sorted_columns(generic)
+    assert from_fast.fingerprint() == from_generic.fingerprint()
+    expected = RatingMatrix.from_ids(np.array(users), np.array(movies), np.array(values),
+                                     np.array([0 if t is None else t for t in stamps]))
+    assert RatingMatrix.from_db(engine).fingerprint() == expected.fingerprint()
+    assert _triples(from_fast) == _triples(expected)
+
+
+def test_from_db_reads_many_ranges(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Small chunks force many user-id ranges, including empty ones; nothing may be lost or repeated."""
+    import recae.matrix as matrix_module
+
+    monkeypatch.setattr(matrix_module, "_SQLITE_CHUNK_ROWS", 7)
+    planted = planted_low_rank(n_users=50, n_movies=12, seed=4).observed
+    rows, cols, values = planted.coo()
+    users = planted.index.user_ids[rows] ** 2  # gaps between user ids leave some ranges empty
+    _insert_ratings(engine, users, planted.index.movie_ids[cols], np.round(values), planted.timestamps)
+    loaded = RatingMatrix.from_db(engine)
+    assert loaded.nnz == planted.nnz
+    assert loaded.fingerprint() == RatingMatrix.from_ids(
+        users, planted.index.movie_ids[cols], np.round(values), planted.timestamps
+    ).fingerprint()
+
+
+def test_from_db_on_an_empty_store_says_what_to_do(engine) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(EmptyStoreError, match="recae ingest"):
+        RatingMatrix.from_db(engine)
+
+
+def test_from_db_while_another_connection_holds_the_write_lock(  # type: ignore[no-untyped-def]
+    engine, store_url, monkeypatch
+) -> None:
+    """A writer mid-transaction must neither block the load for long nor leak its uncommitted rows into it."""
+    import sqlite3
+
+    import recae.matrix as matrix_module
+
+    monkeypatch.setattr(matrix_module, "_SNAPSHOT_LOCK_WAIT_MS", 50)
+    _insert_ratings(engine, [1, 1, 2], [10, 20, 10], [4.0, 3.5, 2.0], [1, 2, 3])
+    writer = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO ratings (user_id, movie_id, rating, timestamp) VALUES (3, 30, 5.0, 4)")
+        loaded = RatingMatrix.from_db(engine)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert _triples(loaded) == {(1, 10, 4.0, 1), (1, 20, 3.5, 2), (2, 10, 2.0, 3)}
+
+
+def test_from_db_on_an_in_memory_store_takes_the_generic_path() -> None:
+    from recae.db import open_store
+
+    engine = open_store("sqlite://")
+    try:
+        _insert_ratings(engine, [2, 1], [5, 5], [1.5, 4.0], [None, 7])
+        loaded = RatingMatrix.from_db(engine)
+    finally:
+        engine.dispose()
+    assert _triples(loaded) == {(1, 5, 4.0, 7), (2, 5, 1.5, 0)}
