@@ -154,7 +154,8 @@ def _parse_ids(values: tuple[str, ...]) -> tuple[int, ...]:
     try:
         return tuple(int(v) for value in values for v in value.replace(",", " ").split())
     except ValueError:
-        raise click.BadParameter(f"movie ids must be integers, got {' '.join(values)!r}", param_hint="--exclude") from None
+        message = f"movie ids must be integers, got {' '.join(values)!r}"
+        raise click.BadParameter(message, param_hint="--exclude") from None
 
 
 @cli.command()
@@ -204,7 +205,7 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
     if recs is None:
         from recae.recommend import recommend_live
 
-        recs = recommend_live(engine, obj.paths(), user_id, fresh, n, filters, version)
+        recs = recommend_live(engine, user_id, fresh, n, filters, version)
     who = f"user {user_id}" if user_id is not None else "the new user"
     echo_data(render([asdict(r) for r in recs], fmt, title=f"Top {len(recs)} for {who}"))
 
@@ -337,6 +338,76 @@ def ingest_command(obj: Context, dataset: str | None, path: str | None, ratings_
     else:
         record["rejects"] = "; ".join(map(str, report.rejects))
         echo_data(render([{"field": k, "value": v} for k, v in record.items()], "table", title="ingest"))
+
+
+_SYNTH_FLAGS = {"n_users": "--users", "n_movies": "--movies", "n_ratings": "--ratings", "rank": "--rank",
+                "start_user_id": "--start-user-id"}
+
+
+@cli.command("synth")
+@click.option("--users", "n_users", type=int, default=943, show_default=True, help="Number of users.")
+@click.option("--movies", "n_movies", type=int, default=1682, show_default=True,
+              help="Number of movies (ids 1..MOVIES; the least popular may get no rating).")
+@click.option("--ratings", "n_ratings", type=int, default=100_000, show_default=True,
+              help="Exact number of ratings (unique user-movie pairs), at least USERS.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default="synth-ratings.csv",
+              show_default=True, help="CSV file to write (replaced atomically when complete).")
+@click.option("--rank", type=int, default=8, show_default=True, help="Rank of the planted user/movie factors.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed and sizes, same file.")
+@click.option("--start-user-id", type=int, default=1, show_default=True,
+              help="First user id (to add new users to a store without clashing).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="How to print the summary on stdout.")
+def synth_command(n_users: int, n_movies: int, n_ratings: int, out: str, rank: int, seed: int,
+                  start_user_id: int, fmt: str) -> None:
+    """Write synthetic ratings shaped like MovieLens to a plain CSV that `recae ingest --ratings` loads.
+
+    Film popularity follows a power law, user activity is heavy-tailed (at least 20 ratings per user when
+    there are enough), rows are sorted by user then time, and ratings (0.5..5 in half stars) come from a
+    planted low-rank model plus noise, so models can learn them. The defaults have ml-100k's sizes.
+
+    \b
+    Examples:
+      recae synth --out small.csv                        # 943 users, 1,682 movies, 100,000 ratings
+      recae synth --users 162541 --movies 62423 --ratings 25000095 --out ml25m_synth.csv
+      recae ingest --ratings ml25m_synth.csv
+    """
+    import time
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from recae.output import render
+    from recae.synth import InvalidSpec, SynthSpec, generate, summarize, write_csv
+
+    try:
+        spec = SynthSpec(n_users=n_users, n_movies=n_movies, n_ratings=n_ratings, rank=rank, seed=seed,
+                         start_user_id=start_user_id)
+    except InvalidSpec as err:
+        raise click.BadParameter(str(err), param_hint=_SYNTH_FLAGS.get(err.field, err.field)) from None
+    folder = Path(out).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"folder {folder} does not exist", param_hint="--out")
+    started = time.perf_counter()
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        generating = bar.add_task("generate", total=n_ratings)
+        ratings = generate(spec, on_progress=lambda n: bar.advance(generating, n))
+        writing = bar.add_task(f"write {out}", total=n_ratings)
+        report = write_csv(ratings, out, on_progress=lambda n: bar.advance(writing, n))
+    shape = summarize(ratings)
+    seconds = round(time.perf_counter() - started, 2)
+    if fmt == "json":
+        echo_data(render({"file": report.path, "bytes": report.bytes, **asdict(shape), "seconds": seconds}, "json"))
+    else:
+        echo_data(f"wrote {shape.ratings:,} ratings to {report.path} ({report.bytes / 1e6:,.1f} MB) in {seconds} s: "
+                  f"{shape.users:,} users rating {shape.min_per_user}..{shape.max_per_user} movies "
+                  f"(median {shape.median_per_user:g}); {shape.movies_rated:,} of {spec.n_movies:,} movies rated, "
+                  f"top 1% hold {shape.top1pct_movie_share:.0%}; mean rating {shape.mean_rating:.2f} "
+                  f"(sd {shape.std_rating:.2f})")
 
 
 def main() -> None:
