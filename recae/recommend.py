@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -16,7 +17,7 @@ from sqlalchemy import and_, delete, func, insert, not_, select
 from sqlalchemy.engine import Connection, Engine
 
 from recae.db import Champion, Movie, Rating, Recommendation
-from recae.errors import ModelNotFoundError, UnknownUserError
+from recae.errors import DataError, ModelNotFoundError, UnknownMovieError, UnknownUserError
 from recae.metrics import top_k_unseen
 
 if TYPE_CHECKING:
@@ -220,3 +221,63 @@ def rank_scores(
         title, year, genres = details.get(movie_id, (None, None, ""))
         recommended.append(RecommendedMovie(i + 1, movie_id, title, year, genres, score))
     return recommended
+
+
+def read_fresh_ratings(path: str | Path) -> dict[int, float]:
+    """``movie_id,rating`` lines (header optional) -> {movie_id: rating}; DataError names file and line."""
+    ratings: dict[int, float] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = [f.strip() for f in line.replace(";", ",").split(",")]
+            if not line.strip():
+                continue
+            try:
+                ratings[int(fields[0])] = float(fields[1])
+            except (ValueError, IndexError):
+                if number == 1 and not fields[0].lstrip("-").isdigit():
+                    continue  # a header line
+                raise DataError(f"{path} line {number}: expected movie_id,rating, got {line.strip()!r}") from None
+    return ratings
+
+
+def _stored_ratings(engine: Engine, user_id: int) -> dict[int, float]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Rating.movie_id, Rating.rating).where(Rating.user_id == user_id)).all()
+    return {int(m): float(r) for m, r in rows}
+
+
+def _check_fresh(engine: Engine, fresh: dict[int, float], scale: tuple[float, float]) -> None:
+    low, high = scale
+    for movie_id, rating in fresh.items():
+        if not low <= rating <= high:
+            raise DataError(f"rating {rating:g} for movie {movie_id} is outside the model's scale {low:g}..{high:g}")
+    unknown = sorted(set(fresh) - set(movie_details(engine, list(fresh))))
+    if unknown:
+        raise UnknownMovieError(f"movie {unknown[0]} is not in the catalogue; see `recae ingest` to add films")
+
+
+def recommend_live(
+    engine: Engine, user_id: int | None, fresh: dict[int, float], n: int = 10,
+    filters: Filters = Filters(), version: str | None = None,
+) -> list[RecommendedMovie]:
+    """Score with the model itself: fresh ratings folded in, or filters the precomputed list cannot satisfy.
+
+    Imports torch (a few seconds at most). The user's stored ratings and the fresh ones are both excluded from
+    the ranking and both condition the prediction.
+    """
+    from recae.artifacts import load_champion, load_version
+    from recae.foldin import fold_in_scores
+
+    trained = load_version(engine, version) if version else load_champion(engine)
+    _check_fresh(engine, fresh, trained.rating_scale)
+    stored = _stored_ratings(engine, user_id) if user_id is not None else {}
+    known_to_model = user_id is not None and trained.index.has_user(user_id)
+    if user_id is not None and not stored and not known_to_model and not fresh:
+        with engine.connect() as conn:
+            raise UnknownUserError(known_users_message(conn, user_id))
+    row = trained.index.user_row(user_id) if known_to_model else None
+    if row is not None and not fresh:
+        scores = trained.score_rows(np.array([row]))[0]
+    else:
+        scores = fold_in_scores(trained, {**stored, **fresh}, row)
+    return rank_scores(engine, trained.index.movie_ids, scores, set(stored) | set(fresh), n, filters)

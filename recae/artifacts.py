@@ -1,0 +1,384 @@
+"""Trained models as files and store rows: safetensors weights + meta.json, published atomically.
+
+A version folder holds ``weights.safetensors`` (the module's tensors and the training ratings it reads as inputs)
+and ``meta.json`` (model and train config, IdIndex, split spec, metrics, data fingerprint, rating scale, library
+versions, sha256 of the weights). It is written in a temp folder and moved into ``models_dir/<version>`` with one
+``os.replace``; the ``model_versions`` row and the ``champion`` pointer follow in one transaction. Loading never
+unpickles and checks every file; any damage is a one-line CorruptArtifactError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recae.batches import oriented_csr, sparse_rows
+from recae.errors import CorruptArtifactError, ModelNotFoundError
+from recae.matrix import IdIndex, RatingMatrix
+from recae.models import AutoEncoder, ModelConfig, build_model, pairs_pattern
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.engine import Connection, Engine
+
+    from recae.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "meta.json"
+_SCORE_CHUNK = 2048  # vectors encoded at once when predicting (bounds memory)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedModel:
+    """A fitted autoencoder ready to score; implements ``recae.evaluate.Scorer``.
+
+    ``inputs`` are the training ratings the model reads (every training rating, never a test one): in item
+    orientation each movie's column of them is encoded once into features (n_movies, h_1); in user orientation a
+    user's row is encoded on demand. Predictions are clipped to ``rating_scale``.
+    """
+
+    module: AutoEncoder
+    model_config: ModelConfig
+    inputs: RatingMatrix
+    rating_scale: tuple[float, float]
+    train_config: TrainConfig | None = None
+    split_spec: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_fit(cls, module: AutoEncoder, inputs: RatingMatrix, *, train_config: TrainConfig | None = None,
+                 split_spec: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> TrainedModel:
+        module = module.to("cpu").eval()
+        return cls(module=module, model_config=module.config, inputs=inputs, rating_scale=inputs.rating_scale(),
+                   train_config=train_config, split_spec=split_spec, metrics=dict(metrics or {}))
+
+    @property
+    def index(self) -> IdIndex:
+        return self.inputs.index
+
+    @property
+    def orientation(self) -> str:
+        return self.model_config.orientation
+
+    def _oriented(self) -> sp.csr_matrix:
+        if "oriented" not in self._cache:
+            self._cache["oriented"] = oriented_csr(self.inputs, self.orientation)
+        return self._cache["oriented"]
+
+    @torch.no_grad()
+    def _features(self, vectors: np.ndarray) -> torch.Tensor:
+        """(len(vectors), h_1) decoder features of oriented input vectors; all movies' cached in item orientation."""
+        if self.orientation == "item":
+            if "features" not in self._cache:
+                self._cache["features"] = self._encode(np.arange(self._oriented().shape[0]))
+            return self._cache["features"][torch.from_numpy(np.asarray(vectors, dtype=np.int64))]
+        return self._encode(vectors)
+
+    @torch.no_grad()
+    def _encode(self, vectors: np.ndarray) -> torch.Tensor:
+        self.module.eval()
+        parts = []
+        for start in range(0, len(vectors), _SCORE_CHUNK):
+            block = sparse_rows(self._oriented(), vectors[start:start + _SCORE_CHUNK])
+            parts.append(self.module.features(self.module.encode(block).code))
+        width = self.model_config.hidden[0]
+        return torch.cat(parts) if parts else torch.zeros(0, width)
+
+    def _empty(self, vectors: np.ndarray) -> np.ndarray:
+        return np.diff(self._oriented().indptr)[vectors] == 0
+
+    @torch.no_grad()
+    def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Clipped predicted ratings at (user row, movie col) pairs: (n,) float32."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros(0, np.float32)
+        vectors, units = (cols, rows) if self.orientation == "item" else (rows, cols)
+        n_units = self._oriented().shape[1]
+        out = np.empty(rows.size, np.float32)
+        order = np.argsort(vectors, kind="stable")
+        boundaries = np.flatnonzero(np.diff(vectors[order])) + 1
+        groups = np.split(order, boundaries)
+        for start in range(0, len(groups), _SCORE_CHUNK):
+            picked = np.concatenate(groups[start:start + _SCORE_CHUNK])
+            unique_vectors, pattern, inverse = pairs_pattern(vectors[picked], units[picked], n_units)
+            feats = self._features(unique_vectors)  # (n_unique, h_1)
+            values = self.module.output_at(feats, pattern)  # (n_entries,)
+            empty = torch.from_numpy(self._empty(unique_vectors))[pattern.row_of]
+            values = torch.where(empty, self.module.fallback[pattern.col], values)
+            out[picked] = values.numpy()[inverse]
+        return np.clip(out, *self.rating_scale)
+
+    @torch.no_grad()
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Clipped predicted ratings of every movie for users ``rows``: (len(rows), n_movies) float32."""
+        rows = np.asarray(rows, dtype=np.int64)
+        module = self.module
+        if self.orientation == "item":
+            feats = self._features(np.arange(self.index.n_movies))  # (n_movies, h_1)
+            picked = torch.from_numpy(rows)
+            scores = module.out_act(feats @ module.w_out[picked].t() + module.b_out[picked]).t()  # (batch, n_movies)
+            empty = torch.from_numpy(self._empty(np.arange(self.index.n_movies)))  # movies with no input
+            scores = torch.where(empty[None, :], module.fallback[picked][:, None], scores)
+        else:
+            scores = module.output_dense(self._features(rows))  # (batch, n_movies)
+            empty = torch.from_numpy(self._empty(rows))
+            scores = torch.where(empty[:, None], module.fallback[None, :], scores)
+        return np.clip(scores.numpy().astype(np.float32), *self.rating_scale)
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from recae import __version__
+
+    return {"recae": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def save_model(trained: TrainedModel, folder: Path, *, version: str, data_fingerprint: str | None = None,
+               created_at: datetime | None = None) -> dict[str, Any]:
+    """Write ``weights.safetensors`` and ``meta.json`` into ``folder`` (created; fsynced). Returns the meta."""
+    from safetensors.torch import save_file
+
+    from recae.db import utcnow
+
+    folder.mkdir(parents=True, exist_ok=False)
+    csr = trained.inputs.csr
+    tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in trained.module.state_dict().items()}
+    tensors["inputs/indptr"] = torch.from_numpy(np.asarray(csr.indptr, dtype=np.int64).copy())
+    tensors["inputs/indices"] = torch.from_numpy(np.asarray(csr.indices, dtype=np.int32).copy())
+    tensors["inputs/data"] = torch.from_numpy(np.asarray(csr.data, dtype=np.float32).copy())
+    weights = folder / WEIGHTS_FILE
+    save_file(tensors, str(weights))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "model": trained.model_config.name,
+        "model_config": trained.model_config.to_json(),
+        "train_config": trained.train_config.to_json() if trained.train_config is not None else None,
+        "index": trained.index.to_json(),
+        "split": trained.split_spec,
+        "metrics": trained.metrics,
+        "data_fingerprint": data_fingerprint or trained.inputs.fingerprint(),
+        "inputs_fingerprint": trained.inputs.fingerprint(),  # provenance; integrity is the sha256 below
+        "rating_scale": list(trained.rating_scale),
+        "versions": _versions(),
+        "created_at": (created_at or utcnow()).isoformat(),
+        "files": {WEIGHTS_FILE: {"sha256": _sha256(weights), "bytes": weights.stat().st_size}},
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    for path in (weights, folder / META_FILE):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    return meta
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Load a version folder; raises CorruptArtifactError (one line) when anything is missing or inconsistent."""
+    from safetensors import safe_open
+
+    folder = Path(path)
+    meta_path, weights = folder / META_FILE, folder / WEIGHTS_FILE
+    for needed in (meta_path, weights):
+        if not needed.is_file():
+            raise CorruptArtifactError(f"model artifact {folder} is missing {needed.name}; retrain with `recae train`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        expected = meta["files"][WEIGHTS_FILE]
+        model_cfg = ModelConfig.from_json(meta["model_config"])
+        index = IdIndex.from_json(meta["index"])
+        scale = (float(meta["rating_scale"][0]), float(meta["rating_scale"][1]))
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is unreadable or incomplete ({err})") from err
+    except Exception as err:  # a RecaeError from config validation, e.g. unknown setting
+        raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is inconsistent ({err})") from err
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CorruptArtifactError(f"model artifact {folder} has format {meta.get('format_version')}, "
+                                   f"this recae reads format {FORMAT_VERSION}; retrain with `recae train`")
+    if weights.stat().st_size != expected.get("bytes") or _sha256(weights) != expected.get("sha256"):
+        raise CorruptArtifactError(f"model artifact {folder}: {WEIGHTS_FILE} is truncated or altered (checksum)")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CorruptArtifactError(f"model artifact {folder}: {WEIGHTS_FILE} is unreadable ({err})") from err
+    try:
+        indptr = tensors["inputs/indptr"].numpy()
+        indices = tensors["inputs/indices"].numpy()
+        if indptr.size != index.n_users + 1 or int(indptr[-1]) != indices.size or (
+                indices.size and int(indices.max()) >= index.n_movies):
+            raise ValueError("stored training ratings do not fit the IdIndex")
+        csr = sp.csr_matrix((tensors["inputs/data"].numpy(), tensors["inputs/indices"].numpy(), indptr),
+                            shape=(index.n_users, index.n_movies))
+        inputs = RatingMatrix(csr=csr, timestamps=np.zeros(csr.nnz, np.int64), index=index)
+        n_units = index.n_users if model_cfg.orientation == "item" else index.n_movies
+        module = build_model(model_cfg, n_units, n_units)
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json ({err})") from err
+    train_cfg = None
+    if meta.get("train_config") is not None:
+        from recae.train import TrainConfig
+
+        try:
+            train_cfg = TrainConfig.from_json(meta["train_config"])
+        except Exception as err:  # noqa: BLE001
+            raise CorruptArtifactError(f"model artifact {folder}: train_config is inconsistent ({err})") from err
+    module.eval()
+    return TrainedModel(module=module, model_config=model_cfg, inputs=inputs, rating_scale=scale,
+                        train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}))
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """meta.json of a version folder (CorruptArtifactError when absent or unreadable)."""
+    meta_path = Path(path) / META_FILE
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorruptArtifactError(f"model artifact {path}: cannot read {META_FILE} ({err})") from err
+
+
+# --- the store -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """The ``model_versions`` row of a published model."""
+
+    version: str
+    model: str
+    orientation: str
+    split: str
+    seed: int
+    path: str
+    data_fingerprint: str
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    created_at: datetime
+    is_champion: bool
+
+
+def new_version_name(trained: TrainedModel, created_at: datetime) -> str:
+    """``YYYYmmddTHHMMSSffffffZ-<model>-<orientation>``: sortable by time, readable at a glance."""
+    return f"{created_at:%Y%m%dT%H%M%S%f}Z-{trained.model_config.name}-{trained.orientation}"
+
+
+def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, data_fingerprint: str | None = None,
+            make_champion: bool = True, in_transaction: Callable[[Connection, str], None] | None = None,
+            ) -> PublishedModel:
+    """Write the artifact atomically, record its ``model_versions`` row and (by default) make it the champion.
+
+    ``in_transaction(conn, version)`` runs inside the same transaction, after the row is written (e.g. to
+    precompute recommendations). A failure at any step leaves the store and the current champion as they were
+    (the folder is removed).
+    """
+    from sqlalchemy import select
+
+    from recae.db import Champion, ModelVersion, utcnow
+
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    created_at = utcnow()
+    version = new_version_name(trained, created_at)
+    final = models_dir / version
+    temp = models_dir / f".tmp-{version}-{os.getpid()}"
+    try:
+        meta = save_model(trained, temp, version=version, data_fingerprint=data_fingerprint, created_at=created_at)
+        os.replace(temp, final)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    split_name = (trained.split_spec or {}).get("name", "")
+    seed = trained.train_config.seed if trained.train_config is not None else 0
+    config = {"model": trained.model_config.to_json(),
+              "train": trained.train_config.to_json() if trained.train_config is not None else None,
+              "split": trained.split_spec}
+    row = ModelVersion(
+        version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
+        seed=seed, path=str(final), data_fingerprint=meta["data_fingerprint"], metrics=json.dumps(trained.metrics),
+        config=json.dumps(config), created_at=created_at,
+    )
+    from sqlalchemy.orm import Session
+
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(row)
+            session.flush()
+            if in_transaction is not None:
+                in_transaction(session.connection(), version)
+            if make_champion:
+                current = session.execute(select(Champion).where(Champion.id == 1)).scalar_one_or_none()
+                if current is None:
+                    session.add(Champion(id=1, version=version, switched_at=created_at))
+                else:
+                    current.version = version
+                    current.switched_at = created_at
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    log.info("published %s at %s", version, final)
+    return PublishedModel(
+        version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
+        seed=seed, path=str(final), data_fingerprint=meta["data_fingerprint"], metrics=dict(trained.metrics),
+        config=config, created_at=created_at, is_champion=make_champion,
+    )
+
+
+def load_version(engine: Engine, version: str) -> TrainedModel:
+    """Load a published version by name; ModelNotFoundError when the store has no such version."""
+    from sqlalchemy import select
+
+    from recae.db import ModelVersion
+
+    with engine.connect() as conn:
+        path = conn.execute(select(ModelVersion.path).where(ModelVersion.version == version)).scalar()
+    if path is None:
+        raise ModelNotFoundError(f"model version {version!r} is not in the store; see `recae models`")
+    return load_model(path)
+
+
+def load_champion(engine: Engine) -> TrainedModel:
+    """The serving model; ModelNotFoundError before the first ``recae train``."""
+    from sqlalchemy import select
+
+    from recae.db import Champion, ModelVersion
+
+    with engine.connect() as conn:
+        path = conn.execute(
+            select(ModelVersion.path).join(Champion, Champion.version == ModelVersion.version).where(Champion.id == 1)
+        ).scalar()
+    if path is None:
+        raise ModelNotFoundError("no trained model yet; run `recae train`")
+    return load_model(path)
+
+
+def with_metrics(trained: TrainedModel, metrics: dict[str, float]) -> TrainedModel:
+    """A copy of ``trained`` carrying ``metrics`` (for meta.json and the store row)."""
+    return replace(trained, metrics=dict(metrics), _cache=trained._cache)

@@ -1,0 +1,81 @@
+"""Train on a named split of the store, publish, and promote: the steps `train`, `quickstart` and `retrain` share.
+
+Promotion is the one step serving sees: the challenger's recommendations are precomputed and the champion pointer
+switched in a single transaction, so a reader sees either the old champion with its list or the new one with its.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+
+from recae.artifacts import PublishedModel, TrainedModel, publish
+from recae.db import Champion, utcnow
+from recae.matrix import RatingMatrix
+from recae.models import ModelConfig
+from recae.recommend import DEFAULT_PRECOMPUTED, precompute_recommendations
+from recae.splits import SplitSpec, split_from_store
+from recae.train import EpochReport, TrainConfig, TrainResult, train_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What one training produced: the published version, its metrics and the trained model."""
+
+    published: PublishedModel
+    result: TrainResult
+    promoted: bool
+
+
+def promote(
+    engine: Engine, version: str, trained: TrainedModel, rated: RatingMatrix, n_precomputed: int = DEFAULT_PRECOMPUTED,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Precompute ``version``'s top-N for every user it knows and make it the champion, in one transaction.
+
+    ``rated`` must share the model's IdIndex; every film in it is excluded from each user's list.
+    Returns the number of recommendation rows written.
+    """
+    with engine.begin() as conn:
+        written = precompute_recommendations(conn, version, trained, rated, n=n_precomputed, on_batch=on_batch)
+        now = utcnow()
+        switched = conn.execute(update(Champion).where(Champion.id == 1).values(version=version, switched_at=now))
+        if switched.rowcount == 0:
+            conn.execute(Champion.__table__.insert().values(id=1, version=version, switched_at=now))
+    log.info("model %s now serves (%d precomputed recommendations)", version, written)
+    return written
+
+
+def train_and_publish(
+    engine: Engine,
+    models_dir: Path,
+    spec: SplitSpec,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    make_champion: bool = True,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> TrainingRun:
+    """Build the split from the store, train, publish the artifact, and (by default) promote it."""
+    matrix = RatingMatrix.from_db(engine)
+    split = split_from_store(engine, matrix, spec)
+    result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
+                         on_progress=on_progress)
+    published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
+                        make_champion=False)
+    if make_champion:
+        if on_progress is not None:
+            on_progress("precomputing recommendations")
+        # Films a user rated anywhere (train or test) are never recommended to them.
+        promote(engine, published.version, result.trained, matrix)
+    return TrainingRun(published=published, result=result, promoted=make_champion)

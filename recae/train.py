@@ -1,0 +1,659 @@
+"""Training: masked-MSE fitting with early stopping on validation, a NaN guard, and resumable checkpoints.
+
+``fit`` trains one autoencoder on the ``fit`` ratings and keeps the weights of the epoch with the best RMSE on
+``val`` (ratings carved from the training part, never the test part). ``train_split`` wraps it for a named split:
+carve validation, fit, then score the held-out test ratings. Progress goes to an ``on_epoch`` callback; only the
+CLI prints.
+
+Checkpoints: with a ``run_dir``, every epoch writes ``checkpoint.safetensors`` atomically (temp file, fsync,
+``os.replace``): model and best weights, optimizer tensors and the torch RNG state as tensors; epoch, history and
+optimizer scalars as JSON in the safetensors header. Nothing is pickled. Shuffles are seeded by (seed, epoch), so a
+resumed deterministic run reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from recae.batches import SparseRows, iterate_batches, make_batch, oriented_csr
+from recae.errors import DataError, TrainingError
+from recae.losses import l2_penalty, masked_mse
+from recae.matrix import RatingMatrix
+from recae.models import AutoEncoder, ModelConfig, build_model, merge_members, model_config
+
+if TYPE_CHECKING:
+    from recae.artifacts import TrainedModel
+    from recae.splits import Split
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "rprop", "lbfgs")
+AUTO_MIN_BATCH = 8192
+AUTO_STEPS_PER_EPOCH = 25
+DEFAULT_MODEL = "denoising"  # chosen on validation (see the README's performance table)
+FULL_BATCH = ("rprop", "lbfgs")
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; every field can be set in the TOML config's ``[train]`` table (flags override the file)."""
+
+    epochs: int = 300  # most epochs (full-batch optimisers: one step per epoch)
+    optimizer: str = "adam"  # adam | adamw (minibatch) | rprop | lbfgs (full batch)
+    lr: float = 2e-3  # learning rate (Rprop: initial step size; L-BFGS: 1.0 is usual)
+    weight_decay: float = 100.0  # lambda of AutoRec's lambda/2 ||W||^2 (adamw: decoupled decay rate instead)
+    weight_decay_grid: tuple[float, ...] = (30.0, 100.0)  # lambdas tried (one member each); best on validation wins
+    batch_ratings: int = 0  # minibatch budget in ratings (0: auto, max(8192, ratings / 25)); whole vectors
+    patience: int = 20  # stop after this many epochs without a better validation RMSE
+    val_fraction: float = 0.05  # share of the training ratings held out for early stopping and model choice
+    seed: int = 0  # seeds weights, shuffles, dropout and the validation carve
+    deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
+    ensemble: int = 3  # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net)
+    threads: int = 0  # CPU threads (0: torch's default)
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["weight_decay_grid"] = list(self.weight_decay_grid)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainingError(f"unknown train setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}")
+        values = dict(data)
+        if "weight_decay" in values and "weight_decay_grid" not in values:
+            values["weight_decay_grid"] = ()  # an explicit lambda means: use it, do not choose
+        if "weight_decay_grid" in values:
+            values["weight_decay_grid"] = tuple(float(v) for v in values["weight_decay_grid"])
+        return cls(**values)
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise TrainingError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda was asked for but torch sees no CUDA device; use --device auto or cpu")
+        if self.epochs < 1 or self.batch_ratings < 0 or self.patience < 1 or self.ensemble < 1:
+            raise TrainingError("epochs, patience and ensemble must be positive, batch_ratings not negative")
+
+    def resolved(self, n_ratings: int) -> TrainConfig:
+        """The config with ``batch_ratings`` fixed: auto means ~25 steps per epoch, at least 8192 ratings each.
+
+        Each Adam step costs O(parameters) on top of O(ratings * width), so larger data takes larger batches.
+        """
+        if self.batch_ratings > 0:
+            return self
+        return replace(self, batch_ratings=max(AUTO_MIN_BATCH, -(-n_ratings // AUTO_STEPS_PER_EPOCH)))
+        if not 0.0 < self.val_fraction < 1.0:
+            raise TrainingError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise TrainingError("lr must be positive and weight_decay non-negative")
+
+
+def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a TOML config: ``[model]`` and ``[train]`` tables, or top-level keys named like either's fields.
+
+    Returns (model settings, train settings) to merge under the command-line flags.
+    Raises DataError naming the file for unreadable TOML or an unknown key.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise DataError(f"cannot read config file {path}: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise DataError(f"{path}: invalid TOML: {err}") from err
+    model_keys = {f.name for f in fields(ModelConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    model_part: dict[str, Any] = {}
+    train_part: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "model" and isinstance(value, dict):
+            target, known = model_part, model_keys
+            items = value.items()
+        elif key == "train" and isinstance(value, dict):
+            target, known = train_part, train_keys
+            items = value.items()
+        elif key in model_keys:
+            model_part[key] = value
+            continue
+        elif key in train_keys:
+            train_part[key] = value
+            continue
+        else:
+            raise DataError(f"{path}: unknown key {key!r}; use [model] and [train] tables of their settings")
+        for sub, sub_value in items:
+            if sub not in known:
+                raise DataError(f"{path}: unknown key {key}.{sub}; known keys are {', '.join(sorted(known))}")
+            target[sub] = sub_value
+    return model_part, train_part
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when torch sees a device, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch did, for progress display and the history."""
+
+    epoch: int
+    epochs: int
+    train_loss: float  # masked MSE on the fit ratings seen this epoch (before the penalties)
+    val_rmse: float
+    best_val_rmse: float
+    best_epoch: int
+    seconds: float  # since training started (resumed runs include earlier sessions)
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """A fitted module holding its best-validation weights, and how it got there."""
+
+    module: AutoEncoder
+    best_epoch: int
+    best_val_rmse: float
+    epochs_run: int
+    seconds: float  # whole training time
+    seconds_to_best: float  # time until the best epoch ended (ensembles: summed over members)
+    history: list[EpochReport] = field(default_factory=list)
+    members: list[FitResult] = field(default_factory=list)  # each member's own result when ensemble > 1
+    weight_decay: float | None = None  # the lambda used (chosen on validation when a grid was given)
+
+
+# --- the pieces of one run -------------------------------------------------------------------------------------
+
+
+def unit_means(csr: sp.csr_matrix, n_units: int) -> np.ndarray:
+    """Mean rating of every output unit (column of the oriented matrix); the global mean where a unit has none."""
+    sums = np.bincount(csr.indices, weights=csr.data, minlength=n_units)
+    counts = np.bincount(csr.indices, minlength=n_units)
+    global_mean = float(csr.data.mean()) if csr.nnz else 0.0
+    return np.where(counts > 0, sums / np.maximum(counts, 1), global_mean).astype(np.float32)
+
+
+def _make_optimizer(module: AutoEncoder, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = list(module.parameters())
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        weights = {id(w) for w in module.weight_matrices()}
+        groups = [
+            {"params": [p for p in params if id(p) in weights], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if id(p) not in weights], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "rprop":
+        return torch.optim.Rprop(params, lr=cfg.lr)
+    return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=5, history_size=10, line_search_fn="strong_wolfe")
+
+
+def _objective(module: AutoEncoder, inputs: SparseRows, targets: SparseRows, cfg: TrainConfig,
+               n_observed: int) -> tuple[Tensor, Tensor]:
+    """(masked MSE, full objective) of one batch: MSE + L2 (unless adamw decays) + the model's penalty."""
+    predicted, penalty = module(inputs, targets)  # (nnz,)
+    mse = masked_mse(predicted, targets.values, module.loss_weights(inputs, targets))
+    l2 = 0.0 if cfg.optimizer == "adamw" else l2_penalty(module.weight_matrices(), cfg.weight_decay, n_observed)
+    return mse, mse + l2 + penalty
+
+
+def _check_finite(value: Tensor | float, epoch: int, cfg: TrainConfig) -> None:
+    value = float(value.detach()) if isinstance(value, Tensor) else float(value)
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"training diverged: the loss became {value} at epoch {epoch}; "
+            f"try a lower learning rate than {cfg.lr:g} or a larger weight_decay"
+        )
+
+
+@torch.no_grad()
+def predict_entries(module: AutoEncoder, inputs: sp.csr_matrix, targets: sp.csr_matrix, *,
+                    batch_ratings: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions (unclipped) and truths at every entry of ``targets``, reading ``inputs`` as the vectors.
+
+    Both are (n_vectors, n_units) in the oriented space; vectors without input fall back to the units' means.
+    """
+    was_training = module.training
+    module.eval()
+    rows = np.flatnonzero(np.diff(targets.indptr))
+    predicted, truth = [], []
+    for batch in iterate_batches(inputs, targets, batch_ratings * 4, seed=0, epoch=0, shuffle=False, rows=rows):
+        batch = batch.to(device)
+        predicted.append(module.predict_at(batch.inputs, batch.targets).cpu().numpy())
+        truth.append(batch.targets.values.cpu().numpy())
+    module.train(was_training)
+    if not predicted:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(predicted), np.concatenate(truth)
+
+
+def validation_rmse(module: AutoEncoder, inputs: sp.csr_matrix, targets: sp.csr_matrix,
+                    scale: tuple[float, float], *, batch_ratings: int, device: torch.device) -> float:
+    """RMSE of clipped predictions at the ``targets`` entries: ``sqrt(mean((clip(rhat) - r)^2))``."""
+    predicted, truth = predict_entries(module, inputs, targets, batch_ratings=batch_ratings, device=device)
+    if truth.size == 0:
+        return float("nan")
+    clipped = np.clip(predicted, scale[0], scale[1])
+    return float(np.sqrt(np.mean((clipped.astype(np.float64) - truth) ** 2)))
+
+
+def _pretrain(module: AutoEncoder, data: sp.csr_matrix, cfg: TrainConfig, epochs: int,
+              device: torch.device, on_progress: Callable[[str], None] | None) -> None:
+    """Greedy layer-wise pretraining: each encoder layer with its mirrored decoder layer as a shallow autoencoder.
+
+    Layer 1 rebuilds the sparse ratings at their observed entries (masked MSE); layer l > 1 rebuilds the dense
+    codes h_{l-1} of the frozen layers below (plain MSE). Fine-tuning of the whole stack follows in ``fit``.
+    """
+    n_layers = len(module.config.hidden)
+    for layer in range(n_layers):
+        if layer == 0:
+            params = [module.w_in, module.b_in, module.w_out, module.b_out]
+        else:
+            enc, dec = module.encoder[layer - 1], module.decoder[n_layers - 1 - layer]
+            params = [*enc.parameters(), *dec.parameters()]
+        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        for epoch in range(epochs):
+            for batch in iterate_batches(data, data, cfg.batch_ratings, seed=cfg.seed + 7919 * (layer + 1),
+                                         epoch=epoch):
+                batch = batch.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                if layer == 0:
+                    z = module.act(_first_layer(module, batch.inputs))
+                    loss = masked_mse(module.output_at(z, batch.targets), batch.targets.values)
+                    loss = loss + l2_penalty([module.w_in, module.w_out], cfg.weight_decay, data.nnz)
+                else:
+                    with torch.no_grad():
+                        below = module.encode(batch.inputs).hidden[layer - 1]  # (batch, h_{l-1})
+                    rebuilt = module.act(dec(module.act(enc(below))))
+                    loss = torch.mean((rebuilt - below) ** 2)
+                _check_finite(loss, epoch + 1, cfg)
+                loss.backward()
+                optimizer.step()
+        if on_progress:
+            on_progress(f"pretrained layer {layer + 1} of {n_layers}")
+
+
+def _first_layer(module: AutoEncoder, inputs: SparseRows) -> Tensor:
+    from recae.models import sparse_input_matmul
+
+    return sparse_input_matmul(module.corrupt(inputs), module.w_in) + module.b_in
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Optimizer state_dict -> (tensors by name, JSON-able description); no pickle."""
+    tensors: dict[str, Tensor] = {}
+
+    def encode(key: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, Tensor):
+            tensors[key] = value.detach().cpu().contiguous().clone()
+            return {"tensor": key}
+        if isinstance(value, (list, tuple)):
+            return {"list": [encode(f"{key}/{i}", v) for i, v in enumerate(value)]}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return {"value": value}
+        raise TrainingError(f"cannot checkpoint optimizer state {key!r} of type {type(value).__name__}")
+
+    described = {
+        str(pid): {name: encode(f"optim/{pid}/{name}", value) for name, value in entries.items()}
+        for pid, entries in state["state"].items()
+    }
+    return tensors, {"state": described, "param_groups": state["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], described: dict[str, Any],
+                         device: torch.device) -> dict[str, Any]:
+    def decode(spec: dict[str, Any]) -> Any:
+        if "tensor" in spec:
+            return tensors[spec["tensor"]].to(device)
+        if "list" in spec:
+            return [decode(item) for item in spec["list"]]
+        return spec["value"]
+
+    state = {int(pid): {name: decode(spec) for name, spec in entries.items()}
+             for pid, entries in described["state"].items()}
+    return {"state": state, "param_groups": described["param_groups"]}
+
+
+def _save_checkpoint(path: Path, module: AutoEncoder, best: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+                     progress: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    tensors.update({f"best/{k}": v.detach().cpu().contiguous().clone() for k, v in best.items()})
+    optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(optim_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    meta = {"progress": json.dumps(progress), "optimizer": json.dumps(optim_meta)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - safe_open has no iter
+        return tensors, json.loads(meta["progress"]), json.loads(meta["optimizer"])
+    except Exception as err:  # noqa: BLE001 - any damage means: cannot resume from it
+        raise TrainingError(f"checkpoint {path} is unreadable ({err}); delete it or train without --resume") from err
+
+
+def run_fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_fingerprint: str, split: str = "") -> str:
+    """Identity of a training run, to refuse resuming a checkpoint made with other settings or data."""
+    settings = {k: v for k, v in train_cfg.to_json().items() if k not in ("device", "threads")}
+    blob = json.dumps([model_cfg.to_json(), settings, data_fingerprint, split], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- fit -------------------------------------------------------------------------------------------------------
+
+
+def fit(
+    fit_ratings: RatingMatrix,
+    val_ratings: RatingMatrix | None,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> FitResult:
+    """Train ``model_cfg`` on ``fit_ratings``; early stopping and the kept weights follow ``val_ratings``' RMSE.
+
+    Args:
+        fit_ratings: ratings the model reads and is trained to rebuild.
+        val_ratings: held-out training ratings (same index); None trains all epochs and keeps the last weights.
+        run_dir: folder for the per-epoch checkpoint; ``resume`` continues from it when it exists.
+        stop_after: end after this many epochs of this session (simulates an interrupted run in tests).
+    Raises:
+        TrainingError: a non-finite loss, invalid settings, or a checkpoint that does not match this run.
+    """
+    model_cfg.validate()
+    train_cfg.validate()
+    device = resolve_device(train_cfg.device)
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_threads = torch.get_num_threads()
+    if train_cfg.threads > 0 or train_cfg.deterministic:
+        torch.set_num_threads(train_cfg.threads or 1)  # deterministic: a fixed count, 1 unless told
+    if train_cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if len(train_cfg.weight_decay_grid) == 1:
+        train_cfg = replace(train_cfg, weight_decay=train_cfg.weight_decay_grid[0], weight_decay_grid=())
+    try:
+        if train_cfg.ensemble == 1 and not train_cfg.weight_decay_grid:
+            return _fit(fit_ratings, val_ratings, model_cfg, train_cfg, device, run_dir, resume, on_epoch,
+                        on_progress, stop_after)
+        return _fit_ensemble(fit_ratings, val_ratings, model_cfg, train_cfg, device, run_dir, resume, on_epoch,
+                             on_progress, stop_after)
+    finally:
+        torch.use_deterministic_algorithms(previous_deterministic)
+        torch.set_num_threads(previous_threads)
+
+
+def _fit_ensemble(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg: ModelConfig,
+                  train_cfg: TrainConfig, device: torch.device, run_dir: Path | None, resume: bool,
+                  on_epoch: Callable[[EpochReport], None] | None, on_progress: Callable[[str], None] | None,
+                  stop_after: int | None) -> FitResult:
+    """Choose lambda on validation, train ``ensemble`` members with consecutive seeds, then merge them.
+
+    Each lambda of ``weight_decay_grid`` trains one member with the base seed; the one with the best validation
+    RMSE wins and becomes member 0, so choosing costs one extra member per losing candidate.
+    """
+    train_cfg = train_cfg.resolved(fit_ratings.nnz)
+    grid = train_cfg.weight_decay_grid or (train_cfg.weight_decay,)
+    base = replace(train_cfg, ensemble=1, weight_decay_grid=())
+
+    def member(seed_offset: int, weight_decay: float, name: str, label: str) -> FitResult:
+        if on_progress:
+            on_progress(label)
+        return _fit(fit_ratings, val_ratings, model_cfg,
+                    replace(base, seed=train_cfg.seed + seed_offset, weight_decay=weight_decay), device,
+                    run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress, stop_after)
+
+    candidates = {wd: member(0, wd, f"member0-wd{wd:g}", f"lambda {wd:g}, member 1 of {train_cfg.ensemble}")
+                  for wd in grid}
+    chosen = min(candidates, key=lambda wd: candidates[wd].best_val_rmse) if len(grid) > 1 else grid[0]
+    members = [candidates[chosen]] + [
+        member(m, chosen, f"member{m}-wd{chosen:g}", f"lambda {chosen:g}, member {m + 1} of {train_cfg.ensemble}")
+        for m in range(1, train_cfg.ensemble)
+    ]
+    losers = [r for wd, r in candidates.items() if wd != chosen]
+    merged = merge_members([r.module for r in members]).eval()
+    val_rmse = float("nan")
+    if val_ratings is not None and val_ratings.nnz:
+        val_rmse = validation_rmse(merged, oriented_csr(fit_ratings, model_cfg.orientation),
+                                   oriented_csr(val_ratings, model_cfg.orientation), fit_ratings.rating_scale(),
+                                   batch_ratings=train_cfg.batch_ratings, device=device)
+    return FitResult(
+        module=merged, best_epoch=max(r.best_epoch for r in members), best_val_rmse=val_rmse,
+        epochs_run=sum(r.epochs_run for r in members + losers),
+        seconds=sum(r.seconds for r in members + losers),
+        seconds_to_best=sum(r.seconds_to_best for r in members) + sum(r.seconds for r in losers),
+        history=[h for r in members for h in r.history], members=members, weight_decay=chosen,
+    )
+
+
+def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg: ModelConfig,
+         train_cfg: TrainConfig, device: torch.device, run_dir: Path | None, resume: bool,
+         on_epoch: Callable[[EpochReport], None] | None, on_progress: Callable[[str], None] | None,
+         stop_after: int | None) -> FitResult:
+    started = time.perf_counter()
+    if fit_ratings.nnz == 0:
+        raise TrainingError("no training ratings to fit")
+    train_cfg = train_cfg.resolved(fit_ratings.nnz)
+    data = oriented_csr(fit_ratings, model_cfg.orientation)  # (n_vectors, n_units)
+    val = oriented_csr(val_ratings, model_cfg.orientation) if val_ratings is not None else None
+    scale = fit_ratings.rating_scale()
+    n_units = data.shape[1]
+    torch.manual_seed(train_cfg.seed)
+    module = build_model(model_cfg, n_units, n_units)
+    means = torch.from_numpy(unit_means(data, n_units))
+    with torch.no_grad():
+        module.b_out.copy_(means)
+        module.fallback.copy_(means)
+        module.input_mean.fill_(float(data.data.mean()))
+    module.to(device)
+    optimizer = _make_optimizer(module, train_cfg)
+    identity = run_fingerprint(model_cfg, train_cfg, fit_ratings.fingerprint())
+    checkpoint = run_dir / CHECKPOINT_FILE if run_dir is not None else None
+
+    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    progress: dict[str, Any] = {"run": identity, "epoch": 0, "best_epoch": 0, "best_val_rmse": None,
+                                "stale": 0, "seconds": 0.0, "seconds_to_best": 0.0, "history": [],
+                                "finished": False}
+    if checkpoint is not None and resume and checkpoint.exists():
+        tensors, progress, optim_meta = _load_checkpoint(checkpoint)
+        if progress.get("run") != identity:
+            raise TrainingError(
+                f"checkpoint in {run_dir} belongs to a run with other settings or data; delete it or drop --resume"
+            )
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best/")}
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, optim_meta, device))
+        torch.set_rng_state(tensors["rng/torch"])
+        log.info("resuming from epoch %d of %s", progress["epoch"], checkpoint)
+        if on_progress:
+            on_progress(f"resuming after epoch {progress['epoch']}")
+    elif model_cfg.pretrain_epochs > 0:
+        _pretrain(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    history = [EpochReport(**h) for h in progress["history"]]
+    best_val = progress["best_val_rmse"] if progress["best_val_rmse"] is not None else math.inf
+    full_batch = make_batch(data, data).to(device) if train_cfg.optimizer in FULL_BATCH else None
+    offset = float(progress["seconds"])  # time spent in earlier sessions of a resumed run
+    epoch = progress["epoch"]
+    session_epochs = 0
+    while (not progress["finished"] and epoch < train_cfg.epochs
+           and (stop_after is None or session_epochs < stop_after)):
+        epoch += 1
+        session_epochs += 1
+        module.train()
+        train_loss = _train_epoch(module, optimizer, data, full_batch, train_cfg, epoch, device)
+        if val is not None and val.nnz:
+            val_rmse = validation_rmse(module, data, val, scale, batch_ratings=train_cfg.batch_ratings,
+                                       device=device)
+            _check_finite(val_rmse, epoch, train_cfg)
+        else:
+            val_rmse = float("nan")
+        improved = val is None or not val.nnz or val_rmse < best_val
+        elapsed = time.perf_counter() - started + offset
+        if improved:
+            best_val = val_rmse if math.isfinite(val_rmse) else best_val
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            progress.update(best_epoch=epoch, stale=0, seconds_to_best=elapsed)
+        else:
+            progress["stale"] += 1
+        report = EpochReport(epoch, train_cfg.epochs, train_loss, val_rmse,
+                             best_val if math.isfinite(best_val) else float("nan"), progress["best_epoch"], elapsed)
+        history.append(report)
+        progress.update(epoch=epoch, best_val_rmse=best_val if math.isfinite(best_val) else None,
+                        seconds=elapsed, history=[asdict(h) for h in history])
+        if progress["stale"] >= train_cfg.patience or epoch >= train_cfg.epochs:
+            progress["finished"] = True
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, module, best_state, optimizer, progress)
+        if on_epoch:
+            on_epoch(report)
+    module.load_state_dict(best_state)
+    module.eval()
+    return FitResult(
+        module=module, best_epoch=int(progress["best_epoch"]),
+        best_val_rmse=float(best_val) if math.isfinite(best_val) else float("nan"),
+        epochs_run=epoch, seconds=time.perf_counter() - started + offset,
+        seconds_to_best=float(progress["seconds_to_best"]), history=history,
+    )
+
+
+def _train_epoch(module: AutoEncoder, optimizer: torch.optim.Optimizer, data: sp.csr_matrix,
+                 full_batch: Any, cfg: TrainConfig, epoch: int, device: torch.device) -> float:
+    """One pass over the fit ratings; returns their mean masked MSE as seen during the pass."""
+    if full_batch is not None:
+        last: dict[str, float] = {}
+
+        def closure() -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            mse, loss = _objective(module, full_batch.inputs, full_batch.targets, cfg, data.nnz)
+            _check_finite(loss, epoch, cfg)
+            loss.backward()
+            last["mse"] = float(mse.detach())
+            return loss
+
+        if isinstance(optimizer, torch.optim.LBFGS):
+            optimizer.step(closure)
+        else:
+            closure()
+            optimizer.step()
+        return last["mse"]
+    total, count = 0.0, 0
+    for batch in iterate_batches(data, data, cfg.batch_ratings, seed=cfg.seed, epoch=epoch):
+        batch = batch.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        mse, loss = _objective(module, batch.inputs, batch.targets, cfg, data.nnz)
+        _check_finite(loss, epoch, cfg)
+        loss.backward()
+        optimizer.step()
+        total += float(mse.detach()) * batch.targets.nnz
+        count += batch.targets.nnz
+    return total / max(count, 1)
+
+
+# --- a named split, end to end ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """A trained model ready to publish, with its validation and test figures."""
+
+    trained: TrainedModel
+    fit: FitResult
+    metrics: dict[str, float]  # val_rmse, test_rmse, test_mae, best_epoch, epochs, seconds, seconds_to_best
+
+
+def train_split(
+    split: Split,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Carve validation from ``split.train``, fit, and score ``split.test`` (never used before this point).
+
+    The returned model reads every training rating (fit + validation) as its inputs; test ratings never are.
+    """
+    from recae.artifacts import TrainedModel, with_metrics
+    from recae.splits import holdout_validation
+
+    fit_part, val_part = holdout_validation(split.train, train_cfg.val_fraction, train_cfg.seed)
+    result = fit(fit_part, val_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
+                 on_progress=on_progress)
+    chosen = result.weight_decay if result.weight_decay is not None else train_cfg.weight_decay
+    trained = TrainedModel.from_fit(result.module, split.train, train_config=replace(train_cfg, weight_decay=chosen),
+                                    split_spec=split.spec.to_json())
+    metrics: dict[str, float] = {
+        "val_rmse": result.best_val_rmse,
+        "weight_decay": chosen,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "seconds": round(result.seconds, 3),
+        "seconds_to_best": round(result.seconds_to_best, 3),
+        "n_train": split.train.nnz,
+        "n_test": split.test.nnz,
+    }
+    metrics.update(test_metrics(trained, split.test))
+    return TrainResult(trained=with_metrics(trained, metrics), fit=result, metrics=metrics)
+
+
+def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
+    """``test_rmse = sqrt(mean((rhat - r)^2))`` and ``test_mae = mean(|rhat - r|)`` over the test ratings."""
+    if test.nnz == 0:
+        return {}
+    rows, cols, values = test.coo()
+    predicted = trained.predict(rows, cols).astype(np.float64)
+    error = predicted - values
+    return {"test_rmse": float(np.sqrt(np.mean(error**2))), "test_mae": float(np.mean(np.abs(error)))}
+
+
+test_metrics.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
+
+
+def default_configs(model: str = "stacked", **model_overrides: Any) -> tuple[ModelConfig, TrainConfig]:
+    """The shipped defaults (chosen on validation; see the README's performance table)."""
+    return model_config(model, **model_overrides), TrainConfig()
