@@ -6,21 +6,23 @@ switched in a single transaction, so a reader sees either the old champion with 
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from recae.artifacts import PublishedModel, TrainedModel, publish
 from recae.db import Champion, utcnow
 from recae.matrix import RatingMatrix
 from recae.models import ModelConfig
 from recae.recommend import DEFAULT_PRECOMPUTED, precompute_recommendations
-from recae.splits import SplitSpec, split_from_store
-from recae.train import EpochReport, TrainConfig, TrainResult, train_split
+from recae.splits import Split, SplitSpec, split_from_store
+from recae.train import EpochReport, TrainConfig, TrainResult, run_fingerprint, train_split
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ def promote(
     return written
 
 
+def run_folder(models_dir: Path, spec: SplitSpec, model_cfg: ModelConfig, train_cfg: TrainConfig,
+               matrix: RatingMatrix) -> Path:
+    """Checkpoint folder of one training run: the same settings and data find the same folder (``--resume``)."""
+    fingerprint = run_fingerprint(model_cfg, train_cfg, matrix.fingerprint(), json.dumps(spec.to_json(), sort_keys=True))
+    return models_dir / ".runs" / fingerprint
+
+
 def train_and_publish(
     engine: Engine,
     models_dir: Path,
@@ -65,17 +74,30 @@ def train_and_publish(
     resume: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
+    on_split: Callable[[Split], None] | None = None,
 ) -> TrainingRun:
-    """Build the split from the store, train, publish the artifact, and (by default) promote it."""
+    """Build the split from the store, train (checkpointing every epoch), publish and, by default, promote.
+
+    Promotion happens in the publish transaction: the version row, its precomputed recommendations and the
+    champion pointer commit together. The run's checkpoint folder is removed once the model is published.
+    """
     matrix = RatingMatrix.from_db(engine)
     split = split_from_store(engine, matrix, spec)
+    if on_split is not None:
+        on_split(split)
+    run_dir = run_dir or run_folder(models_dir, spec, model_cfg, train_cfg, matrix)
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
     result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                          on_progress=on_progress)
-    published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
-                        make_champion=False)
-    if make_champion:
-        if on_progress is not None:
-            on_progress("precomputing recommendations")
+    if make_champion and on_progress is not None:
+        on_progress("precomputing recommendations")
+
+    def precompute(conn: Connection, version: str) -> None:
         # Films a user rated anywhere (train or test) are never recommended to them.
-        promote(engine, published.version, result.trained, matrix)
+        precompute_recommendations(conn, version, result.trained, matrix)
+
+    published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
+                        make_champion=make_champion, in_transaction=precompute if make_champion else None)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return TrainingRun(published=published, result=result, promoted=make_champion)

@@ -654,6 +654,6 @@ def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
 test_metrics.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
 
 
-def default_configs(model: str = "stacked", **model_overrides: Any) -> tuple[ModelConfig, TrainConfig]:
+def default_configs(model: str = DEFAULT_MODEL, **model_overrides: Any) -> tuple[ModelConfig, TrainConfig]:
     """The shipped defaults (chosen on validation; see the README's performance table)."""
     return model_config(model, **model_overrides), TrainConfig()

@@ -31,7 +31,8 @@ def _train(train: RatingMatrix, orientation: str) -> TrainedModel:
     fit_part, val_part = train.subset(keep), train.subset(~keep)
     cfg = model_config(orientation=orientation, hidden=(48,))
     result = fit(fit_part, val_part, cfg, TrainConfig(epochs=150, lr=2e-2, weight_decay=0.05, patience=15,
-                                                        batch_ratings=1024, threads=1))
+                                                        batch_ratings=1024, threads=1, ensemble=1,
+                                                        weight_decay_grid=()))
     return TrainedModel.from_fit(result.module, train)
 
 
