@@ -530,20 +530,10 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
       recae train --config run.toml --resume        # [model] hidden = [500], [train] lr = 0.002
     """
     import json
-    import shutil
-
-    from recae.artifacts import publish
-    from recae.matrix import RatingMatrix
     from recae.output import render
-    from recae.splits import SplitSpec, split_from_store
-    from recae.train import (
-        DEFAULT_MODEL,
-        TrainConfig,
-        load_config_file,
-        model_config,
-        run_fingerprint,
-        train_split,
-    )
+    from recae.pipeline import train_and_publish
+    from recae.splits import SplitSpec
+    from recae.train import DEFAULT_MODEL, TrainConfig, load_config_file, model_config
 
     model_part, train_part = load_config_file(config_file) if config_file else ({}, {})
     name = model_name or model_part.pop("name", DEFAULT_MODEL)
@@ -555,29 +545,16 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
     model_cfg = model_config(name, **model_part)
     model_cfg.validate()
     train_cfg.validate()
-
-    engine = obj.engine()
-    matrix = RatingMatrix.from_db(engine)
     spec = SplitSpec(split_name, test_fraction=test_fraction, seed=train_cfg.seed)
-    split = split_from_store(engine, matrix, spec)
-    paths = obj.paths()
-    run_dir = paths.models_dir / ".runs" / run_fingerprint(model_cfg, train_cfg, matrix.fingerprint(),
-                                                           json.dumps(spec.to_json(), sort_keys=True))
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    echo_info(f"training {model_cfg.name} ({model_cfg.orientation}) on {split.train.nnz} ratings, "
-              f"testing on {split.test.nnz} ({spec.name} split)")
+
+    def announce(split) -> None:  # type: ignore[no-untyped-def]
+        echo_info(f"training {model_cfg.name} ({model_cfg.orientation}) on {split.train.nnz} ratings, "
+                  f"testing on {split.test.nnz} ({spec.name} split)")
+
     with _train_progress(train_cfg.epochs) as (on_epoch, on_progress):
-        result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
-                             on_progress=on_progress)
-
-    from recae.recommend import precompute_recommendations
-
-    published = publish(
-        engine, paths.models_dir, result.trained, data_fingerprint=matrix.fingerprint(),
-        in_transaction=lambda conn, version: precompute_recommendations(conn, version, result.trained, matrix),
-    )
-    shutil.rmtree(run_dir, ignore_errors=True)
+        run = train_and_publish(obj.engine(), obj.paths().models_dir, spec, model_cfg, train_cfg, resume=resume,
+                                on_epoch=on_epoch, on_progress=on_progress, on_split=announce)
+    published, result = run.published, run.result
     metrics = result.metrics
     summary = {
         "version": published.version, "model": published.model, "orientation": published.orientation,
@@ -618,6 +595,93 @@ class _train_progress:  # noqa: N801 - used as a context manager factory
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+
+@cli.command("retrain")
+@click.option("--inbox", type=click.Path(file_okay=False),
+              help="Folder of new ratings files (CSV user_id,movie_id,rating[,timestamp]); default HOME/inbox.")
+@click.option("--margin", type=click.FloatRange(min=0.0), default=0.002, show_default=True,
+              help="Publish the challenger only if its held-out RMSE is lower than the champion's by this much.")
+@click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Published versions to keep for rollback (the champion always stays); older ones are pruned.")
+@click.option("--warm-epochs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Most fine-tuning epochs when warm-starting from the champion (early stopping still applies).")
+@click.option("--warm-lr-scale", type=click.FloatRange(min=0.0, min_open=True), default=0.02, show_default=True,
+              help="Fine-tuning learning rate as a multiple of the champion's training rate.")
+@click.option("--cold", is_flag=True, help="Train the challenger from scratch with the champion's configuration.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="TOML [model]/[train] settings for the first champion (when none is published yet).")
+@click.option("--scale", nargs=2, type=float, default=(0.5, 5.0), show_default=True, metavar="LOW HIGH",
+              help="Allowed ratings in inbox files.")
+@click.option("--step", type=float, default=0.5, show_default=True,
+              help="Allowed increment above LOW in inbox files (0 allows any value).")
+@pass_context
+def retrain_command(obj: Context, inbox: str | None, margin: float, keep: int, warm_epochs: int,
+                    warm_lr_scale: float, cold: bool, config_file: str | None, scale: tuple[float, float],
+                    step: float) -> None:
+    """Nightly job: ingest the inbox, retrain, publish the challenger only if it beats the champion.
+
+    Takes a lock (a second run at the same time exits at once with code 75); moves each inbox file to
+    inbox/processed/ or, with a FILE.reason.txt, to inbox/rejected/; exits 0 without training when no rating
+    changed; otherwise fine-tunes the champion on the new data, compares both on the same fixed holdout, and
+    publishes atomically when RMSE drops by at least --margin. Prints one JSON summary line on stdout;
+    `recae models history` lists past runs. With no champion yet, trains and publishes the first one.
+
+    \b
+    Examples:
+      recae retrain
+      recae retrain --inbox /srv/ratings/inbox --margin 0.002 --keep 5
+      recae --home /var/lib/recae retrain >> /var/log/recae-retrain.jsonl
+    """
+    import json
+    from pathlib import Path
+
+    from recae.nightly import RetrainOptions, run_retrain
+
+    model_cfg = train_cfg = None
+    if config_file:
+        from recae.train import DEFAULT_MODEL, TrainConfig, load_config_file, model_config
+
+        model_part, train_part = load_config_file(config_file)
+        model_cfg = model_config(model_part.pop("name", DEFAULT_MODEL), **model_part)
+        train_cfg = TrainConfig.from_json(train_part)
+        model_cfg.validate()
+        train_cfg.validate()
+    paths = obj.paths()
+    options = RetrainOptions(inbox=Path(inbox) if inbox else paths.home / "inbox", margin=margin, keep=keep,
+                             warm_epochs=warm_epochs, warm_lr_scale=warm_lr_scale, cold=cold, scale=scale,
+                             step=step or None,
+                             model_config=model_cfg, train_config=train_cfg)
+    run_retrain(obj.engine(), paths.models_dir, paths.locks_dir, options,
+                on_progress=lambda message: echo_info(f"retrain: {message}"),
+                on_report=lambda report: echo_data(json.dumps(report.to_json(), separators=(",", ":"))))
+
+
+@models.command("history")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs.")
+@format_option
+@pass_context
+def models_history(obj: Context, limit: int, fmt: str) -> None:
+    """Past `recae retrain` runs, newest first: files ingested, RMSEs, decision, duration.
+
+    \b
+    Examples:
+      recae models history
+      recae models history --limit 5 --format json
+    """
+    from recae.nightly import run_history
+    from recae.output import render
+
+    records = run_history(obj.engine(), limit)
+    if not records:
+        echo_info("no retrain runs yet; run `recae retrain`")
+    if fmt == "json":
+        echo_data(render([r.summary or r.row() for r in records], fmt))
+    else:
+        rows = [r.row() for r in records]
+        if fmt == "table":  # the message is long; json and csv keep it
+            rows = [{k: v for k, v in row.items() if k != "message"} for row in rows]
+        echo_data(render(rows, fmt, title="Retrain runs"))
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 log = logging.getLogger(__name__)
 
 #: The newest migration's revision id; a test checks it equals Alembic's head.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -138,6 +138,35 @@ class Recommendation(Base):
     movie_id: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
 
+
+
+class RetrainRun(Base):
+    """One nightly ``recae retrain``: what it ingested, how the challenger compared, what it decided.
+
+    ``status`` is running | succeeded | failed | interrupted (a killed run, found by the next one);
+    ``decision`` is unchanged | published | kept | first (NULL until the run decides); ``summary`` is the JSON
+    line the run printed.
+    """
+
+    __tablename__ = "retrain_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    champion_before: Mapped[str | None] = mapped_column(String(64))
+    challenger: Mapped[str | None] = mapped_column(String(64))
+    champion_after: Mapped[str | None] = mapped_column(String(64))
+    data_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    files_ingested: Mapped[int] = mapped_column(Integer, default=0)
+    files_rejected: Mapped[int] = mapped_column(Integer, default=0)
+    rows_loaded: Mapped[int] = mapped_column(BigInteger, default=0)
+    champion_rmse: Mapped[float | None] = mapped_column(Float)
+    challenger_rmse: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="{}")
 
 def is_sqlite(engine: Engine) -> bool:
     """True when the engine talks to SQLite (bulk paths and PRAGMAs differ)."""
