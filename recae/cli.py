@@ -684,6 +684,38 @@ def models_history(obj: Context, limit: int, fmt: str) -> None:
         echo_data(render(rows, fmt, title="Retrain runs"))
 
 
+@cli.command()
+@click.option("--movie", "movie_id", type=int, required=True, help="The film to find neighbours of.")
+@click.option("-n", "n", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many films.")
+@click.option("--model", "version", help="Model version (default: the champion).")
+@format_option
+@pass_context
+def similar(obj: Context, movie_id: int, n: int, version: str | None, fmt: str) -> None:
+    """Films nearest to a film in the model's learned latent space (cosine similarity).
+
+    \b
+    Examples:
+      recae similar --movie 50
+      recae similar --movie 1 -n 5 --format json
+    """
+    from recae.artifacts import load_champion, load_version
+    from recae.output import render
+    from recae.recommend import movie_details
+    from recae.similar import similar_movies
+
+    engine = obj.engine()
+    trained = load_version(engine, version) if version else load_champion(engine)
+    neighbours = similar_movies(trained, movie_id, n)
+    details = movie_details(engine, [movie_id, *(s.movie_id for s in neighbours)])
+    records = []
+    for neighbour in neighbours:
+        title, year, genres = details.get(neighbour.movie_id, (None, None, ""))
+        records.append({"rank": neighbour.rank, "movie_id": neighbour.movie_id, "title": title, "year": year,
+                        "genres": genres, "similarity": neighbour.similarity})
+    query_title = details.get(movie_id, (None, None, ""))[0] or f"movie {movie_id}"
+    echo_data(render(records, fmt, title=f"Films like {query_title}"))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="recae")

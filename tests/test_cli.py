@@ -23,6 +23,7 @@ def run(home: Path, *args: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("command", [
     ["ingest"], ["train"], ["evaluate"], ["recommend"], ["models"], ["quickstart"], ["db"], ["synth"],
+    ["similar"], ["retrain"], ["models", "history"],
 ])
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
@@ -107,6 +108,18 @@ def test_unknown_user_movie_and_bad_rating_are_one_line_errors(trained_home: Pat
     assert code == EXIT_DATA and "outside" in err
     for message in (err,):
         assert "Traceback" not in message and message.strip().count("\n") == 0
+
+
+@pytest.mark.slow
+def test_similar_films_share_their_audience(trained_home: Path) -> None:
+    code, out, _ = run(trained_home, "similar", "--movie", "50", "-n", "5", "--format", "json")
+    assert code == 0
+    neighbours = json.loads(out)
+    assert len(neighbours) == 5 and 50 not in {n["movie_id"] for n in neighbours}
+    # Star Wars (1977): its sequels share its audience almost exactly.
+    assert {172, 181} & {n["movie_id"] for n in neighbours}
+    code, _, err = run(trained_home, "similar", "--movie", "99999")
+    assert code == EXIT_ERROR and "movie 99999 is unknown" in err
 
 
 @pytest.mark.slow

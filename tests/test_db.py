@@ -77,4 +77,5 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "recae/_migrations/env.py" in names
     assert "recae/_migrations/script.py.mako" in names
-    assert "recae/_migrations/versions/0001_initial.py" in names
+    for script in sorted((ROOT / "migrations" / "versions").glob("*.py")):
+        assert f"recae/_migrations/versions/{script.name}" in names
