@@ -95,6 +95,10 @@ class TrainConfig:
             raise TrainingError("--device cuda was asked for but torch sees no CUDA device; use --device auto or cpu")
         if self.epochs < 1 or self.batch_ratings < 0 or self.patience < 1 or self.ensemble < 1:
             raise TrainingError("epochs, patience and ensemble must be positive, batch_ratings not negative")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise TrainingError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or self.weight_decay < 0 or any(w < 0 for w in self.weight_decay_grid):
+            raise TrainingError("lr must be positive and weight decays non-negative")
 
     def resolved(self, n_ratings: int) -> TrainConfig:
         """The config with ``batch_ratings`` fixed: auto means ~25 steps per epoch, at least 8192 ratings each.
@@ -104,10 +108,6 @@ class TrainConfig:
         if self.batch_ratings > 0:
             return self
         return replace(self, batch_ratings=max(AUTO_MIN_BATCH, -(-n_ratings // AUTO_STEPS_PER_EPOCH)))
-        if not 0.0 < self.val_fraction < 1.0:
-            raise TrainingError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise TrainingError("lr must be positive and weight_decay non-negative")
 
 
 def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

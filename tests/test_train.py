@@ -200,3 +200,10 @@ def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path) -> None:
     assert result.metrics["test_rmse"] <= ML100K_U1_RMSE_BOUND, result.metrics
     # Validation came from the training ratings only and the model reads training ratings only.
     assert result.trained.inputs.nnz == train.nnz
+
+
+@pytest.mark.parametrize("bad", [{"val_fraction": 0.0}, {"val_fraction": 1.5}, {"lr": 0.0}, {"weight_decay": -1.0},
+                                 {"weight_decay_grid": (10.0, -1.0)}, {"epochs": 0}])
+def test_nonsense_settings_are_refused_with_a_clear_error(bad: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(TrainingError):
+        TrainConfig(**bad).validate()
