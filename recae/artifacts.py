@@ -28,6 +28,7 @@ from recae.batches import oriented_csr, sparse_rows
 from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.matrix import IdIndex, RatingMatrix
 from recae.models import AutoEncoder, ModelConfig, build_model, pairs_pattern
+from recae.registry import VersionInfo
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -268,23 +269,6 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 # --- the store -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PublishedModel:
-    """The ``model_versions`` row of a published model."""
-
-    version: str
-    model: str
-    orientation: str
-    split: str
-    seed: int
-    path: str
-    data_fingerprint: str
-    metrics: dict[str, Any]
-    config: dict[str, Any]
-    created_at: datetime
-    is_champion: bool
-
-
 def new_version_name(trained: TrainedModel, created_at: datetime) -> str:
     """``YYYYmmddTHHMMSSffffffZ-<model>-<orientation>``: sortable by time, readable at a glance."""
     return f"{created_at:%Y%m%dT%H%M%S%f}Z-{trained.model_config.name}-{trained.orientation}"
@@ -292,7 +276,7 @@ def new_version_name(trained: TrainedModel, created_at: datetime) -> str:
 
 def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, data_fingerprint: str | None = None,
             make_champion: bool = True, in_transaction: Callable[[Connection, str], None] | None = None,
-            ) -> PublishedModel:
+            ) -> VersionInfo:
     """Write the artifact atomically, record its ``model_versions`` row and (by default) make it the champion.
 
     ``in_transaction(conn, version)`` runs inside the same transaction, after the row is written (e.g. to
@@ -344,7 +328,7 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
         shutil.rmtree(final, ignore_errors=True)
         raise
     log.info("published %s at %s", version, final)
-    return PublishedModel(
+    return VersionInfo(
         version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
         seed=seed, path=str(final), data_fingerprint=meta["data_fingerprint"], metrics=dict(trained.metrics),
         config=config, created_at=created_at, is_champion=make_champion,

@@ -16,11 +16,12 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlalchemy.engine import Connection, Engine
 
-from recae.artifacts import PublishedModel, TrainedModel, publish
+from recae.artifacts import TrainedModel, publish
 from recae.db import Champion, utcnow
 from recae.matrix import RatingMatrix
 from recae.models import ModelConfig
 from recae.recommend import DEFAULT_PRECOMPUTED, precompute_recommendations
+from recae.registry import VersionInfo
 from recae.splits import Split, SplitSpec, split_from_store
 from recae.train import EpochReport, TrainConfig, TrainResult, run_fingerprint, train_split
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class TrainingRun:
     """What one training produced: the published version, its metrics and the trained model."""
 
-    published: PublishedModel
+    published: VersionInfo
     result: TrainResult
     promoted: bool
 
