@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from recae.datasets import DataSource, DatasetFormat, RatingScale, fetch, get_format, sha256_file
 from recae.db import IngestRun, is_sqlite, utcnow
-from recae.errors import DataError
+from recae.errors import DataError, LockHeldError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -500,6 +501,13 @@ def _run(engine: Engine, plan: _Plan, skip_bad: bool, progress: bool) -> IngestR
                 finished_at=utcnow(), message=f"{untitled} untitled movies added" if untitled else None))
     except _AlreadyIngested:
         return report(already_ingested=True)
+    except OperationalError as err:
+        if "locked" in str(err).lower():
+            raise LockHeldError(
+                f"{plan.source}: the store is busy (another ingest or retrain is writing); nothing was loaded, "
+                "try again when it finishes"
+            ) from None
+        raise
     except DataError as err:
         _record_failure(engine, plan, str(err))
         raise

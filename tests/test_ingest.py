@@ -400,3 +400,29 @@ def test_sigkill_mid_ingest_leaves_store_unchanged_and_rerun_succeeds(tmp_path: 
     assert n_ratings == 2_500_000 + (2 if prefilled else 0)
     assert n_succeeded == len(before["succeeded"]) + 1
     engine.dispose()
+
+
+def test_a_store_busy_with_another_writer_gives_exit_75_and_loads_nothing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from recae import db
+    from recae.errors import EXIT_LOCKED, LockHeldError
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # wait 0.2 s for the lock, not 30 s
+    store = tmp_path / "recae.db"
+    engine = db.open_store(f"sqlite:///{store}")
+    ratings = tmp_path / "new.csv"
+    ratings.write_text("user_id,movie_id,rating\n1,10,4\n2,10,3\n")
+    other = sqlite3.connect(store)
+    other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        with pytest.raises(LockHeldError, match="store is busy") as caught:
+            ingest_ratings_file(engine, ratings)
+        assert caught.value.exit_code == EXIT_LOCKED and "\n" not in str(caught.value)
+    finally:
+        other.rollback()
+        other.close()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM ratings")).scalar_one() == 0
+    assert ingest_ratings_file(engine, ratings).rows_loaded == 2  # once the writer is gone, it loads
