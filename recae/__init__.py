@@ -1,8 +1,29 @@
 """recae: movie recommendations from autoencoders trained with masked MSE.
 
-Importing this package has no side effects and does not import torch.
+Importing this package has no side effects and does not import torch; the public names below load their
+modules on first use (``recae.load_model`` imports torch only when called for).
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "load_model": "recae.artifacts",
+    "TrainedModel": "recae.artifacts",
+    "RatingMatrix": "recae.matrix",
+    "ingest_dataset": "recae.ingest",
+    "ingest_ratings_file": "recae.ingest",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'recae' has no attribute {name!r}")

@@ -97,3 +97,9 @@ def test_no_model_says_what_to_run(engine) -> None:  # type: ignore[no-untyped-d
 def test_serving_does_not_import_torch() -> None:
     code = "import recae.recommend, recae.cli, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_package_root_is_light_and_its_public_names_load_on_demand() -> None:
+    code = ("import recae, sys; assert 'torch' not in sys.modules; from recae import load_model, RatingMatrix; "
+            "assert callable(load_model) and 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
