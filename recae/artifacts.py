@@ -28,7 +28,7 @@ from recae.batches import oriented_csr, sparse_rows
 from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.matrix import IdIndex, RatingMatrix
 from recae.models import AutoEncoder, ModelConfig, build_model, pairs_pattern
-from recae.registry import VersionInfo
+from recae.registry import VersionInfo, set_champion
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -283,9 +283,7 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
     precompute recommendations). A failure at any step leaves the store and the current champion as they were
     (the folder is removed).
     """
-    from sqlalchemy import select
-
-    from recae.db import Champion, ModelVersion, utcnow
+    from recae.db import ModelVersion, utcnow
 
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -318,12 +316,7 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
             if in_transaction is not None:
                 in_transaction(session.connection(), version)
             if make_champion:
-                current = session.execute(select(Champion).where(Champion.id == 1)).scalar_one_or_none()
-                if current is None:
-                    session.add(Champion(id=1, version=version, switched_at=created_at))
-                else:
-                    current.version = version
-                    current.switched_at = created_at
+                set_champion(session.connection(), version, created_at)
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         raise

@@ -529,7 +529,6 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
       recae train --split random --test-fraction 0.1 --seed 0 --epochs 50 --deterministic
       recae train --config run.toml --resume        # [model] hidden = [500], [train] lr = 0.002
     """
-    import json
     from recae.output import render
     from recae.pipeline import train_and_publish
     from recae.splits import SplitSpec

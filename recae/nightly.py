@@ -524,10 +524,11 @@ def prune_versions(engine: Engine, models_dir: Path, keep: int) -> tuple[str, ..
     """
     from sqlalchemy import delete, select
 
-    from recae.db import Champion, ModelVersion, Recommendation
+    from recae.db import ModelVersion, Recommendation
+    from recae.registry import current_champion
 
     with engine.begin() as conn:
-        champion = conn.execute(select(Champion.version).where(Champion.id == 1)).scalar()
+        champion = current_champion(conn)
         rows = conn.execute(select(ModelVersion.version, ModelVersion.path)
                             .order_by(ModelVersion.created_at.desc(), ModelVersion.version.desc())).all()
         doomed = [(v, p) for v, p in rows[max(keep, 0):] if v != champion]
@@ -556,10 +557,11 @@ def remove_unfinished(engine: Engine) -> tuple[str, ...]:
     """
     from sqlalchemy import delete, select
 
-    from recae.db import Champion, ModelVersion, Recommendation
+    from recae.db import ModelVersion, Recommendation
+    from recae.registry import current_champion
 
     with engine.begin() as conn:
-        champion = conn.execute(select(Champion.version).where(Champion.id == 1)).scalar()
+        champion = current_champion(conn)
         with_recs = set(conn.execute(select(Recommendation.version).distinct()).scalars())
         rows = conn.execute(select(ModelVersion.version, ModelVersion.path, ModelVersion.config)).all()
         doomed = [(v, p) for v, p, config in rows if v != champion and v not in with_recs

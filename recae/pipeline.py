@@ -13,15 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import update
 from sqlalchemy.engine import Connection, Engine
 
 from recae.artifacts import TrainedModel, publish
-from recae.db import Champion, utcnow
 from recae.matrix import RatingMatrix
 from recae.models import ModelConfig
 from recae.recommend import DEFAULT_PRECOMPUTED, precompute_recommendations
-from recae.registry import VersionInfo
+from recae.registry import VersionInfo, set_champion
 from recae.splits import Split, SplitSpec, split_from_store
 from recae.train import EpochReport, TrainConfig, TrainResult, run_fingerprint, train_split
 
@@ -48,10 +46,7 @@ def promote(
     """
     with engine.begin() as conn:
         written = precompute_recommendations(conn, version, trained, rated, n=n_precomputed, on_batch=on_batch)
-        now = utcnow()
-        switched = conn.execute(update(Champion).where(Champion.id == 1).values(version=version, switched_at=now))
-        if switched.rowcount == 0:
-            conn.execute(Champion.__table__.insert().values(id=1, version=version, switched_at=now))
+        set_champion(conn, version)
     log.info("model %s now serves (%d precomputed recommendations)", version, written)
     return written
 

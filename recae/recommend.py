@@ -16,9 +16,10 @@ import numpy as np
 from sqlalchemy import and_, delete, func, insert, not_, select
 from sqlalchemy.engine import Connection, Engine
 
-from recae.db import Champion, Movie, Rating, Recommendation
+from recae.db import Movie, Rating, Recommendation
 from recae.errors import DataError, ModelNotFoundError, UnknownMovieError, UnknownUserError
 from recae.metrics import top_k_unseen
+from recae.registry import current_champion
 
 if TYPE_CHECKING:
     from recae.matrix import RatingMatrix
@@ -111,7 +112,7 @@ def precompute_recommendations(
 
 def champion_version(conn: Connection) -> str:
     """Version of the serving model; ModelNotFoundError when none is published."""
-    version = conn.execute(select(Champion.version).where(Champion.id == 1)).scalar()
+    version = current_champion(conn)
     if version is None:
         raise ModelNotFoundError("no trained model yet; run `recae train` (or `recae quickstart`)")
     return str(version)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from recae.db import Champion, ModelVersion, Recommendation, utcnow
 from recae.errors import ModelNotFoundError
@@ -52,10 +52,23 @@ def _info(row: ModelVersion, champion: str | None) -> VersionInfo:
     )
 
 
+def current_champion(conn: Connection) -> str | None:
+    """The serving version, read inside the caller's transaction; None before the first publish."""
+    return conn.execute(select(Champion.version).where(Champion.id == 1)).scalar()
+
+
+def set_champion(conn: Connection, version: str, at: datetime | None = None) -> None:
+    """Point the champion at ``version`` inside the caller's transaction: the only place the pointer moves."""
+    at = at or utcnow()
+    moved = conn.execute(update(Champion).where(Champion.id == 1).values(version=version, switched_at=at))
+    if moved.rowcount == 0:
+        conn.execute(insert(Champion).values(id=1, version=version, switched_at=at))
+
+
 def champion_of(engine: Engine) -> str | None:
     """The serving version, or None before the first publish."""
     with engine.connect() as conn:
-        return conn.execute(select(Champion.version).where(Champion.id == 1)).scalar()
+        return current_champion(conn)
 
 
 def list_versions(engine: Engine) -> list[VersionInfo]:
@@ -96,8 +109,5 @@ def use_version(engine: Engine, version: str) -> VersionInfo:
             raise ModelNotFoundError(
                 f"model version {version!r} has no precomputed recommendations (they were pruned); retrain instead"
             )
-        switched = conn.execute(update(Champion).where(Champion.id == 1).values(version=version,
-                                                                                  switched_at=utcnow()))
-        if switched.rowcount == 0:
-            conn.execute(Champion.__table__.insert().values(id=1, version=version, switched_at=utcnow()))
+        set_champion(conn, version)
     return get_version(engine, version)
