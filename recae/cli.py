@@ -25,6 +25,18 @@ format_option = click.option(
 )
 
 
+def rating_scale_options(what: str) -> Callable[[F], F]:
+    """``--scale LOW HIGH`` and ``--step`` for plain ratings files (``what`` names them in the help)."""
+
+    def decorate(command: F) -> F:
+        command = click.option("--step", type=float, default=0.5, show_default=True,
+                               help=f"Allowed increment above LOW in {what} (0 allows any value).")(command)
+        return click.option("--scale", nargs=2, type=float, default=(0.5, 5.0), show_default=True,
+                            metavar="LOW HIGH", help=f"Allowed ratings in {what}.")(command)
+
+    return decorate
+
+
 @dataclass(frozen=True)
 class Context:
     """What every command needs: where the store and models live, and how verbose to be."""
@@ -286,10 +298,7 @@ def models_use(obj: Context, version: str) -> None:
               help="The GroupLens zip or its extracted folder (default: download DATASET into the cache).")
 @click.option("--ratings", "ratings_file", type=click.Path(exists=True, dir_okay=False),
               help="A plain CSV user_id,movie_id,rating[,timestamp] (header optional) instead of a DATASET.")
-@click.option("--scale", nargs=2, type=float, default=(0.5, 5.0), show_default=True, metavar="LOW HIGH",
-              help="Allowed ratings of a --ratings file.")
-@click.option("--step", type=float, default=0.5, show_default=True,
-              help="Allowed increment above LOW in a --ratings file (0 allows any value).")
+@rating_scale_options("a --ratings file")
 @click.option("--skip-bad", is_flag=True, help="Load the good rows and report the rejected lines.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="How to print the summary on stdout.")
@@ -610,10 +619,7 @@ class _train_progress:  # noqa: N801 - used as a context manager factory
 @click.option("--cold", is_flag=True, help="Train the challenger from scratch with the champion's configuration.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML [model]/[train] settings for the first champion (when none is published yet).")
-@click.option("--scale", nargs=2, type=float, default=(0.5, 5.0), show_default=True, metavar="LOW HIGH",
-              help="Allowed ratings in inbox files.")
-@click.option("--step", type=float, default=0.5, show_default=True,
-              help="Allowed increment above LOW in inbox files (0 allows any value).")
+@rating_scale_options("inbox files")
 @pass_context
 def retrain_command(obj: Context, inbox: str | None, margin: float, keep: int, warm_epochs: int,
                     warm_lr_scale: float, cold: bool, config_file: str | None, scale: tuple[float, float],
