@@ -61,14 +61,17 @@ class TrainedModel:
     train_config: TrainConfig | None = None
     split_spec: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)  # one EpochReport per epoch (all members)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_fit(cls, module: AutoEncoder, inputs: RatingMatrix, *, train_config: TrainConfig | None = None,
-                 split_spec: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> TrainedModel:
+                 split_spec: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+                 history: list[dict[str, float]] | None = None) -> TrainedModel:
         module = module.to("cpu").eval()
         return cls(module=module, model_config=module.config, inputs=inputs, rating_scale=inputs.rating_scale(),
-                   train_config=train_config, split_spec=split_spec, metrics=dict(metrics or {}))
+                   train_config=train_config, split_spec=split_spec, metrics=dict(metrics or {}),
+                   history=list(history or []))
 
     @property
     def index(self) -> IdIndex:
@@ -187,6 +190,7 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         "index": trained.index.to_json(),
         "split": trained.split_spec,
         "metrics": trained.metrics,
+        "history": trained.history,
         "data_fingerprint": data_fingerprint or trained.inputs.fingerprint(),
         "inputs_fingerprint": trained.inputs.fingerprint(),  # provenance; integrity is the sha256 below
         "rating_scale": list(trained.rating_scale),
@@ -254,7 +258,8 @@ def load_model(path: str | Path) -> TrainedModel:
             raise CorruptArtifactError(f"model artifact {folder}: train_config is inconsistent ({err})") from err
     module.eval()
     return TrainedModel(module=module, model_config=model_cfg, inputs=inputs, rating_scale=scale,
-                        train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}))
+                        train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}),
+                        history=list(meta.get("history") or []))
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -626,7 +626,7 @@ def train_split(
                  on_progress=on_progress)
     chosen = result.weight_decay if result.weight_decay is not None else train_cfg.weight_decay
     trained = TrainedModel.from_fit(result.module, split.train, train_config=replace(train_cfg, weight_decay=chosen),
-                                    split_spec=split.spec.to_json())
+                                    split_spec=split.spec.to_json(), history=[asdict(h) for h in result.history])
     metrics: dict[str, float] = {
         "val_rmse": result.best_val_rmse,
         "weight_decay": chosen,

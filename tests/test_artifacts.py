@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ def trained_model(orientation: str, seed: int = 0, name: str = "stacked") -> Tra
                                                                              hidden=(12, 6)), settings)
     return TrainedModel.from_fit(result.module, observed, train_config=settings,
                                  split_spec={"name": "random", "test_fraction": 0.1, "seed": seed},
-                                 metrics={"val_rmse": result.best_val_rmse})
+                                 metrics={"val_rmse": result.best_val_rmse},
+                                 history=[asdict(h) for h in result.history])
 
 
 def add_cold_movie(matrix: RatingMatrix) -> RatingMatrix:
@@ -70,6 +72,7 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path: Path, orient
     assert loaded.model_config == trained.model_config and loaded.train_config == trained.train_config
     assert np.array_equal(loaded.index.user_ids, trained.index.user_ids)
     assert loaded.metrics == trained.metrics and loaded.split_spec == trained.split_spec
+    assert len(loaded.history) == 5 and loaded.history == trained.history  # learning curves for `recae plot curves`
 
 
 def test_meta_records_what_the_brief_asks_for(tmp_path: Path) -> None:
