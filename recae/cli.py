@@ -101,7 +101,8 @@ def _verbosity(ctx: click.Context) -> int:
 @click.option("--home", envvar="RECAE_HOME", type=click.Path(file_okay=False),
               help="Folder for the store and models (env RECAE_HOME; default: the user data dir).")
 @click.option("--db", "db_url", envvar="RECAE_DATABASE_URL",
-              help="SQLAlchemy database URL (env RECAE_DATABASE_URL; default: sqlite in --home).")
+              help="Database URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB (needs recae[postgres]) "
+                   "(env RECAE_DATABASE_URL; default: sqlite in --home).")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr; -v also shows tracebacks.")
 @click.version_option(__version__, prog_name="recae")
 @click.pass_context
@@ -719,6 +720,324 @@ def similar(obj: Context, movie_id: int, n: int, version: str | None, fmt: str) 
                         "genres": genres, "similarity": neighbour.similarity})
     query_title = details.get(movie_id, (None, None, ""))[0] or f"movie {movie_id}"
     echo_data(render(records, fmt, title=f"Films like {query_title}"))
+
+
+def _load_model(obj: Context, version: str | None):  # type: ignore[no-untyped-def]
+    """The engine and the asked-for version (default: the champion)."""
+    from recae.artifacts import load_champion, load_version
+
+    engine = obj.engine()
+    return engine, (load_version(engine, version) if version else load_champion(engine))
+
+
+def _side_options(command: F) -> F:
+    """``--users`` / ``--movies`` into one ``side`` parameter (default movies)."""
+    command = click.option("--movies", "side", flag_value="movies", default=True,
+                           help="Movies (the default).")(command)
+    return click.option("--users", "side", flag_value="users", help="Users instead of movies.")(command)
+
+
+def _png_option(default: str) -> Callable[[F], F]:
+    return click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=default,
+                        show_default=True, help="PNG file to write (replaced when complete).")
+
+
+def _plot_summary(record: dict[str, Any], fmt: str, title: str) -> None:
+    from recae.output import render
+
+    echo_data(render(record, fmt) if fmt == "json" else render(
+        [{"field": k, "value": v} for k, v in record.items()], fmt, title=title))
+
+
+@cli.group("plot")
+def plot_group() -> None:
+    """Draw PNG figures of a model: learning curves, the latent space, error by user activity.
+
+    Needs matplotlib: pip install "recae[plot]". Each command prints what it drew on stdout.
+
+    \b
+    Examples:
+      recae plot curves --out curves.png
+      recae plot latent --movies --out movies.png
+      recae plot errors --out errors.png
+    """
+
+
+@plot_group.command("curves")
+@_png_option("curves.png")
+@click.option("--model", "version", help="Model version (default: the champion).")
+@format_option
+@pass_context
+def plot_curves_command(obj: Context, out: str, version: str | None, fmt: str) -> None:
+    """Training loss and validation RMSE per epoch (one line per ensemble member; dot: the epoch kept).
+
+    \b
+    Examples:
+      recae plot curves
+      recae plot curves --model 20261123T101500000000Z-denoising-item --out run.png
+    """
+    from dataclasses import asdict
+
+    from recae.plots import check_png_path, plot_curves
+
+    check_png_path(out)
+    _, trained = _load_model(obj, version)
+    drawn = plot_curves(trained.history, out, title=f"{trained.model_config.name} ({trained.orientation})")
+    _plot_summary({**asdict(drawn.file), "members": drawn.members, "epochs": drawn.epochs,
+                   "best_epoch": drawn.best_epoch, "best_val_rmse": drawn.best_val_rmse}, fmt, "plot curves")
+
+
+@plot_group.command("latent")
+@_side_options
+@click.option("--colour", "--color", "colour", type=click.Choice(["auto", "genre", "activity", "mean-rating"]),
+              default="auto", show_default=True,
+              help="What colours the points: genre (movies; each film's least common genre), activity "
+                   "(number of ratings), mean-rating; auto = genre for movies when known, else activity.")
+@click.option("--genre", help="Colour films of this genre against the rest (e.g. Horror).")
+@_png_option("latent.png")
+@click.option("--model", "version", help="Model version (default: the champion).")
+@format_option
+@pass_context
+def plot_latent_command(obj: Context, side: str, colour: str, genre: str | None, out: str, version: str | None,
+                        fmt: str) -> None:
+    """Users or movies in two dimensions from the model's latent codes, beside PCA of the raw ratings.
+
+    The side the model encodes (movies for item models, users for user models) is shown from its code layer
+    (as is when it has 2 units, else by its first two principal components); the other side from its rows of
+    output weights. With categories (genres) each panel reports its 10-NN accuracy and silhouette: how well the
+    map separates them. As in Hinton and Salakhutdinov (2006), Science 313:504.
+
+    \b
+    Examples:
+      recae plot latent --out movies.png
+      recae plot latent --movies --genre Horror --out horror.png
+      recae plot latent --users --colour mean-rating --out users.png
+    """
+    from dataclasses import asdict
+
+    from recae.latent import colouring, latent_map, separation
+    from recae.plots import check_png_path, plot_latent
+
+    check_png_path(out)
+    engine, trained = _load_model(obj, version)
+    latent = latent_map(trained, side)
+    colours = colouring(engine, latent, colour, genre)
+    if colours.note:
+        echo_info(f"note: {colours.note}")
+    scores = separation(latent, colours.values) if colours.categorical else None
+    drawn = plot_latent(latent, colours, out, separation=scores)
+    record: dict[str, Any] = {**asdict(drawn), "side": side, "points": int(latent.ids.size),
+                              "source": latent.source, "code_dims": latent.code_dims, "colour": colours.name}
+    if scores is not None:
+        record.update({"knn_accuracy_autoencoder": scores.knn_autoencoder, "knn_accuracy_pca": scores.knn_pca,
+                       "silhouette_autoencoder": scores.silhouette_autoencoder,
+                       "silhouette_pca": scores.silhouette_pca, "scored_points": scores.n_points})
+    _plot_summary(record, fmt, "plot latent")
+
+
+@plot_group.command("errors")
+@_png_option("errors.png")
+@click.option("--model", "version", help="Model version (default: the champion).")
+@format_option
+@pass_context
+def plot_errors_command(obj: Context, out: str, version: str | None, fmt: str) -> None:
+    """Held-out RMSE by how many training ratings a user has (users with few ratings are the hard ones).
+
+    Scores the model's own held-out ratings (its split, rebuilt from the store) and prints one row per bucket.
+
+    \b
+    Examples:
+      recae plot errors
+      recae plot errors --out errors.png --format csv
+    """
+    from dataclasses import asdict
+
+    from recae.output import render
+    from recae.plots import check_png_path, errors_by_activity, held_out_ratings, plot_errors
+
+    check_png_path(out)
+    engine, trained = _load_model(obj, version)
+    buckets = errors_by_activity(trained, held_out_ratings(engine, trained))
+    drawn = plot_errors(buckets, out)
+    echo_info(f"wrote {drawn.path} ({drawn.bytes:,} bytes, {drawn.width}x{drawn.height})")
+    rows = [{"ratings": b.label, **{k: v for k, v in asdict(b).items() if k not in ("low", "high")}}
+            for b in buckets]
+    echo_data(render(rows, fmt, title="Held-out error by user activity"))
+
+
+@cli.command("anomalies")
+@click.option("-n", "n", type=click.IntRange(1, 100_000), default=20, show_default=True, help="How many users.")
+@click.option("--min-ratings", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Skip users with fewer training ratings (their error is too noisy to rank).")
+@click.option("--model", "version", help="Model version (default: the champion).")
+@format_option
+@pass_context
+def anomalies_command(obj: Context, n: int, min_ratings: int, version: str | None, fmt: str) -> None:
+    """Users whose ratings the model rebuilds worst: candidate bots, shilling profiles or data errors.
+
+    Each user's error is the RMSE of the model's reconstruction of their own training ratings; the z-score
+    compares it with every user scored. A high score is a reason to look, not proof.
+
+    \b
+    Examples:
+      recae anomalies
+      recae anomalies -n 50 --min-ratings 50 --format csv
+    """
+    from dataclasses import asdict
+
+    from recae.anomalies import find_anomalies
+    from recae.output import render
+
+    _, trained = _load_model(obj, version)
+    found = find_anomalies(trained, n, min_ratings)
+    echo_data(render([asdict(a) for a in found], fmt, title=f"Worst-rebuilt {len(found)} users"))
+
+
+@cli.command("embed")
+@_side_options
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True),
+              help="FILE.csv or FILE.parquet (Parquet needs pyarrow); default SIDE-codes.csv.")
+@click.option("--model", "version", help="Model version (default: the champion).")
+@format_option
+@pass_context
+def embed_command(obj: Context, side: str, out: str | None, version: str | None, fmt: str) -> None:
+    """Export the latent code of every user or movie (id, n_ratings, code_0..) for other tools.
+
+    Codes come from the code layer for the side the model encodes (movies for item models) and from the
+    output weights for the other side.
+
+    \b
+    Examples:
+      recae embed --movies --out movie_codes.parquet
+      recae embed --users --out user_codes.csv
+    """
+    from dataclasses import asdict
+
+    from recae.embed import export_codes, file_format
+
+    target = out or f"{side}-codes.csv"
+    file_format(target)
+    _, trained = _load_model(obj, version)
+    report = export_codes(trained, side, target)
+    _plot_summary(asdict(report), fmt, "embed")
+
+
+class _CountOrShare(click.ParamType):
+    """A whole count >= 1, or a share strictly between 0 and 1."""
+
+    name = "N|SHARE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a count (600) nor a share (0.1)", param, ctx)
+        if not (0 < number < 1 or (number >= 1 and number == int(number))):
+            self.fail(f"{value!r}: give a whole count >= 1 (600) or a share between 0 and 1 (0.1)", param, ctx)
+        return number
+
+
+@cli.command("vae")
+@click.option("--heldout-users", "heldout", type=_CountOrShare(), default="0.1", show_default=True,
+              help="Validation users, and again test users, never trained on: a count (600) or a share of users.")
+@click.option("--threshold", type=float, default=3.5, show_default=True,
+              help="A rating above this counts as a liked film (3.5: four stars and up).")
+@click.option("--hide-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Share of each held-out user's liked films hidden and ranked (the rest read).")
+@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Most epochs (early stopping on validation NDCG@100 keeps the best).")
+@click.option("--patience", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Stop after this many epochs without a better validation NDCG@100 (0: never).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the user split and training.")
+@click.option("--batch-users", type=click.IntRange(min=1), default=500, show_default=True, help="Users per step.")
+@click.option("--beta-cap", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
+              help="Largest weight of the KL term.")
+@click.option("--anneal-steps", type=click.IntRange(min=0), default=200_000, show_default=True,
+              help="Gradient steps over which the KL weight grows linearly from 0 to --beta-cap.")
+@click.option("--hidden", type=click.IntRange(min=1), default=600, show_default=True, help="Hidden layer width.")
+@click.option("--latent", type=click.IntRange(min=1), default=200, show_default=True, help="Latent dimension.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train.")
+@click.option("--out", "out", type=click.Path(file_okay=False),
+              help="New folder for the model (default: HOME/models/vae/<version>).")
+@format_option
+@pass_context
+def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: float, epochs: int, patience: int,
+                seed: int, batch_users: int, beta_cap: float, anneal_steps: int, hidden: int, latent: int,
+                device: str, out: str | None, fmt: str) -> None:
+    """Train Mult-VAE (Liang et al. 2018) for top-N on the liked films in the store; compare with popularity.
+
+    Ratings above --threshold become clicks. Users are split into training, validation and test users; for
+    each held-out user the model reads their clicks but a hidden --hide-fraction (20%) and ranks every other
+    film. Prints Recall@20, Recall@100 (hits / min(k, hidden)), NDCG@20 and NDCG@100 on the test users for
+    Mult-VAE and for ranking by popularity, and saves the model (safetensors + meta.json). Progress: stderr.
+
+    \b
+    Examples:
+      recae vae                                     # 10% validation + 10% test users, 200 epochs at most
+      recae vae --heldout-users 600 --epochs 100 --seed 1 --format json
+      recae vae --beta-cap 0.3 --anneal-steps 2000 --out ./my-vae
+    """
+    from pathlib import Path
+
+    from recae.matrix import RatingMatrix
+    from recae.multvae import (
+        MultVAEConfig,
+        MultVAETrainConfig,
+        new_version_name,
+        save_multvae,
+        train_and_evaluate,
+    )
+    from recae.output import render
+
+    config = MultVAEConfig(hidden=hidden, latent=latent)
+    train_config = MultVAETrainConfig(epochs=epochs, patience=patience, seed=seed, batch_users=batch_users,
+                                      beta_cap=beta_cap, total_anneal_steps=anneal_steps, device=device)
+    config.validate()
+    train_config.validate()
+    matrix = RatingMatrix.from_db(obj.engine())
+
+    def announce(split) -> None:  # type: ignore[no-untyped-def]
+        echo_info(f"Mult-VAE: {split.train.shape[0]} training users ({split.train.nnz} liked films), "
+                  f"{split.validation.n_users} validation and {split.test.n_users} test users, "
+                  f"{split.n_items} films")
+
+    with _vae_progress(epochs) as on_epoch:
+        run = train_and_evaluate(matrix, threshold=threshold, heldout=heldout, hidden_fraction=hide_fraction,
+                                 config=config, train_config=train_config, on_split=announce, on_epoch=on_epoch)
+    folder = Path(out) if out else obj.paths().models_dir / "vae" / new_version_name()
+    save_multvae(run.trained, folder)
+    echo_info(f"best epoch {run.fit.best_epoch} of {len(run.fit.history)} "
+              f"({run.fit.seconds_per_epoch:.2f} s/epoch); model saved in {folder}")
+    echo_data(render(run.rows(), fmt, title=f"Top-N on {run.test.n_users} test users"))
+
+
+class _vae_progress:  # noqa: N801 - used as a context manager factory
+    """A rich progress bar on stderr (epoch, loss, validation NDCG@100); silent when stderr is not a terminal."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("Mult-VAE"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}  val NDCG@100 {task.fields[val]}  best {task.fields[best]}"),
+            TimeElapsedColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=False,
+        )
+        self.progress.__enter__()
+        task = self.progress.add_task("training", total=self.epochs, loss="-", val="-", best="-")
+
+        def on_epoch(report) -> None:  # type: ignore[no-untyped-def]
+            self.progress.update(task, completed=report.epoch, loss=f"{report.loss:.2f}",
+                                 val=f"{report.val_ndcg:.4f}", best=f"{report.best_val_ndcg:.4f}@{report.best_epoch}")
+
+        return on_epoch
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
 
 def main() -> None:
