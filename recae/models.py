@@ -20,6 +20,12 @@ Models:
                  probability p and the survivors scaled by 1/(1-p); the loss still covers every observed rating.
     contractive  the stack plus ``gamma * ||dh_1/dx||_F^2 = gamma * sum_j act'(z_j)^2 ||W_in[:, j]||^2``
                  (for a sigmoid, act'(z_j) = h_j (1 - h_j)).
+
+Local kernels (any model, ``kernel_dim = d > 0``; Muller et al. 2018 "Sparse FC", the local kernel of GLocal-K):
+every weight matrix is used as ``W * K`` with ``K_ij = max(0, 1 - ||u_i - v_j||^2)`` for learned ``u_i, v_j`` in
+R^d, one per input and output unit of the layer. K learns which connections to keep (a soft, sparse support),
+regularised by ``kernel_weight / 2 * sum K^2``. It is a training-time reparameterisation: :func:`bake_kernels`
+folds ``W * K`` into plain weights, so a published model is an ordinary autoencoder.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ class ModelConfig:
     pretrain_epochs: int = 0  # greedy layer-wise pretraining epochs per layer before fine-tuning (0 = off)
     center_inputs: bool = False  # feed r - mean(r): a missing input (0) then reads as an average rating
     kept_weight: float = 1.0  # denoising: loss weight of ratings the corruption kept (masked ones weigh 1)
+    kernel_dim: int = 0  # d of the local kernel K_ij = max(0, 1 - ||u_i - v_j||^2) on every weight (0 = off)
+    kernel_weight: float = 0.0  # lambda_s of the kernel's regulariser lambda_s / 2 * sum K^2
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -116,6 +124,10 @@ class ModelConfig:
             raise TrainingError("the KL sparsity penalty needs activation 'sigmoid'; use sparsity = 'l1' otherwise")
         if not 0.0 < self.sparsity_target < 1.0:
             raise TrainingError(f"sparsity_target must be in (0, 1), got {self.sparsity_target}")
+        if self.kernel_dim < 0 or self.kernel_weight < 0:
+            raise TrainingError("kernel_dim and kernel_weight must not be negative")
+        if self.kernel_dim > 0 and self.pretrain_epochs > 0:
+            raise TrainingError("greedy pretraining does not support local kernels; set pretrain_epochs or kernel_dim to 0")
 
 
 def model_config(name: str = "stacked", **overrides: Any) -> ModelConfig:
@@ -220,6 +232,15 @@ class AutoEncoder(nn.Module):
         self.register_buffer("fallback", torch.zeros(n_outputs))
         # Mean training rating, subtracted from observed inputs when ``center_inputs`` (set by the trainer).
         self.register_buffer("input_mean", torch.zeros(()))
+        # Local kernel embeddings: name -> (u: (n_in, d) per input unit, v: (n_out, d) per output unit).
+        self.kernels = nn.ParameterDict()
+        if config.kernel_dim > 0:
+            shapes = {"in": (n_inputs, sizes[0]), "out": (sizes[0], n_outputs)}
+            shapes.update({f"enc{i}": (layer.in_features, layer.out_features) for i, layer in enumerate(self.encoder)})
+            shapes.update({f"dec{i}": (layer.in_features, layer.out_features) for i, layer in enumerate(self.decoder)})
+            for name, (n_in, n_out) in shapes.items():
+                self.kernels[f"{name}_u"] = nn.Parameter(torch.empty(n_in, config.kernel_dim))
+                self.kernels[f"{name}_v"] = nn.Parameter(torch.empty(n_out, config.kernel_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -230,6 +251,36 @@ class AutoEncoder(nn.Module):
         for layer in [*self.encoder, *self.decoder]:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+        for embedding in self.kernels.values():  # near 0: K starts close to 1 everywhere (a dense layer)
+            nn.init.normal_(embedding, 0.0, 1e-3)
+
+    # -- local kernels --
+
+    def kernel(self, name: str) -> Tensor:
+        """K (n_in, n_out) of layer ``name``: ``max(0, 1 - ||u_i - v_j||^2)``, by one matmul, not (n_in, n_out, d)."""
+        u, v = self.kernels[f"{name}_u"], self.kernels[f"{name}_v"]
+        squared = (u**2).sum(1, keepdim=True) + (v**2).sum(1) - 2.0 * (u @ v.t())
+        return torch.clamp(1.0 - squared, min=0.0)
+
+    def input_weight(self) -> Tensor:
+        """W_in as used: (n_inputs, h_1), times its kernel when local kernels are on."""
+        return self.w_in * self.kernel("in") if self.kernels else self.w_in
+
+    def output_weight(self) -> Tensor:
+        """W_out as used: (n_outputs, h_1), times its kernel when local kernels are on."""
+        return self.w_out * self.kernel("out").t() if self.kernels else self.w_out
+
+    def _layer(self, layer: nn.Linear, name: str, x: Tensor) -> Tensor:
+        weight = layer.weight * self.kernel(name).t() if self.kernels else layer.weight  # (out, in)
+        return F.linear(x, weight, layer.bias)
+
+    def kernel_penalty(self, n_observed: int) -> Tensor | float:
+        """``kernel_weight / 2 * sum K^2`` over every layer, divided by |Omega| like the L2 term."""
+        if not self.kernels or self.config.kernel_weight <= 0:
+            return 0.0
+        names = {key.rsplit("_", 1)[0] for key in self.kernels}
+        total = sum((self.kernel(name) ** 2).sum() for name in names)
+        return 0.5 * self.config.kernel_weight * total / max(n_observed, 1)
 
     # -- pieces of the contract --
 
@@ -259,36 +310,35 @@ class AutoEncoder(nn.Module):
 
     def encode(self, inputs: SparseRows) -> Encoded:
         """Sparse inputs (batch, n_inputs) -> every encoder layer's activations."""
-        z = sparse_input_matmul(self.corrupt(inputs), self.w_in) + self.b_in  # (batch, h_1)
+        z = sparse_input_matmul(self.corrupt(inputs), self.input_weight()) + self.b_in  # (batch, h_1)
+        return self._encode_rest(z)
+
+    def _encode_rest(self, z: Tensor) -> Encoded:
         hidden = [self.act(z)]
-        for layer in self.encoder:
-            hidden.append(self.act(layer(self._hidden_dropout(hidden[-1]))))
+        for i, layer in enumerate(self.encoder):
+            hidden.append(self.act(self._layer(layer, f"enc{i}", self._hidden_dropout(hidden[-1]))))
         return Encoded(hidden=hidden, first_pre=z)
 
     def encode_dense(self, x: Tensor) -> Encoded:
         """The same encoder on a dense (batch, n_inputs) matrix with zeros for missing ratings (small data)."""
         if self.config.center_inputs:
             x = x - self.input_mean * (x != 0).to(x.dtype)
-        z = x @ self.w_in + self.b_in
-        hidden = [self.act(z)]
-        for layer in self.encoder:
-            hidden.append(self.act(layer(self._hidden_dropout(hidden[-1]))))
-        return Encoded(hidden=hidden, first_pre=z)
+        return self._encode_rest(x @ self.input_weight() + self.b_in)
 
     def features(self, code: Tensor) -> Tensor:
         """Code (batch, h_L) -> the decoder's last hidden layer g_1 (batch, h_1)."""
         g = self._hidden_dropout(code)
-        for layer in self.decoder:
-            g = self._hidden_dropout(self.act(layer(g)))
+        for i, layer in enumerate(self.decoder):
+            g = self._hidden_dropout(self.act(self._layer(layer, f"dec{i}", g)))
         return g
 
     def output_at(self, feats: Tensor, pattern: SparseRows) -> Tensor:
         """(nnz,) output units at the pattern's (vector, unit) entries only."""
-        return self.out_act(observed_dot(feats, self.w_out, pattern) + self.b_out[pattern.col])
+        return self.out_act(observed_dot(feats, self.output_weight(), pattern) + self.b_out[pattern.col])
 
     def output_dense(self, feats: Tensor) -> Tensor:
         """(batch, n_outputs) every output unit: the dense path, for small data and tests."""
-        return self.out_act(feats @ self.w_out.t() + self.b_out)
+        return self.out_act(feats @ self.output_weight().t() + self.b_out)
 
     def penalty(self, encoded: Encoded) -> Tensor | float:
         """The model's own regulariser on this batch (0 for the plain stack)."""
@@ -350,7 +400,7 @@ class ContractiveAutoEncoder(AutoEncoder):
         if gamma <= 0:
             return 0.0
         derivative = DERIVATIVES[self.config.activation](encoded.first_pre, encoded.hidden[0])
-        return gamma * contractive_penalty(derivative, self.w_in)
+        return gamma * contractive_penalty(derivative, self.input_weight())
 
 
 MODELS: dict[str, type[AutoEncoder]] = {
@@ -367,6 +417,21 @@ def build_model(config: ModelConfig, n_inputs: int, n_outputs: int) -> AutoEncod
     return MODELS[config.name](config, n_inputs, n_outputs)
 
 
+@torch.no_grad()
+def bake_kernels(module: AutoEncoder) -> AutoEncoder:
+    """The same function as a plain autoencoder: each ``W * K`` stored as W, no kernel parameters (kernel_dim 0)."""
+    if not module.kernels:
+        return module
+    plain = build_model(replace(module.config, kernel_dim=0, kernel_weight=0.0), module.n_inputs, module.n_outputs)
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith("kernels.")}
+    state["w_in"], state["w_out"] = module.input_weight(), module.output_weight()
+    for prefix, layers in (("encoder", module.encoder), ("decoder", module.decoder)):
+        for i, layer in enumerate(layers):
+            state[f"{prefix}.{i}.weight"] = layer.weight * module.kernel(f"{prefix[:3]}{i}").t()
+    plain.load_state_dict(state)
+    return plain.to(module.w_in.device).train(module.training)
+
+
 def merge_members(members: list[AutoEncoder]) -> AutoEncoder:
     """One wider autoencoder whose output is the average of ``members``' outputs (same config and sizes).
 
@@ -374,6 +439,7 @@ def merge_members(members: list[AutoEncoder]) -> AutoEncoder:
     layer averages: ``rhat = out_act(mean_m (g_1^m . W_out^m[u] + b_out^m[u]))``. For the identity output this is
     exactly the mean of the members' predictions; for other outputs it averages their pre-activations.
     """
+    members = [bake_kernels(m) for m in members]
     first = members[0]
     if len(members) == 1:
         return first

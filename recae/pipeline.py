@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection, Engine
 
+from recae import distributed
 from recae.artifacts import TrainedModel, publish
 from recae.matrix import RatingMatrix
 from recae.models import ModelConfig
@@ -71,11 +72,12 @@ def train_and_publish(
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_split: Callable[[Split], None] | None = None,
-) -> TrainingRun:
+) -> TrainingRun | None:
     """Build the split from the store, train (checkpointing every epoch), publish and, by default, promote.
 
     Promotion happens in the publish transaction: the version row, its precomputed recommendations and the
     champion pointer commit together. The run's checkpoint folder is removed once the model is published.
+    Under torchrun every rank trains its share; only rank 0 publishes, the others return None.
     """
     matrix = RatingMatrix.from_db(engine)
     split = split_from_store(engine, matrix, spec)
@@ -86,6 +88,9 @@ def train_and_publish(
         shutil.rmtree(run_dir)
     result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                          on_progress=on_progress)
+    world = distributed.current()
+    if world is not None and not world.primary:
+        return None
     if make_champion and on_progress is not None:
         on_progress("precomputing recommendations")
 

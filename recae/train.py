@@ -30,11 +30,12 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from recae.batches import SparseRows, iterate_batches, make_batch, oriented_csr
+from recae import distributed
+from recae.batches import SparseRows, batch_plan, iterate_batches, make_batch, oriented_csr
 from recae.errors import DataError, TrainingError
 from recae.losses import l2_penalty, masked_mse
 from recae.matrix import RatingMatrix
-from recae.models import AutoEncoder, ModelConfig, build_model, merge_members, model_config
+from recae.models import AutoEncoder, ModelConfig, bake_kernels, build_model, merge_members, model_config
 
 if TYPE_CHECKING:
     from recae.artifacts import TrainedModel
@@ -212,12 +213,16 @@ def _make_optimizer(module: AutoEncoder, cfg: TrainConfig) -> torch.optim.Optimi
 
 
 def _objective(module: AutoEncoder, inputs: SparseRows, targets: SparseRows, cfg: TrainConfig,
-               n_observed: int) -> tuple[Tensor, Tensor]:
-    """(masked MSE, full objective) of one batch: MSE + L2 (unless adamw decays) + the model's penalty."""
-    predicted, penalty = module(inputs, targets)  # (nnz,)
+               n_observed: int, runner: torch.nn.Module | None = None, share: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(masked MSE, full objective) of one batch: MSE + L2 (unless adamw decays) + the model's penalty.
+
+    ``runner`` is the module's DistributedDataParallel wrapper in distributed training, and ``share`` this rank's
+    weight of the batch's ratings (see recae.distributed.loss_scale).
+    """
+    predicted, penalty = (runner or module)(inputs, targets)  # (nnz,)
     mse = masked_mse(predicted, targets.values, module.loss_weights(inputs, targets))
     l2 = 0.0 if cfg.optimizer == "adamw" else l2_penalty(module.weight_matrices(), cfg.weight_decay, n_observed)
-    return mse, mse + l2 + penalty
+    return mse, share * mse + l2 + penalty + module.kernel_penalty(n_observed)
 
 
 def _check_finite(value: Tensor | float, epoch: int, cfg: TrainConfig) -> None:
@@ -486,6 +491,8 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
         module.fallback.copy_(means)
         module.input_mean.fill_(float(data.data.mean()))
     module.to(device)
+    world = distributed.join(device)
+    runner = _data_parallel(module, world, train_cfg)
     optimizer = _make_optimizer(module, train_cfg)
     identity = run_fingerprint(model_cfg, train_cfg, fit_ratings.fingerprint())
     checkpoint = run_dir / CHECKPOINT_FILE if run_dir is not None else None
@@ -523,10 +530,11 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
         epoch += 1
         session_epochs += 1
         module.train()
-        train_loss = _train_epoch(module, optimizer, data, full_batch, train_cfg, epoch, device)
+        train_loss = _train_epoch(module, optimizer, data, full_batch, train_cfg, epoch, device, runner, world)
         if val is not None and val.nnz:
             val_rmse = validation_rmse(module, data, val, scale, batch_ratings=train_cfg.batch_ratings,
                                        device=device)
+            val_rmse = distributed.broadcast_value(val_rmse, world, device)  # every rank decides alike
             _check_finite(val_rmse, epoch, train_cfg)
         else:
             val_rmse = float("nan")
@@ -545,12 +553,12 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
                         seconds=elapsed, history=[asdict(h) for h in history])
         if progress["stale"] >= train_cfg.patience or epoch >= train_cfg.epochs:
             progress["finished"] = True
-        if checkpoint is not None:
+        if checkpoint is not None and (world is None or world.primary):
             _save_checkpoint(checkpoint, module, best_state, optimizer, progress)
         if on_epoch:
             on_epoch(report)
     module.load_state_dict(best_state)
-    module.eval()
+    module = bake_kernels(module).eval()  # local kernels folded into plain weights: serving needs no kernel code
     return FitResult(
         module=module, best_epoch=int(progress["best_epoch"]),
         best_val_rmse=float(best_val) if math.isfinite(best_val) else float("nan"),
@@ -559,9 +567,22 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
     )
 
 
+def _data_parallel(module: AutoEncoder, world: distributed.World | None,
+                   cfg: TrainConfig) -> torch.nn.Module | None:
+    """The DistributedDataParallel wrapper of ``module`` when several processes train (minibatch optimisers only)."""
+    if world is None or world.size == 1:
+        return None
+    if cfg.optimizer in FULL_BATCH:
+        raise TrainingError(f"distributed training needs a minibatch optimizer (adam or adamw), not {cfg.optimizer}")
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module)  # broadcasts rank 0's weights and buffers, then averages gradients
+
+
 def _train_epoch(module: AutoEncoder, optimizer: torch.optim.Optimizer, data: sp.csr_matrix,
-                 full_batch: Any, cfg: TrainConfig, epoch: int, device: torch.device) -> float:
-    """One pass over the fit ratings; returns their mean masked MSE as seen during the pass."""
+                 full_batch: Any, cfg: TrainConfig, epoch: int, device: torch.device,
+                 runner: torch.nn.Module | None = None, world: distributed.World | None = None) -> float:
+    """One pass over the fit ratings; returns their mean masked MSE as seen during the pass (this rank's share)."""
     if full_batch is not None:
         last: dict[str, float] = {}
 
@@ -580,10 +601,12 @@ def _train_epoch(module: AutoEncoder, optimizer: torch.optim.Optimizer, data: sp
             optimizer.step()
         return last["mse"]
     total, count = 0.0, 0
-    for batch in iterate_batches(data, data, cfg.batch_ratings, seed=cfg.seed, epoch=epoch):
-        batch = batch.to(device)
+    row_ratings = np.diff(data.indptr)
+    for group in batch_plan(row_ratings, cfg.batch_ratings, seed=cfg.seed, epoch=epoch):
+        batch = make_batch(data, data, distributed.shard(group, world)).to(device)
         optimizer.zero_grad(set_to_none=True)
-        mse, loss = _objective(module, batch.inputs, batch.targets, cfg, data.nnz)
+        share = distributed.loss_scale(group, row_ratings, world)
+        mse, loss = _objective(module, batch.inputs, batch.targets, cfg, data.nnz, runner, share)
         _check_finite(loss, epoch, cfg)
         loss.backward()
         optimizer.step()

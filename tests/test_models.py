@@ -152,3 +152,36 @@ def test_merged_members_predict_exactly_the_average_of_the_members(hidden: tuple
     with torch.no_grad():
         average = torch.stack([m.predict_at(batch.inputs, batch.targets) for m in members]).mean(dim=0)
         assert torch.allclose(merged.predict_at(batch.inputs, batch.targets), average, atol=1e-5)
+
+
+def test_local_kernel_matches_its_formula_and_bakes_into_an_identical_plain_network() -> None:
+    planted = planted_low_rank(n_users=30, n_movies=20, seed=9)
+    data = oriented_csr(planted.observed, "item")
+    batch = make_batch(data, data)
+    torch.manual_seed(0)
+    module = build_model(model_config("stacked", hidden=(8, 4), kernel_dim=3, kernel_weight=0.1), 30, 30).eval()
+    for embedding in module.kernels.values():
+        torch.nn.init.normal_(embedding, 0.0, 0.4)  # spread out, so that some K_ij are clipped to 0
+    u, v = module.kernels["in_u"], module.kernels["in_v"]
+    expected = torch.clamp(1 - ((u[:, None, :] - v[None, :, :]) ** 2).sum(-1), min=0)  # (n_in, n_out, d) way
+    assert torch.allclose(module.kernel("in"), expected, atol=1e-6)
+    assert (module.kernel("in") == 0).any() and (module.kernel("in") > 0).any()
+    plain = merge_members([module]).eval()  # one member: just baked
+    assert not plain.kernels and plain.config.kernel_dim == 0
+    with torch.no_grad():
+        assert torch.allclose(plain.predict_at(batch.inputs, batch.targets),
+                              module.predict_at(batch.inputs, batch.targets), atol=1e-5)
+    assert float(torch.as_tensor(module.kernel_penalty(100)).detach()) > 0
+
+
+def test_a_local_kernel_model_learns_planted_structure() -> None:
+    planted = planted_low_rank(n_users=300, n_movies=200, rank=3, density=0.2, seed=6)
+    fit_part, val_part = carve_validation(planted.observed)
+    config = model_config("stacked", hidden=(64,), kernel_dim=5, kernel_weight=0.01)
+    result = fit(fit_part, val_part, config, TrainConfig(ensemble=1, weight_decay_grid=(), epochs=60, lr=1e-2,
+                                                         weight_decay=5.0, patience=10, batch_ratings=2048, threads=1))
+    data, val = oriented_csr(fit_part, "item"), oriented_csr(val_part, "item")
+    baseline = float(np.sqrt(np.mean((unit_means(data, data.shape[1])[val.indices] - val.data) ** 2)))
+    assert not result.module.kernels  # published networks are plain
+    # Measured: users' means miss by 1.04 on validation; the kernelised stack reaches about 0.4.
+    assert result.best_val_rmse < 0.6 * baseline, (result.best_val_rmse, baseline)
