@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 65 bad input data, 75 another run holds the 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -491,6 +492,8 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
     run = train_and_publish(engine, paths.models_dir, SplitSpec("u1"), model_cfg, train_cfg,
                             on_progress=lambda message: echo_info(f"    {message}"))
+    if run is None:  # a secondary torchrun rank: rank 0 publishes and reports
+        return
     echo_info(f"    published {run.published.version} in {run.result.metrics.get('seconds', 0):.1f} s")
     echo_info("3/4 evaluating on the held-out ratings of u1 ...")
     evaluation = evaluate_model(engine, run.published.version, k=10)
@@ -560,9 +563,13 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
         echo_info(f"training {model_cfg.name} ({model_cfg.orientation}) on {split.train.nnz} ratings, "
                   f"testing on {split.test.nnz} ({spec.name} split)")
 
-    with _train_progress(train_cfg.epochs) as (on_epoch, on_progress):
+    secondary_rank = int(os.environ.get("RANK", "0")) > 0  # torchrun: only rank 0 reports and publishes
+    with _train_progress(train_cfg.epochs, quiet=secondary_rank) as (on_epoch, on_progress):
         run = train_and_publish(obj.engine(), obj.paths().models_dir, spec, model_cfg, train_cfg, resume=resume,
-                                on_epoch=on_epoch, on_progress=on_progress, on_split=announce)
+                                on_epoch=on_epoch, on_progress=on_progress,
+                                on_split=None if secondary_rank else announce)
+    if run is None:
+        return
     published, result = run.published, run.result
     metrics = result.metrics
     summary = {
@@ -578,8 +585,9 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
 class _train_progress:  # noqa: N801 - used as a context manager factory
     """A rich progress bar on stderr (epoch, loss, validation RMSE); silent when stderr is not a terminal."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, quiet: bool = False) -> None:
         self.epochs = epochs
+        self.quiet = quiet
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         from rich.console import Console
@@ -588,7 +596,8 @@ class _train_progress:  # noqa: N801 - used as a context manager factory
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}  val RMSE {task.fields[val]}  best {task.fields[best]}"),
-            TimeElapsedColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=False,
+            TimeElapsedColumn(), console=Console(stderr=True), disable=self.quiet or not sys.stderr.isatty(),
+            transient=False,
         )
         self.progress.__enter__()
         self.task = self.progress.add_task("training", total=self.epochs, loss="-", val="-", best="-")
@@ -1015,8 +1024,9 @@ def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: f
 class _vae_progress:  # noqa: N801 - used as a context manager factory
     """A rich progress bar on stderr (epoch, loss, validation NDCG@100); silent when stderr is not a terminal."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, quiet: bool = False) -> None:
         self.epochs = epochs
+        self.quiet = quiet
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         from rich.console import Console
@@ -1025,7 +1035,8 @@ class _vae_progress:  # noqa: N801 - used as a context manager factory
         self.progress = Progress(
             TextColumn("Mult-VAE"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}  val NDCG@100 {task.fields[val]}  best {task.fields[best]}"),
-            TimeElapsedColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=False,
+            TimeElapsedColumn(), console=Console(stderr=True), disable=self.quiet or not sys.stderr.isatty(),
+            transient=False,
         )
         self.progress.__enter__()
         task = self.progress.add_task("training", total=self.epochs, loss="-", val="-", best="-")
