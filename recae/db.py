@@ -7,6 +7,8 @@ the ORM classes below describe it for queries and for Alembic's autogenerate che
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -21,12 +23,16 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
     text,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from recae.errors import RecaeError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,15 @@ log = logging.getLogger(__name__)
 SCHEMA_HEAD = "0002"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: PostgreSQL writers wait this long for a row or table lock before giving up (as SQLite's busy timeout).
+POSTGRES_LOCK_TIMEOUT_MS = 30_000
+#: Keys of transaction-level advisory locks (``pg_advisory_xact_lock``): one per kind of exclusive work.
+POSTGRES_MIGRATE_LOCK = 0x7265_6361_6501
+POSTGRES_INGEST_LOCK = 0x7265_6361_6502
+
+
+class StoreUnavailableError(RecaeError):
+    """The database cannot be used: bad URL, missing driver, or a server that does not answer."""
 
 
 def utcnow() -> datetime:
@@ -168,9 +183,14 @@ class RetrainRun(Base):
     message: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[str] = mapped_column(Text, default="{}")
 
-def is_sqlite(engine: Engine) -> bool:
+def is_sqlite(engine: Engine | Connection) -> bool:
     """True when the engine talks to SQLite (bulk paths and PRAGMAs differ)."""
     return engine.dialect.name == "sqlite"
+
+
+def is_postgresql(engine: Engine | Connection) -> bool:
+    """True when the engine talks to PostgreSQL through psycopg 3 (COPY paths)."""
+    return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
 
 
 def _set_sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -182,16 +202,68 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-u
     cursor.close()
 
 
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreUnavailableError(
+            f"{url!r} is not a database URL; use e.g. sqlite:///path/recae.db or "
+            "postgresql+psycopg://user@localhost/recae"
+        ) from None
+    if parsed.drivername == "postgresql":  # no driver named: use the one the `postgres` extra installs
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def make_engine(url: str) -> Engine:
-    """Create an engine; for SQLite, make the folder and set WAL, NORMAL sync, foreign keys, busy timeout."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url)
-        event.listen(engine, "connect", _set_sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    """Create an engine (no connection yet).
+
+    SQLite: make the folder and set WAL, NORMAL sync, foreign keys and a busy timeout on every connection.
+    PostgreSQL (``postgresql+psycopg://``; a plain ``postgresql://`` means the same): pre-ping pooled
+    connections. Raises StoreUnavailableError for a malformed URL or a missing driver.
+    """
+    parsed = _parse_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed)
+            event.listen(engine, "connect", _set_sqlite_pragmas)
+            return engine
+        return create_engine(parsed, pool_pre_ping=True)
+    except (ImportError, NoSuchModuleError) as err:
+        if parsed.get_backend_name() == "postgresql":
+            hint = "PostgreSQL needs psycopg 3: pip install 'recae[postgres]'"
+        else:
+            hint = f"the driver for {parsed.drivername} is not installed"
+        raise StoreUnavailableError(f"cannot open {_safe(parsed)}: {hint} ({err})") from None
+
+
+def _safe(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _first_line(err: BaseException) -> str:
+    detail = str(getattr(err, "orig", None) or err)
+    return next((line.strip() for line in detail.splitlines() if line.strip()), type(err).__name__)
+
+
+@contextmanager
+def connect(engine: Engine, *, begin: bool = False) -> Iterator[Connection]:
+    """``engine.connect()`` (or ``begin()``) whose failure to connect is a one-line StoreUnavailableError.
+
+    Only errors raised while connecting are translated; errors of the statements run inside pass unchanged.
+    """
+    try:
+        conn = engine.connect()
+    except DBAPIError as err:
+        raise StoreUnavailableError(f"cannot connect to {_safe(engine.url)}: {_first_line(err)}") from None
+    with conn:
+        if begin:
+            with conn.begin():
+                yield conn
+        else:
+            yield conn
 
 
 def migrations_dir() -> Path:
@@ -199,31 +271,46 @@ def migrations_dir() -> Path:
     return Path(str(resources.files("recae._migrations")))
 
 
+def _revision(conn: Connection) -> str | None:
+    from sqlalchemy import inspect
+
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def current_revision(engine: Engine) -> str | None:
     """The store's schema revision, or None for a blank database."""
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except (OperationalError, ProgrammingError):
-        return None
+    with connect(engine) as conn:
+        return _revision(conn)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run Alembic migrations up to ``revision`` on ``engine`` (idempotent)."""
+    """Run Alembic migrations up to ``revision`` on ``engine`` (idempotent).
+
+    On PostgreSQL an advisory lock serialises concurrent first uses: the second waits, then finds the schema
+    migrated and does nothing.
+    """
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
+    # configparser treats % as interpolation; Alembic runs on the connection below, the URL is informative.
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    with connect(engine, begin=True) as conn:
+        if is_postgresql(conn):
+            conn.execute(select(func.pg_advisory_xact_lock(POSTGRES_MIGRATE_LOCK)))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     log.info("store schema at revision %s", revision)
 
 
 def open_store(url: str) -> Engine:
-    """Engine for ``url`` with its schema migrated to the newest revision on first use."""
+    """Engine for ``url`` with its schema migrated to the newest revision on first use.
+
+    Raises StoreUnavailableError when the URL is malformed, its driver is missing or the server does not answer.
+    """
     engine = make_engine(url)
     if current_revision(engine) != SCHEMA_HEAD:
         upgrade(engine)
@@ -232,7 +319,5 @@ def open_store(url: str) -> Engine:
 
 def count_ratings(engine: Engine) -> int:
     """Number of ratings in the store."""
-    from sqlalchemy import func
-
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(Rating)).scalar_one())

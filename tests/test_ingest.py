@@ -1,4 +1,7 @@
-"""Ingest: every MovieLens format round-trips, bad input is refused by file and line, nothing is half loaded."""
+"""Ingest: every MovieLens format round-trips, bad input is refused by file and line, nothing is half loaded.
+
+Every test runs on SQLite and on PostgreSQL (a throwaway server, see tests/pg_server.py) unless marked otherwise.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from recae.errors import DataError
 from recae.ingest import ingest_dataset, ingest_ratings_file, parse_year
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.backends("sqlite", "postgresql")  # for every test that takes a store fixture
 
 # movie_id, title, genres (ml-100k: names from its u.genre list below)
 MOVIES = [
@@ -165,7 +169,8 @@ def test_real_ml1m(engine: Engine, ml1m: Path, tmp_path: Path) -> None:
     report = ingest_dataset(engine, "ml-1m", ml1m, downloads_dir=tmp_path)
     with engine.connect() as conn:
         users, n, unknown = conn.execute(text(
-            'SELECT COUNT(DISTINCT user_id), COUNT(*), SUM("timestamp" IS NULL) FROM ratings')).one()
+            'SELECT COUNT(DISTINCT user_id), COUNT(*), SUM(CASE WHEN "timestamp" IS NULL THEN 1 ELSE 0 END)'
+            " FROM ratings")).one()
     assert (n, users, report.rows_loaded, report.movies_loaded) == (1_000_209, 6040, 1_000_209, 3883)
     assert unknown == 337_147  # timestamps written as 0 in this copy are stored as unknown
 
@@ -191,11 +196,12 @@ def test_reingest_changes_nothing(engine: Engine, tmp_path: Path) -> None:
     assert snapshot(engine) == before
 
 
-@pytest.mark.parametrize("portable", [False, True], ids=["sqlite-fast-path", "portable-path"])
+@pytest.mark.parametrize("portable", [False, True], ids=["bulk-path", "portable-path"])
 def test_update_keeps_the_latest_rating(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         portable: bool) -> None:
     if portable:
         monkeypatch.setattr(ingest, "is_sqlite", lambda _engine: False)
+        monkeypatch.setattr(ingest, "is_postgresql", lambda _engine: False)
     first = write_csv(tmp_path / "a.csv", ["user_id,movie_id,rating,timestamp", "1,1,4.0,100", "1,2,3.0,100",
                                            "1,3,2.0,0", "2,1,3.0,300", "2,1,1.0,200", "2,2,2.0,", "2,2,2.5,50"])
     report = ingest_ratings_file(engine, first)
@@ -210,6 +216,38 @@ def test_update_keeps_the_latest_rating(engine: Engine, tmp_path: Path, monkeypa
         (2, 2, 4.0, 50),  # equal timestamps: the later ingest wins
         (3, 1, 0.5, 7),
     ]
+
+
+def _apply_rule(state: dict[tuple[int, int], tuple[float, int | None]], u: int, m: int, r: float,
+                t: int | None) -> bool:
+    """The documented upsert rule, one row at a time: the reference the bulk paths must match."""
+    old = state.get((u, m))
+    if old is None or t is None or old[1] is None or t >= old[1]:
+        state[(u, m)] = (r, t)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bulk_upsert_matches_the_row_by_row_rule(engine: Engine, tmp_path: Path, seed: int) -> None:
+    """Random files that repeat (user, movie) pairs, with unknown and equal timestamps, ingested one after
+    another: the store must equal the rule applied row by row in file order (PostgreSQL reduces repeats in
+    one statement, so this checks its reduction against the definition)."""
+    import random
+
+    rng = random.Random(seed)
+    expected: dict[tuple[int, int], tuple[float, int | None]] = {}
+    for number in range(3):
+        lines, changed = [], set()
+        for _ in range(rng.randint(1, 120)):
+            u, m, r = rng.randint(1, 4), rng.randint(1, 5), rng.randint(1, 10) / 2
+            t = rng.choice([None, 0, *range(1, 6)])  # 0 and missing both mean unknown
+            lines.append(f"{u},{m},{r:.1f}" + ("" if t is None else f",{t}"))
+            if _apply_rule(expected, u, m, r, t or None):
+                changed.add((u, m))
+        report = ingest_ratings_file(engine, write_csv(tmp_path / f"f{number}.csv", lines))
+        assert report.rows_read == len(lines)
+        assert snapshot(engine)["ratings"] == [(*key, *value) for key, value in sorted(expected.items())]
 
 
 def test_ratings_for_unknown_movies_create_untitled_catalogue_rows(engine: Engine, tmp_path: Path) -> None:
@@ -319,19 +357,21 @@ def test_zip_slip_archive_writes_nothing_and_loads_nothing(engine: Engine, tmp_p
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_bad_data_exits_65_with_one_line(tmp_path: Path) -> None:
+def test_cli_bad_data_exits_65_with_one_line(store_url: str, tmp_path: Path) -> None:
     path = write_csv(tmp_path / "r.csv", ["1,1,4", "1,2,4", "1,3,7"])
-    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "ingest", "--ratings", str(path)])
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "--db", store_url, "ingest", "--ratings",
+                                      str(path)])
     assert result.exit_code == 65
     assert result.stderr.strip() == "Error: r.csv line 3: rating 7 is outside 0.5..5"
     assert result.stdout == ""
 
 
-def test_cli_ingests_and_reports_json_then_already_ingested(tmp_path: Path) -> None:
+def test_cli_ingests_and_reports_json_then_already_ingested(store_url: str, tmp_path: Path) -> None:
     import json
 
     folder = write_dataset("ml-100k", tmp_path)
-    args = ["--home", str(tmp_path / "home"), "ingest", "ml-100k", "--path", str(folder), "--format", "json"]
+    args = ["--home", str(tmp_path / "home"), "--db", store_url, "ingest", "ml-100k", "--path", str(folder),
+            "--format", "json"]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout)["rows_loaded"] == len(STAR_RATINGS)
@@ -339,10 +379,10 @@ def test_cli_ingests_and_reports_json_then_already_ingested(tmp_path: Path) -> N
     assert json.loads(second.stdout)["already_ingested"] is True and "already ingested" in second.stderr
 
 
-def test_cli_offline_message_says_use_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_offline_message_says_use_path(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fmt = dataclasses.replace(datasets.FORMATS["ml-100k"], url=(tmp_path / "offline.zip").as_uri())
     monkeypatch.setitem(datasets.FORMATS, "ml-100k", fmt)
-    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "ingest", "ml-100k"])
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "--db", store_url, "ingest", "ml-100k"])
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "--path" in result.stderr
 
@@ -355,67 +395,105 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     assert result.exit_code == 2 and "Usage" in result.stderr
 
 
-# --------------------------------------------------------------------------------------------- SIGKILL
+# --------------------------------------------------------------------------------------------- SIGKILL, concurrency
+
+BIG_ROWS = 2_500_000
+
+
+@pytest.fixture(scope="module")
+def big_ratings_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~50 MB of ML-25M-shaped ratings (several 16 MiB blocks), made once for the module."""
+    from tests.benchmarks.bench_ingest import write_ratings_csv
+
+    return write_ratings_csv(tmp_path_factory.mktemp("big") / "big.csv", BIG_ROWS)
+
+
+def _hold_write_lock(backend: str, store_url: str):  # type: ignore[no-untyped-def]
+    """Another writer mid-transaction: SQLite's write lock, or PostgreSQL row locks on every rating."""
+    from sqlalchemy import create_engine
+
+    if backend == "sqlite":
+        import sqlite3
+
+        other = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        other.execute("BEGIN IMMEDIATE")
+        return other
+    other = create_engine(store_url).connect()
+    other.execute(text("UPDATE ratings SET rating = rating"))  # row locks until rollback
+    other.execute(text("INSERT INTO ratings (user_id, movie_id, rating) VALUES (2, 10, 1.0)"))
+    return other
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 @pytest.mark.parametrize("prefilled", [False, True], ids=["empty-store", "prefilled-store"])
-def test_sigkill_mid_ingest_leaves_store_unchanged_and_rerun_succeeds(tmp_path: Path, prefilled: bool) -> None:
-    from tests.benchmarks.bench_ingest import write_ratings_csv
+def test_sigkill_mid_ingest_leaves_store_unchanged_and_rerun_succeeds(
+    store_url: str, tmp_path: Path, big_ratings_csv: Path, monkeypatch: pytest.MonkeyPatch, prefilled: bool
+) -> None:
+    """A real second ingest while the first is mid-transaction gets exit 75 at once; killing the first leaves
+    the store as it was; running it again loads everything."""
+    from recae import db
+    from recae.db import open_store
+    from recae.errors import EXIT_LOCKED
 
     home = tmp_path / "home"
-    big = write_ratings_csv(tmp_path / "big.csv", 2_500_000)  # ~50 MB: several 16 MiB blocks
-    command = [sys.executable, "-m", "recae", "--home", str(home), "ingest", "--ratings", str(big)]
+    command = [sys.executable, "-m", "recae", "--home", str(home), "--db", store_url, "ingest", "--ratings",
+               str(big_ratings_csv)]
     if prefilled:
         small = write_csv(tmp_path / "small.csv", ["999998,1,4.0,5", "999999,7,2.0,9"])
         subprocess.run([*command[:-1], str(small)], check=True, capture_output=True, cwd=ROOT)
-    from recae.db import open_store
-
-    engine = open_store(f"sqlite:///{home / 'recae.db'}")
+    engine = open_store(store_url)
     before = snapshot(engine)
     engine.dispose()
-    # -vv logs each written block on stderr; kill after the first one, while the rest is still to come.
+    # -vv logs each written block on stderr; stop the process after the first one, mid-transaction.
     process = subprocess.Popen([command[0], "-m", "recae", "-vv", *command[3:]], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
-    lines_read = 0
-    for line in process.stderr:
-        if "ratings written so far" in line:
-            lines_read = int(line.split(" lines read, ")[0].rsplit(" ", 1)[1])
-            break
-    assert 0 < lines_read < 2_500_000 and process.poll() is None, "the ingest ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stderr.close()
-    engine = open_store(f"sqlite:///{home / 'recae.db'}")
+    try:
+        lines_read = 0
+        for line in process.stderr:
+            if "ratings written so far" in line:
+                lines_read = int(line.split(" lines read, ")[0].rsplit(" ", 1)[1])
+                break
+        process.send_signal(signal.SIGSTOP)  # frozen while holding its transaction and locks
+        assert 0 < lines_read < BIG_ROWS and process.poll() is None, "the ingest ended before it could be killed"
+        monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # wait 0.2 s for SQLite's lock, not 30 s
+        other = write_csv(tmp_path / "other.csv", ["1,1,4.0,5"])
+        second = CliRunner().invoke(cli, ["--home", str(home), "--db", store_url, "ingest", "--ratings", str(other)])
+        assert second.exit_code == EXIT_LOCKED, second.output
+        assert "store is busy" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+    engine = open_store(store_url)
     assert snapshot(engine) == before
     engine.dispose()
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    engine = open_store(f"sqlite:///{home / 'recae.db'}")
+    engine = open_store(store_url)
     with engine.connect() as conn:
         n_ratings = conn.execute(text("SELECT COUNT(*) FROM ratings")).scalar_one()
         n_succeeded = conn.execute(text("SELECT COUNT(*) FROM ingest_runs WHERE status = 'succeeded'")).scalar_one()
-    assert n_ratings == 2_500_000 + (2 if prefilled else 0)
+    assert n_ratings == BIG_ROWS + (2 if prefilled else 0)
     assert n_succeeded == len(before["succeeded"]) + 1
     engine.dispose()
 
 
-def test_a_store_busy_with_another_writer_gives_exit_75_and_loads_nothing(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import sqlite3
-
+def test_a_store_busy_with_another_writer_gives_exit_75_and_loads_nothing(
+    backend: str, store_url: str, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from recae import db
     from recae.errors import EXIT_LOCKED, LockHeldError
 
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # wait 0.2 s for the lock, not 30 s
-    store = tmp_path / "recae.db"
-    engine = db.open_store(f"sqlite:///{store}")
+    monkeypatch.setattr(ingest, "POSTGRES_LOCK_TIMEOUT_MS", 200)
+    engine.dispose()  # new connections pick up the short SQLite timeout
+    ingest_ratings_file(engine, write_csv(tmp_path / "old.csv", ["1,10,2,5"]))
+    before = snapshot(engine)
     ratings = tmp_path / "new.csv"
     ratings.write_text("user_id,movie_id,rating\n1,10,4\n2,10,3\n")
-    other = sqlite3.connect(store)
-    other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    other = _hold_write_lock(backend, store_url)
     try:
         with pytest.raises(LockHeldError, match="store is busy") as caught:
             ingest_ratings_file(engine, ratings)
@@ -423,6 +501,31 @@ def test_a_store_busy_with_another_writer_gives_exit_75_and_loads_nothing(tmp_pa
     finally:
         other.rollback()
         other.close()
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT COUNT(*) FROM ratings")).scalar_one() == 0
+    assert snapshot(engine) == before
     assert ingest_ratings_file(engine, ratings).rows_loaded == 2  # once the writer is gone, it loads
+
+
+@pytest.mark.backends("postgresql")
+def test_postgresql_second_ingest_fails_fast_while_one_holds_the_ingest_lock(
+    store_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """On PostgreSQL a concurrent ingest does not queue behind the first one (which may take minutes)."""
+    import time
+
+    from sqlalchemy import create_engine, func, select
+
+    from recae.db import POSTGRES_INGEST_LOCK
+    from recae.errors import LockHeldError
+
+    holder = create_engine(store_url)
+    try:
+        with holder.begin() as conn:  # what a running ingest holds for its whole transaction
+            conn.execute(select(func.pg_advisory_xact_lock(POSTGRES_INGEST_LOCK)))
+            started = time.monotonic()
+            with pytest.raises(LockHeldError, match="store is busy"):
+                ingest_ratings_file(engine, write_csv(tmp_path / "r.csv", ["1,1,4"]))
+            assert time.monotonic() - started < 5
+        assert ingest_ratings_file(engine, tmp_path / "r.csv").rows_loaded == 1  # lock released at commit
+    finally:
+        holder.dispose()
+    assert snapshot(engine)["ratings"] == [(1, 1, 4.0, None)]

@@ -10,7 +10,16 @@ from sqlalchemy import insert
 
 from recae.db import Rating
 from recae.errors import EmptyStoreError, UnknownMovieError, UnknownUserError
-from recae.matrix import IdIndex, RatingMatrix, _matrix_from_sorted_columns, _read_generic, _read_sqlite
+from recae.matrix import (
+    IdIndex,
+    RatingMatrix,
+    _matrix_from_sorted_columns,
+    _NotEncodable,
+    _pg_array,
+    _read_generic,
+    _read_postgresql,
+    _read_sqlite,
+)
 from tests.synthetic import planted_low_rank
 
 
@@ -142,8 +151,12 @@ def test_rating_scale_and_empty_matrix() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ from_db
+# Tests marked with both backends run on SQLite and on a throwaway PostgreSQL server (tests/pg_server.py).
+
+BOTH = pytest.mark.backends("sqlite", "postgresql")
 
 
+@BOTH
 def test_from_db_matches_from_ids_on_a_real_store(engine) -> None:  # type: ignore[no-untyped-def]
     planted = planted_low_rank(n_users=60, n_movies=40, seed=3).observed
     rows, cols, values = planted.coo()
@@ -163,6 +176,7 @@ def test_from_db_matches_from_ids_on_a_real_store(engine) -> None:  # type: igno
     assert RatingMatrix.from_db(engine).fingerprint() == loaded.fingerprint()  # stable
 
 
+@pytest.mark.backends("sqlite")  # 64-bit ids: PostgreSQL's INTEGER columns cannot hold them
 def test_fast_and_generic_paths_agree_on_unusual_values(engine) -> None:  # type: ignore[no-untyped-def]
     """Off-grid ratings, huge and negative ids, pre-1970 timestamps: the fast path must stay exact or step aside."""
     users = [1, 1, 2, 5_000_000_000, -3]
@@ -181,11 +195,88 @@ def test_fast_and_generic_paths_agree_on_unusual_values(engine) -> None:  # type
     assert _triples(from_fast) == _triples(expected)
 
 
+@pytest.mark.backends("postgresql")
+def test_postgresql_fast_and_generic_paths_agree_on_unusual_values(  # type: ignore[no-untyped-def]
+    engine, monkeypatch
+) -> None:
+    """Off-grid ratings, extreme and negative 32-bit ids, pre-1970 and huge timestamps, unknown ones."""
+    import recae.matrix as matrix_module
+
+    monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 2)  # several ranges, spread over both readers
+    users = [1, 1, 2, 2**31 - 1, -3, -(2**31), 7]
+    movies = [2**31 - 1, 2, 2, 7, 1, 1, -5]
+    values = [3.7, 4.5, 1.0, 0.25, 5.0, 1e-3, 2.0 / 3.0]
+    stamps = [None, -86_400, 2**40, 0, 1_000_000_000, 2**62, None]
+    _insert_ratings(engine, users, movies, values, stamps)
+    fast = _read_postgresql(engine)
+    generic = _read_generic(engine)
+    assert fast is not None  # every value above can be read exactly by the fast path
+    from_fast, from_generic = _matrix_from_sorted_columns(fast), _matrix_from_sorted_columns(generic)
+    assert from_fast.fingerprint() == from_generic.fingerprint()
+    expected = RatingMatrix.from_ids(np.array(users), np.array(movies), np.array(values),
+                                     np.array([0 if t is None else t for t in stamps]))
+    assert RatingMatrix.from_db(engine).fingerprint() == expected.fingerprint()
+    assert _triples(from_fast) == _triples(expected)
+
+
+def test_pg_array_refuses_what_it_cannot_read_exactly() -> None:
+    import struct
+
+    def array(values: list[int], has_nulls: int = 0, width: int = 4) -> bytes:
+        body = b"".join(struct.pack(">ii", width, v) if width == 4 else struct.pack(">iq", width, v) for v in values)
+        return struct.pack(">iiiii", 1, has_nulls, 23, len(values), 1) + body
+
+    assert _pg_array(array([3, -1, 2**31 - 1]), ">i4", 4).tolist() == [3, -1, 2**31 - 1]
+    assert _pg_array(None, ">i4", 4).size == 0
+    with pytest.raises(_NotEncodable):
+        _pg_array(array([1, 2], has_nulls=1), ">i4", 4)
+    with pytest.raises(_NotEncodable):
+        _pg_array(array([1, 2], width=8), ">i4", 4)
+    for cut in (3, 8):
+        with pytest.raises(_NotEncodable):
+            _pg_array(array([1, 2])[:-cut], ">i4", 4)  # truncated
+
+
+@pytest.mark.backends("postgresql")
+def test_postgresql_readers_share_one_snapshot(engine, store_url, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A commit landing between the first reader's start and the others' must be invisible to all of them."""
+    from sqlalchemy import create_engine, text
+
+    import recae.matrix as matrix_module
+
+    monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 5)
+    planted = planted_low_rank(n_users=40, n_movies=10, seed=5).observed
+    rows, cols, values = planted.coo()
+    users, movies = planted.index.user_ids[rows], planted.index.movie_ids[cols]
+    _insert_ratings(engine, users, movies, np.round(values), planted.timestamps)
+    other = create_engine(store_url)
+    real_snapshot = matrix_module._PostgresSnapshot
+
+    def snapshot_then_commit(engine_, snapshot_id):  # type: ignore[no-untyped-def]
+        made = real_snapshot(engine_, snapshot_id)
+        if snapshot_id is None:  # the exporter exists; change every rating before the importers start
+            with other.begin() as conn:
+                conn.execute(text("UPDATE ratings SET rating = rating + 100"))
+        return made
+
+    monkeypatch.setattr(matrix_module, "_PostgresSnapshot", snapshot_then_commit)
+    try:
+        loaded = RatingMatrix.from_db(engine)
+    finally:
+        other.dispose()
+    assert float(loaded.csr.data.max()) <= 5.0  # no reader saw the later commit
+    expected = RatingMatrix.from_ids(users, movies, np.round(values), planted.timestamps)
+    assert loaded.fingerprint() == expected.fingerprint()
+    assert float(RatingMatrix.from_db(engine).csr.data.min()) >= 100  # and a new load does
+
+
+@BOTH
 def test_from_db_reads_many_ranges(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Small chunks force many user-id ranges, including empty ones; nothing may be lost or repeated."""
     import recae.matrix as matrix_module
 
     monkeypatch.setattr(matrix_module, "_SQLITE_CHUNK_ROWS", 7)
+    monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 7)
     planted = planted_low_rank(n_users=50, n_movies=12, seed=4).observed
     rows, cols, values = planted.coo()
     users = planted.index.user_ids[rows] ** 2  # gaps between user ids leave some ranges empty
@@ -197,11 +288,30 @@ def test_from_db_reads_many_ranges(engine, monkeypatch) -> None:  # type: ignore
     ).fingerprint()
 
 
+@BOTH
 def test_from_db_on_an_empty_store_says_what_to_do(engine) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(EmptyStoreError, match="recae ingest"):
         RatingMatrix.from_db(engine)
 
 
+@pytest.mark.backends("postgresql")
+def test_from_db_on_postgresql_ignores_uncommitted_writes(engine, store_url) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine, text
+
+    _insert_ratings(engine, [1, 1, 2], [10, 20, 10], [4.0, 3.5, 2.0], [1, 2, 3])
+    other = create_engine(store_url)
+    try:
+        with other.connect() as writer:
+            writer.execute(text('INSERT INTO ratings (user_id, movie_id, rating, "timestamp") VALUES (3, 30, 5.0, 4)'))
+            writer.execute(text("UPDATE ratings SET rating = 1.0 WHERE user_id = 1"))  # row locks held
+            loaded = RatingMatrix.from_db(engine)
+            writer.rollback()
+    finally:
+        other.dispose()
+    assert _triples(loaded) == {(1, 10, 4.0, 1), (1, 20, 3.5, 2), (2, 10, 2.0, 3)}
+
+
+@pytest.mark.backends("sqlite")  # SQLite's write lock; PostgreSQL's case is the test above
 def test_from_db_while_another_connection_holds_the_write_lock(  # type: ignore[no-untyped-def]
     engine, store_url, monkeypatch
 ) -> None:
