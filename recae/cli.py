@@ -582,12 +582,19 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
         [{"field": k, "value": v} for k, v in summary.items()], "table", title="train"))
 
 
-class _train_progress:  # noqa: N801 - used as a context manager factory
-    """A rich progress bar on stderr (epoch, loss, validation RMSE); silent when stderr is not a terminal."""
+def _rmse_fields(report) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
+    return f"{report.train_loss:.4f}", f"{report.val_rmse:.4f}", f"{report.best_val_rmse:.4f}@{report.best_epoch}"
 
-    def __init__(self, epochs: int, quiet: bool = False) -> None:
-        self.epochs = epochs
-        self.quiet = quiet
+
+class _train_progress:  # noqa: N801 - used as a context manager factory
+    """A rich progress bar on stderr (epoch, loss, validation metric); silent when stderr is not a terminal.
+
+    ``fields(report)`` gives the (loss, validation, best) texts of one epoch's report.
+    """
+
+    def __init__(self, epochs: int, quiet: bool = False, metric: str = "val RMSE",
+                 fields: Callable[..., tuple[str, str, str]] = _rmse_fields, label: str = "training") -> None:
+        self.epochs, self.quiet, self.metric, self.fields, self.label = epochs, quiet, metric, fields, label
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         from rich.console import Console
@@ -595,16 +602,16 @@ class _train_progress:  # noqa: N801 - used as a context manager factory
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}  val RMSE {task.fields[val]}  best {task.fields[best]}"),
+            TextColumn(f"loss {{task.fields[loss]}}  {self.metric} {{task.fields[val]}}  best {{task.fields[best]}}"),
             TimeElapsedColumn(), console=Console(stderr=True), disable=self.quiet or not sys.stderr.isatty(),
             transient=False,
         )
         self.progress.__enter__()
-        self.task = self.progress.add_task("training", total=self.epochs, loss="-", val="-", best="-")
+        self.task = self.progress.add_task(self.label, total=self.epochs, loss="-", val="-", best="-")
 
         def on_epoch(report) -> None:  # type: ignore[no-untyped-def]
-            self.progress.update(self.task, completed=report.epoch, loss=f"{report.train_loss:.4f}",
-                                 val=f"{report.val_rmse:.4f}", best=f"{report.best_val_rmse:.4f}@{report.best_epoch}")
+            loss, val, best = self.fields(report)
+            self.progress.update(self.task, completed=report.epoch, loss=loss, val=val, best=best)
 
         def on_progress(message: str) -> None:
             self.progress.update(self.task, description=message, completed=0)
@@ -1011,7 +1018,8 @@ def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: f
                   f"{split.validation.n_users} validation and {split.test.n_users} test users, "
                   f"{split.n_items} films")
 
-    with _vae_progress(epochs) as on_epoch:
+    with _train_progress(epochs, metric="val NDCG@100", label="Mult-VAE", fields=lambda r: (
+            f"{r.loss:.2f}", f"{r.val_ndcg:.4f}", f"{r.best_val_ndcg:.4f}@{r.best_epoch}")) as (on_epoch, _):
         run = train_and_evaluate(matrix, threshold=threshold, heldout=heldout, hidden_fraction=hide_fraction,
                                  config=config, train_config=train_config, on_split=announce, on_epoch=on_epoch)
     folder = Path(out) if out else obj.paths().models_dir / "vae" / new_version_name()
@@ -1019,36 +1027,6 @@ def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: f
     echo_info(f"best epoch {run.fit.best_epoch} of {len(run.fit.history)} "
               f"({run.fit.seconds_per_epoch:.2f} s/epoch); model saved in {folder}")
     echo_data(render(run.rows(), fmt, title=f"Top-N on {run.test.n_users} test users"))
-
-
-class _vae_progress:  # noqa: N801 - used as a context manager factory
-    """A rich progress bar on stderr (epoch, loss, validation NDCG@100); silent when stderr is not a terminal."""
-
-    def __init__(self, epochs: int, quiet: bool = False) -> None:
-        self.epochs = epochs
-        self.quiet = quiet
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("Mult-VAE"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}  val NDCG@100 {task.fields[val]}  best {task.fields[best]}"),
-            TimeElapsedColumn(), console=Console(stderr=True), disable=self.quiet or not sys.stderr.isatty(),
-            transient=False,
-        )
-        self.progress.__enter__()
-        task = self.progress.add_task("training", total=self.epochs, loss="-", val="-", best="-")
-
-        def on_epoch(report) -> None:  # type: ignore[no-untyped-def]
-            self.progress.update(task, completed=report.epoch, loss=f"{report.loss:.2f}",
-                                 val=f"{report.val_ndcg:.4f}", best=f"{report.best_val_ndcg:.4f}@{report.best_epoch}")
-
-        return on_epoch
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
 
 def main() -> None:
