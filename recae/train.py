@@ -62,6 +62,8 @@ class TrainConfig:
     weight_decay_grid: tuple[float, ...] = (30.0, 100.0)  # lambdas tried (one member each); best on validation wins
     batch_ratings: int = 0  # minibatch budget in ratings (0: auto, max(8192, ratings / 25)); whole vectors
     patience: int = 20  # stop after this many epochs without a better validation RMSE
+    lr_decay: float = 1.0  # multiply the learning rate by this after each lr_decay_patience epochs without progress
+    lr_decay_patience: int = 5
     val_fraction: float = 0.05  # share of the training ratings held out for early stopping and model choice
     seed: int = 0  # seeds weights, shuffles, dropout and the validation carve
     deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
@@ -94,6 +96,8 @@ class TrainConfig:
             raise TrainingError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda was asked for but torch sees no CUDA device; use --device auto or cpu")
+        if not 0.0 < self.lr_decay <= 1.0 or self.lr_decay_patience < 1:
+            raise TrainingError("lr_decay must be in (0, 1] and lr_decay_patience positive")
         if self.epochs < 1 or self.batch_ratings < 0 or self.patience < 1 or self.ensemble < 1:
             raise TrainingError("epochs, patience and ensemble must be positive, batch_ratings not negative")
         if not 0.0 < self.val_fraction < 1.0:
@@ -582,6 +586,9 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
             progress.update(best_epoch=epoch, stale=0, seconds_to_best=elapsed)
         else:
             progress["stale"] += 1
+            if train_cfg.lr_decay < 1.0 and progress["stale"] % train_cfg.lr_decay_patience == 0:
+                for group in optimizer.param_groups:  # a plateau: smaller steps often find a better point
+                    group["lr"] *= train_cfg.lr_decay
         report = EpochReport(epoch, train_cfg.epochs, train_loss, val_rmse,
                              best_val if math.isfinite(best_val) else float("nan"), progress["best_epoch"], elapsed)
         history.append(report)

@@ -118,6 +118,41 @@ def test_an_ensemble_beats_or_matches_its_average_member_and_resumes(small, tmp_
     assert again.best_val_rmse == pytest.approx(result.best_val_rmse, rel=1e-6)
 
 
+def test_cross_carved_members_validate_on_ratings_they_never_read_and_together_read_them_all() -> None:
+    from recae.splits import holdout_validation
+    from recae.train import fit_cross_carved
+
+    train = planted_low_rank(n_users=80, n_movies=50, seed=11).observed
+    settings = TrainConfig(ensemble=3, weight_decay_grid=(), epochs=20, lr=1e-2, weight_decay=1.0, patience=5,
+                           batch_ratings=400, threads=1, val_fraction=0.1, seed=4)
+    result = fit_cross_carved(train, model_config("stacked", hidden=(16,)), settings)
+    assert len(result.members) == 3 and result.module.config.hidden == (48,)
+    assert result.best_val_rmse == pytest.approx(np.mean([m.best_val_rmse for m in result.members]))
+    held_out = [holdout_validation(train, 0.1, 4 + m)[1] for m in range(3)]
+    keys = [set(zip(*v.coo()[:2], strict=True)) for v in held_out]
+    assert keys[0] != keys[1] != keys[2]  # each member its own carve
+    # Member m reproduces a plain fit on carve m: the same seeds and the same ratings give the same figure.
+    fit_part, val_part = holdout_validation(train, 0.1, 5)
+    alone = fit(fit_part, val_part, model_config("stacked", hidden=(16,)),
+                TrainConfig(ensemble=1, weight_decay_grid=(), epochs=20, lr=1e-2, weight_decay=1.0, patience=5,
+                            batch_ratings=400, threads=1, seed=5))
+    assert alone.best_val_rmse == pytest.approx(result.members[1].best_val_rmse, rel=1e-5)
+
+
+def test_lr_decay_shrinks_the_step_after_a_plateau(small) -> None:  # type: ignore[no-untyped-def]
+    fit_part, val_part = small
+    base = dict(ensemble=1, weight_decay_grid=(), epochs=40, lr=5e-2, weight_decay=0.0, patience=40,
+                batch_ratings=400, threads=1)
+    plain = fit(fit_part, val_part, model_config(hidden=(8,)), TrainConfig(**base))
+    decayed = fit(fit_part, val_part, model_config(hidden=(8,)), TrainConfig(**base, lr_decay=0.1, lr_decay_patience=2))
+    # Same start; once validation stalls, the decayed run takes smaller steps and its path departs from the plain one.
+    first_stall = next(h.epoch for h in plain.history if h.epoch > h.best_epoch + 1)
+    assert decayed.history[0].val_rmse == pytest.approx(plain.history[0].val_rmse)
+    assert [h.val_rmse for h in decayed.history[first_stall:]] != [h.val_rmse for h in plain.history[first_stall:]]
+    with pytest.raises(TrainingError):
+        TrainConfig(lr_decay=0.0).validate()
+
+
 def test_weight_decay_is_chosen_on_validation_among_the_grid(small) -> None:  # type: ignore[no-untyped-def]
     fit_part, val_part = small
     settings = TrainConfig(ensemble=2, weight_decay_grid=(0.0, 30.0), epochs=30, lr=2e-2, patience=5,
