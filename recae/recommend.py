@@ -6,8 +6,9 @@ indexed SQL query. Filters that exhaust the precomputed list fall back to scorin
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -18,10 +19,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from recae.db import Movie, Rating, Recommendation
 from recae.errors import DataError, ModelNotFoundError, UnknownMovieError, UnknownUserError
-from recae.metrics import top_k_unseen
 from recae.registry import current_champion
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
+
     from recae.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
@@ -65,9 +67,78 @@ class Filters:
         return True
 
 
-def _batches(n: int, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, n, size):
-        yield np.arange(start, min(start + size, n))
+#: Bytes of predicted scores (float32) held for one batch of users while precomputing. Scoring and the top-N
+#: selection need about five times this at their peak, so a batch stays near 300 MB whatever the catalogue size.
+PRECOMPUTE_BATCH_BYTES = 64 * 2**20
+
+
+def precompute_batch_users(n_movies: int, budget_bytes: int = PRECOMPUTE_BATCH_BYTES) -> int:
+    """Users scored at once so that a batch's (batch, n_movies) float32 scores fit in ``budget_bytes``."""
+    return max(1, budget_bytes // (4 * max(int(n_movies), 1)))
+
+
+def top_unseen(scores: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
+    """Columns of the ``n`` best scores per row among films not ``seen``, best first; -1 pads short rows.
+
+    The same answer as ``recae.metrics.top_k_unseen`` (ties aside), computed in float32 on one negated copy:
+    about 4x faster and a third of the memory at ML-25M's 59k films. NaN scores rank after every real score.
+
+    Args:
+        scores: (batch, n_movies) predicted ratings (left unchanged).
+        seen: (batch, n_movies) bool, True for films the user rated (never returned).
+    Returns:
+        (batch, min(n, n_movies)) int64 columns.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    cost = np.negative(scores, dtype=np.float32, order="C")  # (batch, n_movies); smaller is better
+    if not np.isfinite(cost).all():  # rare; nan_to_num on every batch would cost as much as the selection
+        top = np.finfo(np.float32).max
+        np.nan_to_num(cost, copy=False, nan=top, posinf=top, neginf=-top)  # every unseen film beats a seen one
+    cost[seen] = np.inf
+    n = min(n, cost.shape[1])
+    part = np.argpartition(cost, n - 1, axis=1)[:, :n] if n < cost.shape[1] else np.argsort(cost, axis=1)
+    order = np.argsort(np.take_along_axis(cost, part, axis=1), axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1)  # (batch, n)
+    return np.where(np.take_along_axis(seen, cols, axis=1), -1, cols).astype(np.int64)
+
+
+def _seen_flags(csr_block: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
+    """(batch, n_movies) bool: True where the block's users rated the film."""
+    flags = np.zeros(shape, dtype=bool)
+    flags[np.repeat(np.arange(shape[0]), np.diff(csr_block.indptr)), csr_block.indices] = True
+    return flags
+
+
+_COLUMNS = ("version", "user_id", "rank", "movie_id", "score")
+_Batch = dict[str, Iterable[object]]  # column name -> values of one batch of rows
+
+
+def _columns(version: str, user_ids: np.ndarray, ranks: np.ndarray, movie_ids: np.ndarray,
+             scores: np.ndarray) -> _Batch:
+    return {"version": itertools.repeat(version), "user_id": user_ids.tolist(), "rank": ranks.tolist(),
+            "movie_id": movie_ids.tolist(), "score": np.asarray(scores, np.float64).tolist()}
+
+
+def _insert_positional(conn: Connection, columns: _Batch) -> None:
+    """The Core INSERT compiled for the dialect, run as one DBAPI executemany of tuples (bound parameters)."""
+    compiled = insert(Recommendation).compile(dialect=conn.dialect, column_keys=list(_COLUMNS))
+    rows = list(zip(*(columns[key] for key in compiled.positiontup), strict=False))  # repeat() is endless
+    conn.exec_driver_sql(str(compiled), rows)
+
+
+def _insert_mappings(conn: Connection, columns: _Batch) -> None:
+    """The portable Core executemany of dicts (SQLAlchemy batches it into multi-row INSERTs on PostgreSQL)."""
+    rows = [dict(zip(_COLUMNS, row, strict=True)) for row in zip(*(columns[k] for k in _COLUMNS), strict=False)]
+    conn.execute(insert(Recommendation), rows)
+
+
+def _insert_recommendations(conn: Connection, columns: _Batch) -> None:
+    """One batch of rows into the caller's transaction: tuples on SQLite (2x the rows/s of dicts), else dicts."""
+    if conn.dialect.name == "sqlite" and conn.dialect.positional:
+        _insert_positional(conn, columns)
+    else:
+        _insert_mappings(conn, columns)
 
 
 def precompute_recommendations(
@@ -76,36 +147,42 @@ def precompute_recommendations(
     scorer: RowScorer,
     rated: RatingMatrix,
     n: int = DEFAULT_PRECOMPUTED,
-    batch_users: int = 1024,
+    batch_users: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> int:
     """Store the top ``n`` unrated films of every user in ``rated.index`` for ``version``; returns rows written.
 
-    Runs inside the caller's transaction so that publishing stays atomic. Memory is O(batch_users x n_movies).
+    Users are scored ``batch_users`` at a time (default: as many as keep a batch's scores under
+    PRECOMPUTE_BATCH_BYTES), each batch's top ``n`` is written at once, so memory is O(batch_users x n_movies)
+    and never users x movies. Runs inside the caller's transaction (``conn``), so that publishing stays atomic:
+    a failure anywhere before the caller commits leaves no row behind. Rows of ``version`` already stored are
+    replaced. ``on_batch`` gets the number of users of each finished batch.
     """
-    conn.execute(delete(Recommendation).where(Recommendation.version == version))
     index = rated.index
+    if batch_users is None:
+        batch_users = precompute_batch_users(index.n_movies)
+    if batch_users < 1:
+        raise ValueError(f"batch_users must be at least 1, got {batch_users}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    conn.execute(delete(Recommendation).where(Recommendation.version == version))
+    csr = rated.csr
     written = 0
-    for rows in _batches(index.n_users, batch_users):
-        scores = scorer.score_rows(rows)  # (batch, n_movies)
-        block = rated.csr[rows[0] : rows[-1] + 1]
-        flags = np.zeros(scores.shape, dtype=bool)
-        flags[np.repeat(np.arange(len(rows)), np.diff(block.indptr)), block.indices] = True
-        cols = top_k_unseen(scores, flags, n)  # (batch, n) best first, -1 padded
-        keep = cols >= 0
-        batch_pos, ranks = np.nonzero(keep)
-        values = scores[batch_pos, cols[keep]]
-        payload = [
-            {"version": version, "user_id": int(u), "rank": int(r) + 1, "movie_id": int(m), "score": float(s)}
-            for u, r, m, s in zip(
-                index.user_ids[rows[batch_pos]], ranks, index.movie_ids[cols[keep]], values, strict=True
-            )
-        ]
-        if payload:
-            conn.execute(insert(Recommendation), payload)
-        written += len(payload)
+    for start in range(0, index.n_users, batch_users):
+        rows = np.arange(start, min(start + batch_users, index.n_users))
+        scores = np.asarray(scorer.score_rows(rows))  # (batch, n_movies)
+        if scores.shape != (rows.size, index.n_movies):
+            raise ValueError(f"score_rows returned shape {scores.shape}, expected {(rows.size, index.n_movies)}")
+        cols = top_unseen(scores, _seen_flags(csr[rows[0] : rows[-1] + 1], scores.shape), n)  # (batch, n)
+        batch_pos, places = np.nonzero(cols >= 0)  # row-major: by user, then rank
+        picked = cols[batch_pos, places]
+        if picked.size:
+            _insert_recommendations(conn, _columns(version, index.user_ids[rows[batch_pos]], places + 1,
+                                                   index.movie_ids[picked], scores[batch_pos, picked]))
+        written += int(picked.size)
+        del scores, cols
         if on_batch is not None:
-            on_batch(len(rows))
+            on_batch(int(rows.size))
     log.info("precomputed %d recommendations for %d users (version %s)", written, index.n_users, version)
     return written
 

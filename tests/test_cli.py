@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from recae.cli import cli
 from recae.errors import EXIT_DATA, EXIT_ERROR, EXIT_USAGE
 
-#: The default model's regression bound on ml-100k u1 (measured 0.9046; the models issue's goal 0.895 is open).
-U1_RMSE_BOUND = 0.910
+#: The default model's regression bound on ml-100k u1 (measured 0.8996; the models issue's goal 0.895 is open).
+U1_RMSE_BOUND = 0.905
 
 
 def run(home: Path, *args: str) -> tuple[int, str, str]:

@@ -218,9 +218,9 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
     return matrix(base), matrix(test)
 
 
-#: Regression bound for the default model on ml-100k u1: measured 0.9046 (seed 0), so 0.910 catches a real loss.
+#: Regression bound for the default model on ml-100k u1: measured 0.8996 (seed 0), so 0.905 catches a real loss.
 #: The models issue asks for <= 0.895 (anchors: tuned SVD 0.9234, plain I-AutoRec 0.9028); not reached yet.
-ML100K_U1_RMSE_BOUND = 0.910
+ML100K_U1_RMSE_BOUND = 0.905
 
 
 @pytest.mark.slow
