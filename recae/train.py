@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw", "rprop", "lbfgs")
 AUTO_MIN_BATCH = 8192
 AUTO_STEPS_PER_EPOCH = 25
+#: Below this many training ratings one CPU thread trains fastest: the batches are too small to share, and on a
+#: busy machine a second thread waits for a core (ml-100k u1 took 374 s with two threads beside one busy core,
+#: 13 s with one).
+AUTO_ONE_THREAD_BELOW = 2_000_000
 DEFAULT_MODEL = "denoising"  # chosen on validation (see the README's performance table)
 FULL_BATCH = ("rprop", "lbfgs")
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -69,7 +73,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, shuffles, dropout and the validation carve
     deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
     ensemble: int = 5  # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net)
-    threads: int = 0  # CPU threads (0: torch's default)
+    threads: int = 0  # CPU threads (0: auto, one below AUTO_ONE_THREAD_BELOW ratings, else torch's default)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
 
     def to_json(self) -> dict[str, Any]:
@@ -453,6 +457,8 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
     previous_threads = torch.get_num_threads()
     if train_cfg.threads > 0 or train_cfg.deterministic:
         torch.set_num_threads(train_cfg.threads or 1)  # deterministic: a fixed count, 1 unless told
+    elif carve(0)[0].nnz < AUTO_ONE_THREAD_BELOW:
+        torch.set_num_threads(1)
     if train_cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     if len(train_cfg.weight_decay_grid) == 1:
