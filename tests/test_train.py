@@ -242,3 +242,13 @@ def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path) -> None:
 def test_nonsense_settings_are_refused_with_a_clear_error(bad: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(TrainingError):
         TrainConfig(**bad).validate()
+
+
+def test_small_data_trains_on_one_thread_and_the_thread_count_is_restored(small) -> None:  # type: ignore[no-untyped-def]
+    fit_part, val_part = small
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    fit(fit_part, val_part, model_config(hidden=(8,)), TrainConfig(ensemble=1, epochs=2, batch_ratings=400),
+        on_epoch=lambda report: seen.append(torch.get_num_threads()))
+    assert seen == [1, 1]
+    assert torch.get_num_threads() == before
