@@ -160,10 +160,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _versions() -> dict[str, str]:
+def software_versions() -> dict[str, str]:
+    """The versions a model was made with, for its meta.json."""
     from recae import __version__
 
     return {"recae": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"sha256", "bytes"}`` of a written file, kept in meta.json so loading can detect damage."""
+    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
+
+
+def verify_file(path: Path, record: dict[str, Any], what: str) -> None:
+    """Raise CorruptArtifactError (one line, naming ``what``) when ``path`` no longer matches its record."""
+    if path.stat().st_size != record.get("bytes") or _sha256(path) != record.get("sha256"):
+        raise CorruptArtifactError(f"{what}: {path.name} is truncated or altered (checksum)")
 
 
 def save_model(trained: TrainedModel, folder: Path, *, version: str, data_fingerprint: str | None = None,
@@ -194,9 +206,9 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         "data_fingerprint": data_fingerprint or trained.inputs.fingerprint(),
         "inputs_fingerprint": trained.inputs.fingerprint(),  # provenance; integrity is the sha256 below
         "rating_scale": list(trained.rating_scale),
-        "versions": _versions(),
+        "versions": software_versions(),
         "created_at": (created_at or utcnow()).isoformat(),
-        "files": {WEIGHTS_FILE: {"sha256": _sha256(weights), "bytes": weights.stat().st_size}},
+        "files": {WEIGHTS_FILE: file_record(weights)},
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     for path in (weights, folder / META_FILE):
@@ -227,8 +239,7 @@ def load_model(path: str | Path) -> TrainedModel:
     if meta.get("format_version") != FORMAT_VERSION:
         raise CorruptArtifactError(f"model artifact {folder} has format {meta.get('format_version')}, "
                                    f"this recae reads format {FORMAT_VERSION}; retrain with `recae train`")
-    if weights.stat().st_size != expected.get("bytes") or _sha256(weights) != expected.get("sha256"):
-        raise CorruptArtifactError(f"model artifact {folder}: {WEIGHTS_FILE} is truncated or altered (checksum)")
+    verify_file(weights, expected, f"model artifact {folder}")
     try:
         with safe_open(str(weights), framework="pt") as handle:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118

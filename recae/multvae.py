@@ -28,12 +28,10 @@ unpickles and checks everything (one-line CorruptArtifactError).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -48,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recae.artifacts import file_record, software_versions, verify_file
 from recae.batches import SparseRows, sparse_rows
 from recae.errors import CorruptArtifactError, RecaeError, TrainingError, UnknownMovieError
 from recae.implicit import (
@@ -520,14 +519,6 @@ def train_and_evaluate(
 # --- files -----------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def new_version_name(now: datetime | None = None) -> str:
     """``YYYYmmddTHHMMSSffffffZ-multvae``: sortable by time."""
     return f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%S%f}Z-multvae"
@@ -540,8 +531,6 @@ def save_multvae(trained: TrainedMultVAE, folder: str | Path) -> Path:
     run leaves no half-written model. Raises RecaeError when ``folder`` already exists.
     """
     from safetensors.torch import save_file
-
-    from recae import __version__
 
     folder = Path(folder)
     if folder.exists():
@@ -564,9 +553,9 @@ def save_multvae(trained: TrainedMultVAE, folder: str | Path) -> Path:
             "split": trained.split,
             "metrics": trained.metrics,
             "history": trained.history,
-            "versions": {"recae": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "versions": software_versions(),
             "created_at": datetime.now(UTC).isoformat(),
-            "files": {WEIGHTS_FILE: {"sha256": _sha256(weights), "bytes": weights.stat().st_size}},
+            "files": {WEIGHTS_FILE: file_record(weights)},
         }
         (temp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         for path in (weights, temp / META_FILE):
@@ -603,8 +592,7 @@ def load_multvae(folder: str | Path) -> TrainedMultVAE:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, RecaeError) as err:
         raise CorruptArtifactError(f"Mult-VAE model {folder}: {META_FILE} is unreadable or incomplete ({err})") from err
-    if weights.stat().st_size != expected.get("bytes") or _sha256(weights) != expected.get("sha256"):
-        raise CorruptArtifactError(f"Mult-VAE model {folder}: {WEIGHTS_FILE} is truncated or altered (checksum)")
+    verify_file(weights, expected, f"Mult-VAE model {folder}")
     try:
         with safe_open(str(weights), framework="pt") as handle:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
