@@ -90,9 +90,7 @@ class TrainedModel:
     def _features(self, vectors: np.ndarray) -> torch.Tensor:
         """(len(vectors), h_1) decoder features of oriented input vectors; all movies' cached in item orientation."""
         if self.orientation == "item":
-            if "features" not in self._cache:
-                self._cache["features"] = self._encode(np.arange(self._oriented().shape[0]))
-            return self._cache["features"][torch.from_numpy(np.asarray(vectors, dtype=np.int64))]
+            return self._features_of_all_movies()[torch.from_numpy(np.asarray(vectors, dtype=np.int64))]
         return self._encode(vectors)
 
     @torch.no_grad()
@@ -137,16 +135,30 @@ class TrainedModel:
         rows = np.asarray(rows, dtype=np.int64)
         module = self.module
         if self.orientation == "item":
-            feats = self._features(np.arange(self.index.n_movies))  # (n_movies, h_1)
+            feats = self._features_of_all_movies()  # (n_movies, h_1), cached, not copied
             picked = torch.from_numpy(rows)
-            scores = module.out_act(feats @ module.w_out[picked].t() + module.b_out[picked]).t()  # (batch, n_movies)
-            empty = torch.from_numpy(self._empty(np.arange(self.index.n_movies)))  # movies with no input
-            scores = torch.where(empty[None, :], module.fallback[picked][:, None], scores)
+            # (batch, n_movies) by one addmm, row-major, no transposed copies
+            scores = module.out_act(torch.addmm(module.b_out[picked][:, None], module.w_out[picked], feats.t()))
+            empty = self._empty_movies()
+            if empty is not None:
+                scores = torch.where(empty[None, :], module.fallback[picked][:, None], scores)
         else:
             scores = module.output_dense(self._features(rows))  # (batch, n_movies)
             empty = torch.from_numpy(self._empty(rows))
             scores = torch.where(empty[:, None], module.fallback[None, :], scores)
-        return np.clip(scores.numpy().astype(np.float32), *self.rating_scale)
+        return scores.clamp_(*self.rating_scale).numpy()
+
+    def _features_of_all_movies(self) -> torch.Tensor:
+        if "features" not in self._cache:
+            self._cache["features"] = self._encode(np.arange(self._oriented().shape[0]))
+        return self._cache["features"]
+
+    def _empty_movies(self) -> torch.Tensor | None:
+        """(n_movies,) movies with no training rating (they get the user's mean), or None when there are none."""
+        if "empty_movies" not in self._cache:
+            empty = torch.from_numpy(self._empty(np.arange(self.index.n_movies)))
+            self._cache["empty_movies"] = empty if bool(empty.any()) else None
+        return self._cache["empty_movies"]
 
 
 # --- files -----------------------------------------------------------------------------------------------------
