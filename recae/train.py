@@ -13,6 +13,7 @@ resumed deterministic run reaches the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -437,6 +438,7 @@ def fit_cross_carved(
     """
     from recae.splits import holdout_validation
 
+    @functools.lru_cache(maxsize=1)  # carve m is asked for several times in a row; keep one copy, not all
     def carve(member: int) -> tuple[RatingMatrix, RatingMatrix]:
         return holdout_validation(train, train_cfg.val_fraction, train_cfg.seed + member)
 
