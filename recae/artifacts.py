@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from recae.batches import oriented_csr, sparse_rows
+from recae.blend import blend
 from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.matrix import IdIndex, RatingMatrix
 from recae.models import AutoEncoder, ModelConfig, build_model, pairs_pattern
@@ -62,6 +63,9 @@ class TrainedModel:
     split_spec: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)  # one EpochReport per epoch (all members)
+    # an autoencoder of the other orientation on the same inputs, mixed in as ``w * ours + (1 - w) * partner's``
+    partner: TrainedModel | None = None
+    blend_weight: float = 1.0  # w, fitted on validation (recae.blend)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -106,9 +110,21 @@ class TrainedModel:
     def _empty(self, vectors: np.ndarray) -> np.ndarray:
         return np.diff(self._oriented().indptr)[vectors] == 0
 
-    @torch.no_grad()
     def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Clipped predicted ratings at (user row, movie col) pairs: (n,) float32."""
+        """Clipped predicted ratings at (user row, movie col) pairs: (n,) float32 (blended with the partner's)."""
+        return self._blended(self._predict_own(rows, cols), lambda partner: partner.predict(rows, cols))
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Clipped predicted ratings of every movie for users ``rows``: (len(rows), n_movies) float32."""
+        return self._blended(self._score_rows_own(rows), lambda partner: partner.score_rows(rows))
+
+    def _blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray]) -> np.ndarray:
+        if self.partner is None or self.blend_weight >= 1.0:
+            return ours
+        return blend(ours, theirs(self.partner), self.blend_weight)
+
+    @torch.no_grad()
+    def _predict_own(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         if rows.size == 0:
@@ -130,8 +146,7 @@ class TrainedModel:
         return np.clip(out, *self.rating_scale)
 
     @torch.no_grad()
-    def score_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Clipped predicted ratings of every movie for users ``rows``: (len(rows), n_movies) float32."""
+    def _score_rows_own(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         module = self.module
         if self.orientation == "item":
@@ -199,7 +214,9 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
 
     folder.mkdir(parents=True, exist_ok=False)
     csr = trained.inputs.csr
-    tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in trained.module.state_dict().items()}
+    tensors = _module_tensors("model/", trained.module)
+    if trained.partner is not None:
+        tensors.update(_module_tensors("partner/", trained.partner.module))
     tensors["inputs/indptr"] = torch.from_numpy(np.asarray(csr.indptr, dtype=np.int64).copy())
     tensors["inputs/indices"] = torch.from_numpy(np.asarray(csr.indices, dtype=np.int32).copy())
     tensors["inputs/data"] = torch.from_numpy(np.asarray(csr.data, dtype=np.float32).copy())
@@ -218,6 +235,8 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         "data_fingerprint": data_fingerprint or trained.inputs.fingerprint(),
         "inputs_fingerprint": trained.inputs.fingerprint(),  # provenance; integrity is the sha256 below
         "rating_scale": list(trained.rating_scale),
+        "partner": None if trained.partner is None else {
+            "model_config": trained.partner.model_config.to_json(), "blend_weight": trained.blend_weight},
         "versions": software_versions(),
         "created_at": (created_at or utcnow()).isoformat(),
         "files": {WEIGHTS_FILE: file_record(weights)},
@@ -227,6 +246,17 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     return meta
+
+
+def _module_tensors(prefix: str, module: AutoEncoder) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _module_from(tensors: dict[str, torch.Tensor], prefix: str, config: ModelConfig, index: IdIndex) -> AutoEncoder:
+    n_units = index.n_users if config.orientation == "item" else index.n_movies
+    module = build_model(config, n_units, n_units)
+    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+    return module.eval()
 
 
 def load_model(path: str | Path) -> TrainedModel:
@@ -244,6 +274,11 @@ def load_model(path: str | Path) -> TrainedModel:
         model_cfg = ModelConfig.from_json(meta["model_config"])
         index = IdIndex.from_json(meta["index"])
         scale = (float(meta["rating_scale"][0]), float(meta["rating_scale"][1]))
+        partner_meta = meta.get("partner")
+        partner_cfg = ModelConfig.from_json(partner_meta["model_config"]) if partner_meta else None
+        blend_weight = float(partner_meta["blend_weight"]) if partner_meta else 1.0
+        if not 0.0 <= blend_weight <= 1.0:
+            raise ValueError(f"blend_weight {blend_weight} is outside [0, 1]")
     except (ValueError, KeyError, TypeError, IndexError) as err:
         raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is unreadable or incomplete ({err})") from err
     except Exception as err:  # a RecaeError from config validation, e.g. unknown setting
@@ -266,9 +301,8 @@ def load_model(path: str | Path) -> TrainedModel:
         csr = sp.csr_matrix((tensors["inputs/data"].numpy(), tensors["inputs/indices"].numpy(), indptr),
                             shape=(index.n_users, index.n_movies))
         inputs = RatingMatrix(csr=csr, timestamps=np.zeros(csr.nnz, np.int64), index=index)
-        n_units = index.n_users if model_cfg.orientation == "item" else index.n_movies
-        module = build_model(model_cfg, n_units, n_units)
-        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+        module = _module_from(tensors, "model/", model_cfg, index)
+        partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
     except (KeyError, ValueError, RuntimeError) as err:
         raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json ({err})") from err
     train_cfg = None
@@ -279,10 +313,13 @@ def load_model(path: str | Path) -> TrainedModel:
             train_cfg = TrainConfig.from_json(meta["train_config"])
         except Exception as err:  # noqa: BLE001
             raise CorruptArtifactError(f"model artifact {folder}: train_config is inconsistent ({err})") from err
-    module.eval()
+    partner = None
+    if partner_module is not None:
+        partner = TrainedModel(module=partner_module, model_config=partner_module.config, inputs=inputs,
+                               rating_scale=scale)
     return TrainedModel(module=module, model_config=model_cfg, inputs=inputs, rating_scale=scale,
                         train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}),
-                        history=list(meta.get("history") or []))
+                        history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -10,6 +10,8 @@
   The prior ``(w0, b0)`` is the user's own row when the model knows them (fresh ratings refine it), else the
   average user's row, so a handful of ratings moves the prediction only as far as they justify. With the identity
   output this is closed-form; other outputs take a few L-BFGS steps from the prior.
+- **a blended model** (an item AE with a user-AE partner): each folds the user in its own way; the scores are
+  mixed with the model's blend weight.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from recae.artifacts import TrainedModel
 from recae.batches import sparse_rows
+from recae.blend import blend
 
 #: Ridge strength on the decoder row and on its bias, measured in "ratings' worth" of evidence.
 DEFAULT_RIDGE = 5.0
@@ -51,11 +54,18 @@ def fold_in_scores(
         (n_movies,) float32 predictions clipped to the model's rating scale.
     """
     cols, values = _ratings_to_cols(trained, ratings)
-    if trained.orientation == "user":
-        scores = _encode_user(trained, cols, values)
-    else:
-        scores = _fit_output_unit(trained, cols, values, user_row, ridge, bias_ridge)
-    return np.clip(scores, *trained.rating_scale).astype(np.float32)
+
+    def scores_of(part: TrainedModel) -> np.ndarray:
+        if part.orientation == "user":
+            scores = _encode_user(part, cols, values)
+        else:
+            scores = _fit_output_unit(part, cols, values, user_row, ridge, bias_ridge)
+        return np.clip(scores, *part.rating_scale).astype(np.float32)
+
+    scores = scores_of(trained)
+    if trained.partner is not None and trained.blend_weight < 1.0:
+        scores = blend(scores, scores_of(trained.partner), trained.blend_weight)
+    return scores
 
 
 def _encode_user(trained: TrainedModel, cols: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -820,21 +820,32 @@ def _challenge(engine: Engine, models_dir: Path, locks_dir: Path, options: Retra
     challenger_spec = {**SplitSpec.from_json(spec_json or {"name": "random"}).to_json(),
                        "holdout": "recorded", "holdout_of": state.champion_before}
 
-    module = None
+    modules = None
     if not options.cold:
         from recae.batches import oriented_csr
 
-        oriented = oriented_csr(fit_part, champion.orientation)
-        module = warm_start_module(champion, matrix.index, unit_means(oriented, oriented.shape[1]))
-        if module is None:
+        def warm(part: TrainedModel) -> AutoEncoder | None:
+            oriented = oriented_csr(fit_part, part.orientation)
+            return warm_start_module(part, matrix.index, unit_means(oriented, oriented.shape[1]))
+
+        modules = [warm(part) for part in (champion, champion.partner) if part is not None]
+        if any(m is None for m in modules):
+            modules = None
             progress("the champion's weights do not fit a warm start; training from scratch")
-    if module is not None:
+    if modules is not None:
         progress(f"fine-tuning the champion on {train.nnz} ratings (at most {options.warm_epochs} epochs)")
         on_epoch = _pause_after_first_epoch(locks_dir)
         tune_cfg = replace(train_cfg, lr=train_cfg.lr * options.warm_lr_scale, patience=options.warm_patience)
-        fitted = fine_tune(module, fit_part, val_part, tune_cfg, options.warm_epochs,
-                           on_epoch=lambda epoch, _val: on_epoch(epoch))
-        trained = TrainedModel.from_fit(module, train, train_config=train_cfg, split_spec=challenger_spec)
+        tuned = [fine_tune(m, fit_part, val_part, tune_cfg, options.warm_epochs,  # type: ignore[arg-type]
+                           on_epoch=lambda epoch, _val: on_epoch(epoch)) for m in modules]
+        fitted = tuned[0]
+        trained = TrainedModel.from_fit(modules[0], train, train_config=train_cfg,  # type: ignore[arg-type]
+                                        split_spec=challenger_spec)
+        if len(modules) == 2:  # the partner is tuned alike and keeps the champion's blend weight
+            trained = replace(trained, partner=TrainedModel.from_fit(modules[1], train),  # type: ignore[arg-type]
+                              blend_weight=champion.blend_weight)
+            fitted = {**fitted, "partner_val_rmse": tuned[1]["val_rmse"], "blend_weight": champion.blend_weight,
+                      "seconds": round(sum(t["seconds"] for t in tuned), 3)}
         metrics: dict[str, Any] = {**fitted, "warm_start": True, "n_train": train.nnz, "n_test": holdout.nnz,
                                    **test_metrics(trained, holdout)}
         trained = with_metrics(trained, metrics)

@@ -212,6 +212,8 @@ def test_better_challenger_is_published_and_the_old_champion_stays_for_rollback(
     assert report["decision"] == "published", report
     assert metrics["champion_rmse"] - metrics["challenger_rmse"] >= 0.002
     assert metrics["n_compared"] > 0 and metrics["warm_start"] is True
+    # the champion's user-based partner is fine-tuned beside it and keeps the champion's blend weight
+    assert np.isfinite(metrics["partner_val_rmse"]) and 0.0 <= metrics["blend_weight"] <= 1.0
     new = champion(home)
     assert new == report["champion_after"] == report["challenger"] != old
     # The new users (only in the fresh ratings) now get precomputed recommendations.
@@ -294,7 +296,8 @@ def test_cold_challenger_trains_from_scratch_with_the_champions_configuration(
     drop_in_inbox(home, planted[1])
     report = summary(recae(home, "retrain", "--cold", "--margin", "0"))
     assert report["status"] == "succeeded" and report["metrics"]["warm_start"] is False
-    assert report["metrics"]["epochs"] == 4  # the champion's own [train] epochs
+    assert report["metrics"]["epochs"] == 2 * 4  # the champion's own [train] epochs, its model's and its partner's
+    assert 0.0 <= report["metrics"]["blend_weight"] <= 1.0
     assert np.isfinite(report["metrics"]["challenger_rmse"]) and report["metrics"]["n_compared"] > 0
     assert load_champion(engine(home)).model_config.hidden == (24,)
     if report["decision"] == "published":
@@ -313,7 +316,7 @@ def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutr
 
     data = planted_low_rank(60, 40, density=0.4, seed=4, user_id_offset=10).observed
     champion = train_split(random_split(data, 0.1, 0), model_config("stacked", hidden=(8,)),
-                           TrainConfig(epochs=3, ensemble=1, weight_decay=10.0)).trained
+                           TrainConfig(epochs=3, ensemble=1, partner_members=0, weight_decay=10.0)).trained
     wider = IdIndex(np.concatenate([[1, 2], data.index.user_ids, [500]]), data.index.movie_ids)  # 3 new users
     rows, cols, values = champion.inputs.coo()
     moved = RatingMatrix.from_ids(data.index.user_ids[rows], data.index.movie_ids[cols], values, index=wider)
