@@ -29,6 +29,11 @@ def blend_weight(main: np.ndarray, partner: np.ndarray, truth: np.ndarray) -> fl
 
 
 def blend(main: np.ndarray, partner: np.ndarray, weight: float) -> np.ndarray:
-    """``weight * main + (1 - weight) * partner``, in the dtype of ``main`` (a convex mix stays in the scale)."""
-    mixed = weight * np.asarray(main, dtype=np.float64) + (1.0 - weight) * np.asarray(partner, dtype=np.float64)
-    return mixed.astype(np.asarray(main).dtype, copy=False)
+    """``weight * main + (1 - weight) * partner`` in ``main``'s dtype, in one new array (score batches are large).
+
+    A convex mix of two clipped predictions stays on the rating scale.
+    """
+    main = np.asarray(main)
+    mixed = np.multiply(main, main.dtype.type(weight))
+    mixed += np.multiply(np.asarray(partner, dtype=main.dtype), main.dtype.type(1.0 - weight))
+    return mixed

@@ -446,14 +446,18 @@ def merge_members(members: list[AutoEncoder]) -> AutoEncoder:
     k = len(members)
     config = replace(first.config, hidden=tuple(k * h for h in first.config.hidden))
     merged = build_model(config, first.n_inputs, first.n_outputs)
+    width = first.config.hidden[0]
     with torch.no_grad():
-        merged.w_in.copy_(torch.cat([m.w_in for m in members], dim=1))
-        merged.b_in.copy_(torch.cat([m.b_in for m in members]))
+        for m, member in enumerate(members):  # slices written in place: no concatenated copy of the big matrices
+            block = slice(m * width, (m + 1) * width)
+            merged.w_in[:, block] = member.w_in
+            merged.b_in[block] = member.b_in
+            merged.w_out[:, block] = member.w_out
         for layers, merged_layers in ((lambda m: m.encoder, merged.encoder), (lambda m: m.decoder, merged.decoder)):
             for i, layer in enumerate(merged_layers):
                 layer.weight.copy_(torch.block_diag(*[layers(m)[i].weight for m in members]))
                 layer.bias.copy_(torch.cat([layers(m)[i].bias for m in members]))
-        merged.w_out.copy_(torch.cat([m.w_out for m in members], dim=1) / k)
+        merged.w_out.div_(k)  # the output averages the members
         merged.b_out.copy_(torch.stack([m.b_out for m in members]).mean(dim=0))
         merged.fallback.copy_(first.fallback)
         merged.input_mean.copy_(first.input_mean)

@@ -73,7 +73,7 @@ def train_and_publish(
     on_progress: Callable[[str], None] | None = None,
     on_split: Callable[[Split], None] | None = None,
 ) -> TrainingRun | None:
-    """Build the split from the store, train (checkpointing every epoch), publish and, by default, promote.
+    """Build the split from the store, train (checkpointing as it goes), publish and, by default, promote.
 
     Promotion happens in the publish transaction: the version row, its precomputed recommendations and the
     champion pointer commit together. The run's checkpoint folder is removed once the model is published.

@@ -496,17 +496,19 @@ def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
     RMSE wins and becomes member 0, so choosing costs one extra member per losing candidate. Member m trains on
     ``carve(m)`` (the same ratings for every member unless the validation is cross-carved).
     """
-    fit_ratings, val_ratings = carve(0)
-    train_cfg = train_cfg.resolved(fit_ratings.nnz)
+    train_cfg = train_cfg.resolved(carve(0)[0].nnz)  # carves are not held here: each is 1.5 x the ratings' bytes
     grid = train_cfg.weight_decay_grid or (train_cfg.weight_decay,)
     base = replace(train_cfg, ensemble=1, weight_decay_grid=())
 
     def member(seed_offset: int, weight_decay: float, name: str, label: str) -> FitResult:
         if on_progress:
             on_progress(label)
-        return _fit(*carve(seed_offset), model_cfg,
-                    replace(base, seed=train_cfg.seed + seed_offset, weight_decay=weight_decay), device,
-                    run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress, stop_after)
+        result = _fit(*carve(seed_offset), model_cfg,
+                      replace(base, seed=train_cfg.seed + seed_offset, weight_decay=weight_decay), device,
+                      run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress, stop_after)
+        log.info("%s (%s): best epoch %d of %d, validation RMSE %.4f", label, model_cfg.orientation,
+                 result.best_epoch, result.epochs_run, result.best_val_rmse)
+        return result
 
     candidates = {wd: member(0, wd, f"member0-wd{wd:g}", f"lambda {wd:g}, member 1 of {train_cfg.ensemble}")
                   for wd in grid}
@@ -517,9 +519,12 @@ def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
     ]
     losers = [r for wd, r in candidates.items() if wd != chosen]
     merged = merge_members([r.module for r in members]).eval()
+    log.info("merged %d %s members into one network of width %s", len(members), model_cfg.orientation,
+             merged.config.hidden)
     # Keep the members' figures, not their networks: at ML-25M scale each holds ~0.4 GB beside the merged one.
     members = [replace(r, module=None) for r in members]  # type: ignore[arg-type]
     val_rmse = float(np.mean([r.best_val_rmse for r in members]))  # cross-carved: each member on its own carve
+    fit_ratings, val_ratings = carve(0)
     if shared_validation and val_ratings is not None and val_ratings.nnz:
         val_rmse = validation_rmse(merged, oriented_csr(fit_ratings, model_cfg.orientation),
                                    oriented_csr(val_ratings, model_cfg.orientation), fit_ratings.rating_scale(),
@@ -627,6 +632,8 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
         if on_epoch:
             on_epoch(report)
     module.load_state_dict(best_state)
+    del best_state, optimizer
+    module.zero_grad(set_to_none=True)  # the last step's gradients: as large as the weights (0.4 GB at ML-25M)
     module = bake_kernels(module).eval()  # local kernels folded into plain weights: serving needs no kernel code
     return FitResult(
         module=module, best_epoch=int(progress["best_epoch"]),
@@ -749,6 +756,7 @@ def train_split(
         "n_train": split.train.nnz,
         "n_test": split.test.nnz,
     })
+    log.info("scoring %d test ratings", split.test.nnz)
     metrics.update(test_metrics(trained, split.test))
     return TrainResult(trained=with_metrics(trained, metrics), fit=result, metrics=metrics)
 
