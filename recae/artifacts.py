@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
-_SCORE_CHUNK = 2048  # vectors encoded at once when predicting (bounds memory)
+_SCORE_CHUNK = 2048  # vectors encoded at once when predicting (bounds memory) ...
+_SCORE_RATINGS = 1 << 20  # ... and at most this many of their ratings or predicted entries, unless one has more
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,8 +102,9 @@ class TrainedModel:
     def _encode(self, vectors: np.ndarray) -> torch.Tensor:
         self.module.eval()
         parts = []
-        for start in range(0, len(vectors), _SCORE_CHUNK):
-            block = sparse_rows(self._oriented(), vectors[start:start + _SCORE_CHUNK])
+        lengths = np.diff(self._oriented().indptr)[vectors]
+        for chunk in _chunks(lengths, _SCORE_CHUNK, _SCORE_RATINGS):
+            block = sparse_rows(self._oriented(), vectors[chunk])
             parts.append(self.module.features(self.module.encode(block).code))
         width = self.model_config.hidden[0]
         return torch.cat(parts) if parts else torch.zeros(0, width)
@@ -135,8 +137,8 @@ class TrainedModel:
         order = np.argsort(vectors, kind="stable")
         boundaries = np.flatnonzero(np.diff(vectors[order])) + 1
         groups = np.split(order, boundaries)
-        for start in range(0, len(groups), _SCORE_CHUNK):
-            picked = np.concatenate(groups[start:start + _SCORE_CHUNK])
+        for chunk in _chunks(np.array([g.size for g in groups]), _SCORE_CHUNK, _SCORE_RATINGS):
+            picked = np.concatenate(groups[chunk])
             unique_vectors, pattern, inverse = pairs_pattern(vectors[picked], units[picked], n_units)
             feats = self._features(unique_vectors)  # (n_unique, h_1)
             values = self.module.output_at(feats, pattern)  # (n_entries,)
@@ -174,6 +176,21 @@ class TrainedModel:
             empty = torch.from_numpy(self._empty(np.arange(self.index.n_movies)))
             self._cache["empty_movies"] = empty if bool(empty.any()) else None
         return self._cache["empty_movies"]
+
+
+def _chunks(lengths: np.ndarray, max_items: int, max_total: int) -> list[slice]:
+    """Consecutive slices of ``lengths`` with at most ``max_items`` items and ``max_total`` summed length each
+    (an item longer than ``max_total`` gets a slice of its own): popular films hold most ratings, so a fixed count
+    of vectors is not a memory bound (2048 films of ML-25M shape hold millions of ratings)."""
+    slices, start, total = [], 0, 0
+    for i, length in enumerate(lengths.tolist()):
+        if i > start and (i - start >= max_items or total + length > max_total):
+            slices.append(slice(start, i))
+            start, total = i, 0
+        total += length
+    if start < len(lengths):
+        slices.append(slice(start, len(lengths)))
+    return slices
 
 
 # --- files -----------------------------------------------------------------------------------------------------

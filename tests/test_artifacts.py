@@ -149,3 +149,12 @@ def test_a_failed_publish_leaves_store_folder_and_champion_as_they_were(engine, 
     assert [p.name for p in models.iterdir()] == [first.version]
     with engine.connect() as conn:
         assert conn.execute(select(Champion.version)).scalar() == first.version
+
+
+def test_scoring_chunks_bound_both_vectors_and_their_ratings() -> None:
+    from recae.artifacts import _chunks
+
+    lengths = np.array([5, 5, 20, 1, 1, 1])
+    chunks = _chunks(lengths, max_items=2, max_total=10)
+    assert chunks == [slice(0, 2), slice(2, 3), slice(3, 5), slice(5, 6)]  # the long one alone, none split
+    assert _chunks(np.zeros(0, np.int64), 2, 10) == []
