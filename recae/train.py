@@ -333,11 +333,13 @@ def _first_layer(module: AutoEncoder, inputs: SparseRows) -> Tensor:
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Optimizer state_dict -> (tensors by name, JSON-able description); no pickle."""
+    from recae.artifacts import standalone
+
     tensors: dict[str, Tensor] = {}
 
     def encode(key: str, value: Any) -> dict[str, Any]:
         if isinstance(value, Tensor):
-            tensors[key] = value.detach().cpu().contiguous().clone()
+            tensors[key] = standalone(value)
             return {"tensor": key}
         if isinstance(value, (list, tuple)):
             return {"list": [encode(f"{key}/{i}", v) for i, v in enumerate(value)]}
@@ -370,8 +372,10 @@ def _save_checkpoint(path: Path, module: AutoEncoder, best: dict[str, Tensor], o
                      progress: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    tensors.update({f"best/{k}": v.detach().cpu().contiguous().clone() for k, v in best.items()})
+    from recae.artifacts import standalone
+
+    tensors = {f"model/{k}": standalone(v) for k, v in module.state_dict().items()}
+    tensors.update({f"best/{k}": standalone(v) for k, v in best.items()})
     optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
     tensors.update(optim_tensors)
     tensors["rng/torch"] = torch.get_rng_state()
