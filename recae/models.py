@@ -439,29 +439,43 @@ def merge_members(members: list[AutoEncoder]) -> AutoEncoder:
     layer averages: ``rhat = out_act(mean_m (g_1^m . W_out^m[u] + b_out^m[u]))``. For the identity output this is
     exactly the mean of the members' predictions; for other outputs it averages their pre-activations.
     """
-    members = [bake_kernels(m) for m in members]
-    first = members[0]
-    if len(members) == 1:
+    return merge_loaded(len(members), members.__getitem__)
+
+
+def merge_loaded(count: int, load: Callable[[int], AutoEncoder]) -> AutoEncoder:
+    """:func:`merge_members` of ``load(0) .. load(count - 1)``, asking for each member once, in order, so members
+    kept on disk are read one at a time (ML-25M: the merged net plus one member, not all of them)."""
+    first = bake_kernels(load(0))
+    if count == 1:
         return first
-    k = len(members)
-    config = replace(first.config, hidden=tuple(k * h for h in first.config.hidden))
+    config = replace(first.config, hidden=tuple(count * h for h in first.config.hidden))
     merged = build_model(config, first.n_inputs, first.n_outputs)
-    width = first.config.hidden[0]
+    width, device = first.config.hidden[0], first.w_in.device
+    b_out = torch.zeros_like(first.b_out).cpu()
     with torch.no_grad():
-        for m, member in enumerate(members):  # slices written in place: no concatenated copy of the big matrices
-            block = slice(m * width, (m + 1) * width)
+        merged.fallback.copy_(first.fallback)
+        merged.input_mean.copy_(first.input_mean)
+        for layer in (*merged.encoder, *merged.decoder):
+            layer.weight.zero_()  # block-diagonal: members do not mix
+        member: AutoEncoder | None = first
+        del first
+        for m in range(count):
+            member = member if m == 0 else bake_kernels(load(m))
+            assert member is not None
+            block = slice(m * width, (m + 1) * width)  # slices written in place: no concatenated copies
             merged.w_in[:, block] = member.w_in
             merged.b_in[block] = member.b_in
             merged.w_out[:, block] = member.w_out
-        for layers, merged_layers in ((lambda m: m.encoder, merged.encoder), (lambda m: m.decoder, merged.decoder)):
-            for i, layer in enumerate(merged_layers):
-                layer.weight.copy_(torch.block_diag(*[layers(m)[i].weight for m in members]))
-                layer.bias.copy_(torch.cat([layers(m)[i].bias for m in members]))
-        merged.w_out.div_(k)  # the output averages the members
-        merged.b_out.copy_(torch.stack([m.b_out for m in members]).mean(dim=0))
-        merged.fallback.copy_(first.fallback)
-        merged.input_mean.copy_(first.input_mean)
-    return merged.to(first.w_in.device)
+            for own, wide in ((member.encoder, merged.encoder), (member.decoder, merged.decoder)):
+                for layer, target in zip(own, wide, strict=True):
+                    n_out, n_in = layer.weight.shape
+                    target.weight[m * n_out:(m + 1) * n_out, m * n_in:(m + 1) * n_in] = layer.weight
+                    target.bias[m * n_out:(m + 1) * n_out] = layer.bias
+            b_out += member.b_out.cpu()
+            member = None
+        merged.w_out.div_(count)  # the output averages the members
+        merged.b_out.copy_(b_out / count)
+    return merged.to(device)
 
 
 def pairs_pattern(vectors: np.ndarray, units: np.ndarray, n_units: int) -> tuple[np.ndarray, SparseRows, np.ndarray]:

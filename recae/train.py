@@ -36,7 +36,7 @@ from recae.batches import SparseRows, batch_plan, iterate_batches, make_batch, o
 from recae.errors import DataError, TrainingError
 from recae.losses import l2_penalty, masked_mse
 from recae.matrix import RatingMatrix
-from recae.models import AutoEncoder, ModelConfig, bake_kernels, build_model, merge_members, model_config
+from recae.models import AutoEncoder, ModelConfig, bake_kernels, build_model, merge_loaded, model_config
 
 if TYPE_CHECKING:
     from recae.artifacts import TrainedModel
@@ -54,6 +54,7 @@ AUTO_ONE_THREAD_BELOW = 2_000_000
 DEFAULT_MODEL = "denoising"  # chosen on validation (see the README's performance table)
 FULL_BATCH = ("rprop", "lbfgs")
 CHECKPOINT_FILE = "checkpoint.safetensors"
+MEMBER_FILE = "member.safetensors"
 #: A killed run loses at most this much work; writing the checkpoint every epoch cost 2.3 s of ml-100k's 16.
 CHECKPOINT_INTERVAL_S = 30.0
 
@@ -204,6 +205,7 @@ class FitResult:
     weight_decay: float | None = None  # the lambda used (chosen on validation when a grid was given)
     # clipped predictions at the validation ratings (in ``val_ratings.coo()`` order) and the ratings: for blending
     val_predictions: tuple[np.ndarray, np.ndarray] | None = None
+    module_file: Path | None = None  # where a finished ensemble member's weights wait for the merge
 
 
 # --- the pieces of one run -------------------------------------------------------------------------------------
@@ -512,7 +514,7 @@ def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
                       run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress, stop_after)
         log.info("%s (%s): best epoch %d of %d, validation RMSE %.4f", label, model_cfg.orientation,
                  result.best_epoch, result.epochs_run, result.best_val_rmse)
-        return result
+        return _park(result, run_dir / name if run_dir is not None else None)
 
     candidates = {wd: member(0, wd, f"member0-wd{wd:g}", f"lambda {wd:g}, member 1 of {train_cfg.ensemble}")
                   for wd in grid}
@@ -522,7 +524,7 @@ def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
         for m in range(1, train_cfg.ensemble)
     ]
     losers = [r for wd, r in candidates.items() if wd != chosen]
-    merged = merge_members([r.module for r in members]).eval()
+    merged = merge_loaded(len(members), lambda m: _unpark(members[m], model_cfg)).eval()
     log.info("merged %d %s members into one network of width %s", len(members), model_cfg.orientation,
              merged.config.hidden)
     # Keep the members' figures, not their networks: at ML-25M scale each holds ~0.4 GB beside the merged one.
@@ -540,6 +542,32 @@ def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
         seconds_to_best=sum(r.seconds_to_best for r in members) + sum(r.seconds for r in losers),
         history=[h for r in members for h in r.history], members=members, weight_decay=chosen,
     )
+
+
+def _park(result: FitResult, folder: Path | None) -> FitResult:
+    """A finished ensemble member waits for the merge in its run folder, not in memory (0.4 GB each at ML-25M);
+    without a folder it stays in memory."""
+    if folder is None:
+        return result
+    from safetensors.torch import save_file
+
+    from recae.artifacts import standalone
+
+    path = folder / MEMBER_FILE
+    save_file({k: standalone(v) for k, v in result.module.state_dict().items()}, str(path))
+    return replace(result, module=None, module_file=path)  # type: ignore[arg-type]
+
+
+def _unpark(result: FitResult, model_cfg: ModelConfig) -> AutoEncoder:
+    if result.module_file is None:
+        return result.module
+    from safetensors.torch import load_file
+
+    state = load_file(str(result.module_file))
+    plain = replace(model_cfg, kernel_dim=0, kernel_weight=0.0)  # members are parked baked
+    module = build_model(plain, state["w_in"].shape[0], state["w_out"].shape[0])
+    module.load_state_dict(state)
+    return module.eval()
 
 
 def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg: ModelConfig,

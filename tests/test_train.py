@@ -270,3 +270,17 @@ def test_small_data_trains_on_one_thread_and_the_thread_count_is_restored(small)
         on_epoch=lambda report: seen.append(torch.get_num_threads()))
     assert seen == [1, 1]
     assert torch.get_num_threads() == before
+
+
+def test_ensemble_members_wait_for_the_merge_on_disk_and_merge_the_same(small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from recae.train import MEMBER_FILE
+
+    fit_part, val_part = small
+    settings = TrainConfig(ensemble=3, epochs=4, patience=10, batch_ratings=300, threads=1, deterministic=True)
+    config = model_config("stacked", hidden=(8, 4))
+    in_memory = fit(fit_part, val_part, config, settings)
+    parked = fit(fit_part, val_part, config, settings, run_dir=tmp_path)
+    assert len(list(tmp_path.glob(f"*/{MEMBER_FILE}"))) == 3
+    assert all(m.module is None and m.module_file is not None for m in parked.members)
+    for name, tensor in in_memory.module.state_dict().items():
+        assert torch.equal(tensor, parked.module.state_dict()[name]), name
