@@ -553,7 +553,8 @@ def _park(result: FitResult, folder: Path | None) -> FitResult:
 
     from recae.artifacts import standalone
 
-    path = folder / MEMBER_FILE
+    world = distributed.current()
+    path = folder / (MEMBER_FILE if world is None else f"rank{world.rank}-{MEMBER_FILE}")  # ranks share the folder
     save_file({k: standalone(v) for k, v in result.module.state_dict().items()}, str(path))
     return replace(result, module=None, module_file=path)  # type: ignore[arg-type]
 
