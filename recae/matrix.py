@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ import scipy.sparse as sp
 from recae.errors import EmptyStoreError, UnknownMovieError, UnknownUserError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -511,6 +514,41 @@ def _open_snapshots(engine: Engine, workers: list[Any]) -> list[_SqliteSnapshot]
         guard.close()
 
 
+def _in_order(workers: list[Any], snapshots: list[Any], ranges: list[tuple[int, int]],
+              method: str) -> Iterator[tuple[int, int, int, Any]]:
+    """(i, first, stop, ``snapshot.method(first, stop)``) for each range, in order; range i runs on snapshot
+    ``i % len(snapshots)`` in that snapshot's own thread, two queries per snapshot queued ahead (this bounds the
+    results held at once), so the database reads while the caller decodes. Closing it cancels what is queued."""
+    from concurrent.futures import Future
+
+    in_flight = 2 * len(snapshots)
+    pending: dict[int, Future[Any]] = {}
+
+    def submit(i: int) -> None:
+        if i < len(ranges):
+            k = i % len(snapshots)
+            pending[i] = workers[k].submit(getattr(snapshots[k], method), *ranges[i])
+
+    for i in range(in_flight):
+        submit(i)
+    try:
+        for i, (first, stop) in enumerate(ranges):
+            result = pending.pop(i).result()
+            submit(i + in_flight)
+            yield i, first, stop, result
+    finally:
+        for future in pending.values():
+            future.cancel()
+
+
+def _close_readers(workers: list[Any], snapshots: list[Any]) -> None:
+    """Close each snapshot in the thread that opened it, then stop the threads."""
+    for worker, snapshot in zip(workers, snapshots, strict=False):
+        worker.submit(snapshot.close).result()
+    for worker in workers:
+        worker.shutdown(wait=True)
+
+
 def _read_sqlite(engine: Engine) -> _Columns | None:
     """SQLite fast path: per user id range, one query returns each column as one text parsed by numpy.
 
@@ -522,7 +560,7 @@ def _read_sqlite(engine: Engine) -> _Columns | None:
     caller then takes the generic path.
     """
     import warnings
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
     workers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="recae-matrix-load")
                for _ in range(_SQLITE_READERS)]
@@ -536,26 +574,11 @@ def _read_sqlite(engine: Engine) -> _Columns | None:
         movies = np.empty(n_rows, np.int64)
         values = np.empty(n_rows, np.float32)
         stamps = np.empty(n_rows, np.int64)
-        in_flight = 2 * len(snapshots)  # queries queued ahead; bounds the text held at once
-        pending: dict[int, Future[tuple[str | None, ...]]] = {}
-
-        def reader(i: int) -> tuple[ThreadPoolExecutor, _SqliteSnapshot]:
-            return workers[i % len(snapshots)], snapshots[i % len(snapshots)]
-
-        def submit(i: int) -> None:
-            if i < len(ranges):
-                worker, snapshot = reader(i)
-                pending[i] = worker.submit(snapshot.columns, *ranges[i])
-
-        for i in range(in_flight):
-            submit(i)
         done = 0
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), closing(_in_order(workers, snapshots, ranges, "columns")) as results:
                 warnings.simplefilter("ignore", DeprecationWarning)  # numpy < 2.3 on unparsable text
-                for i, (first, stop) in enumerate(ranges):
-                    user_text, movie_text, code_text, stamp_text = pending.pop(i).result()
-                    submit(i + in_flight)
+                for i, first, stop, (user_text, movie_text, code_text, stamp_text) in results:
                     count = 0 if user_text is None else user_text.count(",") + 1
                     end = done + count
                     if end > n_rows:
@@ -566,9 +589,9 @@ def _read_sqlite(engine: Engine) -> _Columns | None:
                     if _parse_into(code_text, values[done:end]):
                         values[done:end] *= np.float32(0.5)
                     else:  # some rating is not a half star: read this range's ratings as REAL text
-                        worker, snapshot = reader(i)
+                        k = i % len(snapshots)
                         exact = np.empty(count, np.float64)
-                        if not _parse_into(worker.submit(snapshot.real_ratings, first, stop).result(), exact):
+                        if not _parse_into(workers[k].submit(snapshots[k].real_ratings, first, stop).result(), exact):
                             raise _NotEncodable(f"a non-numeric rating for users {first}..{stop - 1}")
                         values[done:end] = exact
                     done = end
@@ -577,14 +600,8 @@ def _read_sqlite(engine: Engine) -> _Columns | None:
         except _NotEncodable as exc:
             log.info("SQLite fast load not applicable (%s); streaming rows instead", exc)
             return None
-        finally:
-            for future in pending.values():
-                future.cancel()
     finally:
-        for i, snapshot in enumerate(snapshots):
-            workers[i].submit(snapshot.close).result()
-        for worker in workers:
-            worker.shutdown(wait=True)
+        _close_readers(workers, snapshots)
     return _Columns(users, movies, values, stamps)
 
 
@@ -692,7 +709,7 @@ def _read_postgresql(engine: Engine) -> _Columns | None:
     ``_PG_READERS`` server processes scan ranges in parallel on one exported snapshot while this thread decodes
     finished ranges with numpy. Returns None when an array is not as expected; the caller then streams rows.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
     workers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="recae-matrix-pg") for _ in range(_PG_READERS)]
     snapshots: list[_PostgresSnapshot] = []
@@ -702,37 +719,21 @@ def _read_postgresql(engine: Engine) -> _Columns | None:
         for worker in workers[1:]:
             snapshots.append(worker.submit(_PostgresSnapshot, engine, snapshots[0].snapshot_id).result())
         ranges = _pg_ranges(snapshots[0])
-        in_flight = 2 * len(snapshots)  # queries queued ahead; bounds the arrays held at once
-        pending: dict[int, Future[tuple[bytes | None, ...]]] = {}
-
-        def submit(i: int) -> None:
-            if i < len(ranges):
-                pending[i] = workers[i % len(snapshots)].submit(snapshots[i % len(snapshots)].columns, *ranges[i])
-
-        for i in range(in_flight):
-            submit(i)
         try:
-            for i, (first, stop) in enumerate(ranges):
-                arrays = pending.pop(i).result()
-                submit(i + in_flight)
-                users, movies, values, stamps = (_pg_array(data, element, width)
-                                                 for data, (element, width) in zip(arrays, _PG_ARRAY_ELEMENTS))
-                if not users.size == movies.size == values.size == stamps.size:
-                    raise _NotEncodable(f"columns of different lengths for users {first}..{stop - 1}")
-                if users.size:
-                    parts.append((users.astype(np.int64), movies.astype(np.int64), values.astype(np.float32),
-                                  stamps.astype(np.int64)))
+            with closing(_in_order(workers, snapshots, ranges, "columns")) as results:
+                for _, first, stop, arrays in results:
+                    users, movies, values, stamps = (_pg_array(data, element, width)
+                                                     for data, (element, width) in zip(arrays, _PG_ARRAY_ELEMENTS))
+                    if not users.size == movies.size == values.size == stamps.size:
+                        raise _NotEncodable(f"columns of different lengths for users {first}..{stop - 1}")
+                    if users.size:
+                        parts.append((users.astype(np.int64), movies.astype(np.int64), values.astype(np.float32),
+                                      stamps.astype(np.int64)))
         except _NotEncodable as exc:
             log.info("PostgreSQL fast load not applicable (%s); streaming rows instead", exc)
             return None
-        finally:
-            for future in pending.values():
-                future.cancel()
     finally:
-        for worker, snapshot in zip(workers, snapshots, strict=False):
-            worker.submit(snapshot.close).result()
-        for worker in workers:
-            worker.shutdown(wait=True)
+        _close_readers(workers, snapshots)
     if not parts:
         empty = np.zeros(0, np.int64)
         return _Columns(empty, empty, np.zeros(0, np.float32), empty)

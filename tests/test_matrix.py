@@ -177,22 +177,28 @@ def test_from_db_matches_from_ids_on_a_real_store(engine) -> None:  # type: igno
 
 
 @pytest.mark.backends("sqlite")  # 64-bit ids: PostgreSQL's INTEGER columns cannot hold them
-def test_fast_and_generic_paths_agree_on_unusual_values(engine) -> None:  # type: ignore[no-untyped-def]
-    """Off-grid ratings, huge and negative ids, pre-1970 timestamps: the fast path must stay exact or step aside."""
-    users = [1, 1, 2, 5_000_000_000, -3]
-    movies = [10**12, 2, 2, 7, 1]
-    values = [3.7, 4.5, 1.0, 0.25, 5.0]
-    stamps = [None, -86_400, 2**40, 0, 1_000_000_000]
+def _assert_fast_path_exact(engine, read_fast, users: list, movies: list, values: list,  # type: ignore[no-untyped-def]
+                            stamps: list) -> None:
+    """Store the ratings; the fast reader must read them (not step aside) exactly as the generic one and as given."""
     _insert_ratings(engine, users, movies, values, stamps)
-    fast = _read_sqlite(engine)
+    fast = read_fast(engine)
     generic = _read_generic(engine)
-    assert fast is not None  # every value above can be read exactly by the fast path
+    assert fast is not None  # every value given can be read exactly by the fast path
     from_fast, from_generic = _matrix_from_sorted_columns(fast), _matrix_from_sorted_columns(generic)
     assert from_fast.fingerprint() == from_generic.fingerprint()
     expected = RatingMatrix.from_ids(np.array(users), np.array(movies), np.array(values),
                                      np.array([0 if t is None else t for t in stamps]))
     assert RatingMatrix.from_db(engine).fingerprint() == expected.fingerprint()
     assert _triples(from_fast) == _triples(expected)
+
+
+def test_fast_and_generic_paths_agree_on_unusual_values(engine) -> None:  # type: ignore[no-untyped-def]
+    """Off-grid ratings, huge and negative ids, pre-1970 timestamps: the fast path must stay exact or step aside."""
+    users = [1, 1, 2, 5_000_000_000, -3]
+    movies = [10**12, 2, 2, 7, 1]
+    values = [3.7, 4.5, 1.0, 0.25, 5.0]
+    stamps = [None, -86_400, 2**40, 0, 1_000_000_000]
+    _assert_fast_path_exact(engine, _read_sqlite, users, movies, values, stamps)
 
 
 @pytest.mark.backends("postgresql")
@@ -207,16 +213,7 @@ def test_postgresql_fast_and_generic_paths_agree_on_unusual_values(  # type: ign
     movies = [2**31 - 1, 2, 2, 7, 1, 1, -5]
     values = [3.7, 4.5, 1.0, 0.25, 5.0, 1e-3, 2.0 / 3.0]
     stamps = [None, -86_400, 2**40, 0, 1_000_000_000, 2**62, None]
-    _insert_ratings(engine, users, movies, values, stamps)
-    fast = _read_postgresql(engine)
-    generic = _read_generic(engine)
-    assert fast is not None  # every value above can be read exactly by the fast path
-    from_fast, from_generic = _matrix_from_sorted_columns(fast), _matrix_from_sorted_columns(generic)
-    assert from_fast.fingerprint() == from_generic.fingerprint()
-    expected = RatingMatrix.from_ids(np.array(users), np.array(movies), np.array(values),
-                                     np.array([0 if t is None else t for t in stamps]))
-    assert RatingMatrix.from_db(engine).fingerprint() == expected.fingerprint()
-    assert _triples(from_fast) == _triples(expected)
+    _assert_fast_path_exact(engine, _read_postgresql, users, movies, values, stamps)
 
 
 def test_pg_array_refuses_what_it_cannot_read_exactly() -> None:
