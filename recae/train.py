@@ -484,7 +484,9 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
         train_cfg = replace(train_cfg, weight_decay=train_cfg.weight_decay_grid[0], weight_decay_grid=())
     try:
         if train_cfg.ensemble == 1 and not train_cfg.weight_decay_grid:
-            return _fit(*carve(0), model_cfg, train_cfg, device, run_dir, resume, on_epoch, on_progress, stop_after)
+            result = _fit(*carve(0), model_cfg, train_cfg, device, run_dir, resume, on_epoch, on_progress,
+                          stop_after)
+            return _with_val_predictions(result, *carve(0)) if train_cfg.partner_members else result
         return _fit_ensemble(carve, shared_validation, model_cfg, train_cfg, device, run_dir, resume, on_epoch,
                              on_progress, stop_after)
     finally:
@@ -514,6 +516,8 @@ def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
                       run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress, stop_after)
         log.info("%s (%s): best epoch %d of %d, validation RMSE %.4f", label, model_cfg.orientation,
                  result.best_epoch, result.epochs_run, result.best_val_rmse)
+        if seed_offset < train_cfg.partner_members:  # a partner member shares this carve
+            result = _with_val_predictions(result, *carve(seed_offset))
         return _park(result, run_dir / name if run_dir is not None else None)
 
     candidates = {wd: member(0, wd, f"member0-wd{wd:g}", f"lambda {wd:g}, member 1 of {train_cfg.ensemble}")
@@ -673,20 +677,20 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
         best_val_rmse=float(best_val) if math.isfinite(best_val) else float("nan"),
         epochs_run=epoch, seconds=time.perf_counter() - started + offset,
         seconds_to_best=float(progress["seconds_to_best"]), history=history,
-        val_predictions=_predict_validation(module, fit_ratings, val_ratings),
     )
 
 
-def _predict_validation(module: AutoEncoder, fit_ratings: RatingMatrix,
-                        val_ratings: RatingMatrix | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(clipped predictions, ratings) at the validation entries in ``coo()`` order, the inputs being the fit part:
-    what a blend with a model of the other orientation is fitted on, since neither model trained on them."""
+def _with_val_predictions(result: FitResult, fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None) -> FitResult:
+    """``result`` with its (clipped predictions, ratings) at the validation entries in ``coo()`` order, the inputs
+    being the fit part: what a blend with a model of the other orientation is fitted on, since neither trained on
+    them. Only members a partner shares a carve with need it (one extra scoring pass each)."""
     from recae.artifacts import TrainedModel
 
     if val_ratings is None or not val_ratings.nnz:
-        return None
+        return result
     rows, cols, values = val_ratings.coo()
-    return TrainedModel.from_fit(module, fit_ratings).predict(rows, cols), values.astype(np.float32)
+    predicted = TrainedModel.from_fit(result.module, fit_ratings).predict(rows, cols)
+    return replace(result, val_predictions=(predicted, values.astype(np.float32)))
 
 
 def _data_parallel(module: AutoEncoder, world: distributed.World | None,
