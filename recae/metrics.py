@@ -9,8 +9,8 @@ recommended), and held-out ratings are only ever used to judge the ranking, neve
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -168,6 +168,40 @@ def _dense_flags(block_indptr: np.ndarray, block_indices: np.ndarray, shape: tup
     return flags
 
 
+@dataclass(frozen=True, eq=False)
+class RowScores:
+    """A ranking-only scorer: ``score_of(rows)`` gives (len(rows), n_movies) scores (e.g. popularity, EASE)."""
+
+    score_of: Callable[[np.ndarray], np.ndarray]
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.score_of(rows)
+
+    def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("a ranking-only scorer predicts no rating")
+
+
+def ranking_scores(scorer: Scorer, rows: np.ndarray) -> np.ndarray:
+    """What orders a user's list: ``scorer.rank_rows`` when the scorer has a ranker, else its predicted ratings."""
+    rank_rows = getattr(scorer, "rank_rows", None)
+    return np.asarray(rank_rows(rows) if rank_rows is not None else scorer.score_rows(rows))
+
+
+@dataclass(frozen=True)
+class ListQuality:
+    """Top-k quality at several cut-offs, and what the lists look like.
+
+    ``coverage`` is the share of the catalogue that appears in at least one evaluated user's top ``list_k``;
+    ``mean_popularity`` the mean, over those lists' films, of the share of training users who rated the film
+    (a most-popular list scores high here, a list of niche films low).
+    """
+
+    at: dict[int, RankingMetrics]
+    coverage: float
+    mean_popularity: float
+    list_k: int
+
+
 def ranking_metrics(
     scorer: Scorer,
     train: RatingMatrix,
@@ -176,17 +210,33 @@ def ranking_metrics(
     threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
     batch_users: int = 1024,
 ) -> RankingMetrics:
-    """Mean precision@k, recall@k and NDCG@k over test users with a relevant held-out film.
+    """Mean precision@k, recall@k and NDCG@k over test users with a relevant held-out film (see list_quality)."""
+    return list_quality(scorer, train, test, ks=(k,), threshold=threshold, batch_users=batch_users).at[k]
 
-    For each test user the scorer ranks every film the user did not rate in ``train``; held-out films rated
-    >= ``threshold`` are relevant, all others (including held-out films rated lower) are not. Users with no
-    relevant held-out film are skipped and counted in ``n_skipped``. Users are scored ``batch_users`` at a
-    time, so memory is O(batch_users x n_movies), never users x movies.
+
+def list_quality(
+    scorer: Scorer,
+    train: RatingMatrix,
+    test: RatingMatrix,
+    ks: tuple[int, ...] = (10, 20, 100),
+    threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    batch_users: int = 1024,
+    list_k: int = 10,
+) -> ListQuality:
+    """Precision, recall and NDCG at each k in ``ks``, catalogue coverage and popularity of the top ``list_k``.
+
+    For each test user the scorer ranks (by :func:`ranking_scores`) every film the user did not rate in
+    ``train``; held-out films rated >= ``threshold`` are relevant, all others (including held-out films rated
+    lower) are not. Users with no relevant held-out film are skipped and counted in ``n_skipped``. Users are
+    scored ``batch_users`` at a time, so memory is O(batch_users x n_movies), never users x movies; the lists are
+    selected once, at the largest k.
     """
     if train.shape != test.shape:
         raise ValueError(f"train has shape {train.shape} but test has {test.shape}; they must share one IdIndex")
     if batch_users < 1:
         raise ValueError(f"batch_users must be at least 1, got {batch_users}")
+    if not ks or min(ks) < 1 or list_k < 1:
+        raise ValueError(f"cut-offs must be at least 1, got {ks} and list_k {list_k}")
     relevant_csr = test.csr.copy()
     relevant_csr.data = (relevant_csr.data >= threshold).astype(np.float32)
     relevant_csr.eliminate_zeros()
@@ -195,23 +245,40 @@ def ranking_metrics(
     users = test_users[n_relevant_all[test_users] > 0]
     n_skipped = int(test_users.size - users.size)
     if users.size == 0:
-        return RankingMetrics(math.nan, math.nan, math.nan, k=k, n_users=0, n_skipped=n_skipped)
+        nan = RankingMetrics(math.nan, math.nan, math.nan, k=0, n_users=0, n_skipped=n_skipped)
+        return ListQuality(at={k: replace(nan, k=k) for k in ks}, coverage=math.nan, mean_popularity=math.nan,
+                           list_k=list_k)
 
     n_movies = train.shape[1]
-    sums = np.zeros(3)  # precision, recall, ndcg
+    depth = max(*ks, list_k)
+    sums = {k: np.zeros(3) for k in ks}  # precision, recall, ndcg
+    listed = np.zeros(n_movies, dtype=bool)
+    popularity = np.bincount(train.csr.indices, minlength=n_movies) / max(train.shape[0], 1)  # (n_movies,)
+    popularity_sum, popularity_count = 0.0, 0
     for rows in _row_batches(users, batch_users):
-        scores = np.asarray(scorer.score_rows(rows))  # (batch, n_movies)
+        scores = ranking_scores(scorer, rows)  # (batch, n_movies)
         if scores.shape != (rows.size, n_movies):
-            raise ValueError(f"score_rows returned shape {scores.shape}, expected {(rows.size, n_movies)}")
+            raise ValueError(f"scores have shape {scores.shape}, expected {(rows.size, n_movies)}")
         seen_block = train.csr[rows]
         seen = _dense_flags(seen_block.indptr, seen_block.indices, scores.shape)  # (batch, n_movies)
         rel_block = relevant_csr[rows]
         relevant = _dense_flags(rel_block.indptr, rel_block.indices, scores.shape)  # (batch, n_movies)
-        top = top_k_unseen(scores, seen, k)  # (batch, k')
-        hits = (top >= 0) & np.take_along_axis(relevant, np.maximum(top, 0), axis=1)
-        if hits.shape[1] < k:  # fewer films than k: the missing places are misses
-            hits = np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
+        top = top_k_unseen(scores, seen, depth)  # (batch, depth')
+        hits_all = (top >= 0) & np.take_along_axis(relevant, np.maximum(top, 0), axis=1)
         n_rel = n_relevant_all[rows]
-        sums += [precision_at_k(hits).sum(), recall_at_k(hits, n_rel).sum(), ndcg_at_k(hits, n_rel).sum()]
-    precision, recall, ndcg = (float(x) for x in sums / users.size)
-    return RankingMetrics(precision, recall, ndcg, k=k, n_users=int(users.size), n_skipped=n_skipped)
+        for k in ks:
+            hits = hits_all[:, :k]
+            if hits.shape[1] < k:  # fewer films than k: the missing places are misses
+                hits = np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
+            sums[k] += [precision_at_k(hits).sum(), recall_at_k(hits, n_rel).sum(), ndcg_at_k(hits, n_rel).sum()]
+        shown = top[:, :list_k]
+        shown = shown[shown >= 0]
+        listed[shown] = True
+        popularity_sum += float(popularity[shown].sum())
+        popularity_count += int(shown.size)
+    at = {}
+    for k in ks:
+        precision, recall, ndcg = (float(x) for x in sums[k] / users.size)
+        at[k] = RankingMetrics(precision, recall, ndcg, k=k, n_users=int(users.size), n_skipped=n_skipped)
+    return ListQuality(at=at, coverage=float(listed.sum() / max(n_movies, 1)),
+                       mean_popularity=popularity_sum / max(popularity_count, 1), list_k=list_k)
