@@ -29,6 +29,7 @@ from recae.blend import blend
 from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.matrix import IdIndex, RatingMatrix
 from recae.models import AutoEncoder, ModelConfig, build_model, pairs_pattern
+from recae.rankers import EaseRanker
 from recae.registry import VersionInfo, set_champion
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class TrainedModel:
     # an autoencoder of the other orientation on the same inputs, mixed in as ``w * ours + (1 - w) * partner's``
     partner: TrainedModel | None = None
     blend_weight: float = 1.0  # w, fitted on validation (recae.blend)
+    # the top-N model that orders recommendations (recae.rankers); None: order by predicted rating
+    ranker: EaseRanker | None = None
+    ranker_search: dict[str, Any] = field(default_factory=dict)  # how the ranker's settings were chosen
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -119,6 +123,20 @@ class TrainedModel:
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
         """Clipped predicted ratings of every movie for users ``rows``: (len(rows), n_movies) float32."""
         return self._blended(self._score_rows_own(rows), lambda partner: partner.score_rows(rows))
+
+    def rank_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Ranking scores of every movie for users ``rows`` (higher first): (len(rows), n_movies) float32.
+
+        The ranker's scores when the model has one, else the predicted ratings.
+        """
+        if self.ranker is None:
+            return self.score_rows(rows)
+        return self.ranker.score_rows(self.inputs.csr[np.asarray(rows, dtype=np.int64)])
+
+    def score_and_rank_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted ratings, ranking scores) of every movie for users ``rows``; each (len(rows), n_movies)."""
+        ratings = self.score_rows(rows)
+        return ratings, (ratings if self.ranker is None else self.rank_rows(rows))
 
     def _blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray]) -> np.ndarray:
         if self.partner is None or self.blend_weight >= 1.0:
@@ -234,6 +252,9 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
     tensors = _module_tensors("model/", trained.module)
     if trained.partner is not None:
         tensors.update(_module_tensors("partner/", trained.partner.module))
+    if trained.ranker is not None:
+        tensors["ranker/items"] = torch.from_numpy(np.ascontiguousarray(trained.ranker.items, dtype=np.int64))
+        tensors["ranker/weights"] = torch.from_numpy(np.ascontiguousarray(trained.ranker.weights, dtype=np.float32))
     # views of the model's own arrays where the dtype already fits (save_file only reads them)
     tensors["inputs/indptr"] = torch.from_numpy(np.ascontiguousarray(csr.indptr, dtype=np.int64))
     tensors["inputs/indices"] = torch.from_numpy(np.ascontiguousarray(csr.indices, dtype=np.int32))
@@ -255,6 +276,7 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         "rating_scale": list(trained.rating_scale),
         "partner": None if trained.partner is None else {
             "model_config": trained.partner.model_config.to_json(), "blend_weight": trained.blend_weight},
+        "ranker": None if trained.ranker is None else {**trained.ranker.describe(), "search": trained.ranker_search},
         "versions": software_versions(),
         "created_at": (created_at or utcnow()).isoformat(),
         "files": {WEIGHTS_FILE: file_record(weights)},
@@ -305,6 +327,9 @@ def load_model(path: str | Path) -> TrainedModel:
         blend_weight = float(partner_meta["blend_weight"]) if partner_meta else 1.0
         if not 0.0 <= blend_weight <= 1.0:
             raise ValueError(f"blend_weight {blend_weight} is outside [0, 1]")
+        ranker_meta = meta.get("ranker")
+        if ranker_meta is not None and ranker_meta.get("kind") != "ease":
+            raise ValueError(f"unknown ranker kind {ranker_meta.get('kind')!r}")
     except (ValueError, KeyError, TypeError, IndexError) as err:
         raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is unreadable or incomplete ({err})") from err
     except Exception as err:  # a RecaeError from config validation, e.g. unknown setting
@@ -329,6 +354,7 @@ def load_model(path: str | Path) -> TrainedModel:
         inputs = RatingMatrix(csr=csr, timestamps=np.zeros(csr.nnz, np.int64), index=index)
         module = _module_from(tensors, "model/", model_cfg, index)
         partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
+        ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
     except (KeyError, ValueError, RuntimeError) as err:
         raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json ({err})") from err
     train_cfg = None
@@ -345,7 +371,18 @@ def load_model(path: str | Path) -> TrainedModel:
                                rating_scale=scale)
     return TrainedModel(module=module, model_config=model_cfg, inputs=inputs, rating_scale=scale,
                         train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}),
-                        history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight)
+                        history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight,
+                        ranker=ranker, ranker_search=dict((ranker_meta or {}).get("search") or {}))
+
+
+def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> EaseRanker:
+    """The EASE ranker stored under ``ranker/``; ValueError when it does not fit the IdIndex."""
+    items = tensors["ranker/items"].numpy()
+    weights = tensors["ranker/weights"].numpy()
+    if weights.shape != (items.size, items.size) or (items.size and (items.min() < 0 or items.max() >= index.n_movies)):
+        raise ValueError("stored ranker does not fit the IdIndex")
+    return EaseRanker(items=items, weights=weights, n_movies=index.n_movies, lam=float(meta["lambda"]),
+                      input=str(meta["input"]), rating_max=float(meta["rating_max"]))
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -392,7 +429,7 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
     seed = trained.train_config.seed if trained.train_config is not None else 0
     config = {"model": trained.model_config.to_json(),
               "train": trained.train_config.to_json() if trained.train_config is not None else None,
-              "split": trained.split_spec}
+              "split": trained.split_spec, "ranker": meta["ranker"]}
     row = ModelVersion(
         version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
         seed=seed, path=str(final), data_fingerprint=meta["data_fingerprint"], metrics=json.dumps(trained.metrics),

@@ -188,10 +188,12 @@ def _parse_ids(values: tuple[str, ...]) -> tuple[int, ...]:
 def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_year: int | None,
               exclude: tuple[str, ...], rate: tuple[str, ...], ratings_file: str | None, version: str | None,
               fmt: str) -> None:
-    """Rank the films a user has not rated by the model's predicted rating.
+    """Recommend the films a user has not rated, in the ranker's order, with the predicted rating of each.
 
-    Known users are answered from recommendations precomputed when the model was published (fast, no torch).
-    Fresh ratings (--rate, --ratings-file) are folded into the model without retraining.
+    The order is the model's top-N ranker (EASE, chosen on validation: it ranks 2-3x better than sorting by
+    predicted rating); `predicted_rating` is the rating autoencoder's, `score` the ranker's. Known users are
+    answered from lists precomputed when the model was published (fast, no torch). Fresh ratings (--rate,
+    --ratings-file) are folded into both models without retraining.
 
     \b
     Examples:
@@ -576,6 +578,7 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
         "version": published.version, "model": published.model, "orientation": published.orientation,
         "split": published.split, "best_epoch": metrics.get("best_epoch"), "val_rmse": metrics.get("val_rmse"),
         "test_rmse": metrics.get("test_rmse"), "test_mae": metrics.get("test_mae"),
+        "test_ndcg@10": metrics.get("test_ndcg@10"), "ranker_lambda": metrics.get("ranker_lambda"),
         "seconds": metrics.get("seconds"), "champion": published.is_champion,
     }
     echo_data(render(summary, fmt) if fmt == "json" else render(
@@ -627,6 +630,8 @@ class _train_progress:  # noqa: N801 - used as a context manager factory
               help="Folder of new ratings files (CSV user_id,movie_id,rating[,timestamp]); default HOME/inbox.")
 @click.option("--margin", type=click.FloatRange(min=0.0), default=0.002, show_default=True,
               help="Publish the challenger only if its held-out RMSE is lower than the champion's by this much.")
+@click.option("--ndcg-margin", type=click.FloatRange(min=0.0), default=0.005, show_default=True,
+              help="... and only if its held-out NDCG@10 is not lower than the champion's by more than this.")
 @click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True,
               help="Published versions to keep for rollback (the champion always stays); older ones are pruned.")
 @click.option("--warm-epochs", type=click.IntRange(min=1), default=10, show_default=True,
@@ -638,15 +643,16 @@ class _train_progress:  # noqa: N801 - used as a context manager factory
               help="TOML [model]/[train] settings for the first champion (when none is published yet).")
 @rating_scale_options("inbox files")
 @pass_context
-def retrain_command(obj: Context, inbox: str | None, margin: float, keep: int, warm_epochs: int,
+def retrain_command(obj: Context, inbox: str | None, margin: float, ndcg_margin: float, keep: int, warm_epochs: int,
                     warm_lr_scale: float, cold: bool, config_file: str | None, scale: tuple[float, float],
                     step: float) -> None:
     """Nightly job: ingest the inbox, retrain, publish the challenger only if it beats the champion.
 
     Takes a lock (a second run at the same time exits at once with code 75); moves each inbox file to
     inbox/processed/ or, with a FILE.reason.txt, to inbox/rejected/; exits 0 without training when no rating
-    changed; otherwise fine-tunes the champion on the new data, compares both on the same fixed holdout, and
-    publishes atomically when RMSE drops by at least --margin. Prints one JSON summary line on stdout;
+    changed; otherwise fine-tunes the champion on the new data (and refits its ranker), compares both on the same
+    fixed holdout, and publishes atomically when RMSE drops by at least --margin and NDCG@10 drops by at most
+    --ndcg-margin. Prints one JSON summary line on stdout;
     `recae models history` lists past runs. With no champion yet, trains and publishes the first one.
 
     \b
@@ -670,7 +676,8 @@ def retrain_command(obj: Context, inbox: str | None, margin: float, keep: int, w
         model_cfg.validate()
         train_cfg.validate()
     paths = obj.paths()
-    options = RetrainOptions(inbox=Path(inbox) if inbox else paths.home / "inbox", margin=margin, keep=keep,
+    options = RetrainOptions(inbox=Path(inbox) if inbox else paths.home / "inbox", margin=margin,
+                             ndcg_margin=ndcg_margin, keep=keep,
                              warm_epochs=warm_epochs, warm_lr_scale=warm_lr_scale, cold=cold, scale=scale,
                              step=step or None,
                              model_config=model_cfg, train_config=train_cfg)

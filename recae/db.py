@@ -37,7 +37,7 @@ from recae.errors import RecaeError
 log = logging.getLogger(__name__)
 
 #: The newest migration's revision id; a test checks it equals Alembic's head.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: PostgreSQL writers wait this long for a row or table lock before giving up (as SQLite's busy timeout).
@@ -151,7 +151,8 @@ class Recommendation(Base):
     user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     rank: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     movie_id: Mapped[int] = mapped_column(Integer)
-    score: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)  # what orders the list (the ranker's score; NULL: not covered)
+    predicted_rating: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL in rows before 0003
 
 
 

@@ -7,6 +7,7 @@ reference models on the same held-out ratings so that a trained autoencoder can 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,12 +19,15 @@ from recae.errors import EmptyStoreError
 from recae.matrix import RatingMatrix
 from recae.metrics import (
     DEFAULT_RELEVANCE_THRESHOLD,
+    ListQuality,
     RankingMetrics,
     RatingMetrics,
+    RowScores,
     Scorer,
     mae,
     ndcg_at_k,
     precision_at_k,
+    list_quality,
     ranking_metrics,
     rating_metrics,
     recall_at_k,
@@ -55,6 +59,9 @@ __all__ = [
     "evaluate_scorer",
     "fit_biases",
     "mae",
+    "RANKING_KS",
+    "list_quality",
+    "ranking_baselines",
     "ndcg_at_k",
     "precision_at_k",
     "ranking_metrics",
@@ -135,48 +142,101 @@ def evaluate_baselines(
     return BaselineReport(**results)
 
 
+#: Cut-offs ``recae evaluate`` reports; coverage and popularity are measured on the top 10.
+RANKING_KS = (10, 20, 100)
+
+
+def ranking_baselines(
+    train: RatingMatrix, test: RatingMatrix, ks: tuple[int, ...] = RANKING_KS,
+    threshold: float = DEFAULT_RELEVANCE_THRESHOLD, seed: int = 0,
+) -> dict[str, ListQuality]:
+    """The two lists a top-N model must beat, measured like it on ``test``: ``most_popular`` (films by training
+    rating count) and ``ease`` (Steck 2019 on the binary "has rated" matrix, lambda chosen on a carve of ``train``)."""
+    from recae.rankers import train_ease
+
+    counts = np.bincount(train.csr.indices, minlength=train.shape[1]).astype(np.float32)  # (n_movies,)
+    popular = RowScores(lambda rows: np.broadcast_to(counts, (rows.size, counts.size)))
+    ease, _ = train_ease(train, input="binary", seed=seed)
+    reference = RowScores(lambda rows: ease.score_rows(train.csr[rows]))
+    return {name: list_quality(scorer, train, test, ks=ks, threshold=threshold)
+            for name, scorer in (("most_popular", popular), ("ease", reference))}
+
+
+def lists_json(quality: ListQuality | None) -> dict[str, float] | None:
+    """``precision@k``, ``recall@k``, ``ndcg@k`` for every k, ``coverage@10``, ``mean_popularity@10``, ``n_users``."""
+    if quality is None:
+        return None
+    out: dict[str, float] = {}
+    for k, r in sorted(quality.at.items()):
+        out.update({f"precision@{k}": r.precision, f"recall@{k}": r.recall, f"ndcg@{k}": r.ndcg})
+    first = next(iter(quality.at.values()))
+    if not math.isnan(quality.coverage):  # measured for full lists only, not the rating baselines' single cut-off
+        out.update({f"coverage@{quality.list_k}": quality.coverage,
+                    f"mean_popularity@{quality.list_k}": quality.mean_popularity})
+    out["n_users"] = first.n_users
+    return out
+
+
 @dataclass(frozen=True)
 class ModelEvaluation:
-    """A published model scored on its held-out ratings, beside the baselines fitted on the same training data."""
+    """A published model scored on its held-out ratings, beside the baselines fitted on the same training data.
+
+    ``lists`` is the quality of the served ranking (the ranker's order when the model has one) at every k of
+    ``RANKING_KS``; ``ranking_baselines`` the most-popular and EASE lists measured the same way.
+    """
 
     version: str
     model: str
     split: str
     n_test: int
     rating: RatingMetrics
-    ranking: RankingMetrics
+    lists: ListQuality
     baselines: BaselineReport
+    ranking_baselines: dict[str, ListQuality]
+    k: int = 10
     note: str | None = None
+
+    @property
+    def ranking(self) -> RankingMetrics:
+        """The served ranking's metrics at the requested ``k``."""
+        return self.lists.at[self.k]
 
     def to_json(self) -> dict[str, object]:
         """Stable keys: ``rmse``, ``mae``, ``n_test``, ``ranking``, ``baselines`` (plus identity and a note)."""
-
-        def ranking_json(r: RankingMetrics | None) -> dict[str, float] | None:
-            if r is None:
-                return None
-            return {f"precision@{r.k}": r.precision, f"recall@{r.k}": r.recall, f"ndcg@{r.k}": r.ndcg,
-                    "n_users": r.n_users}
-
+        baselines: dict[str, object] = {
+            b.name: {"rmse": b.rating.rmse, "mae": b.rating.mae, "ranking": lists_json(_single(b.ranking))}
+            for b in self.baselines.results()}
+        baselines.update({name: {"rmse": None, "mae": None, "ranking": lists_json(quality)}
+                          for name, quality in self.ranking_baselines.items()})
         return {
             "version": self.version, "model": self.model, "split": self.split,
             "rmse": self.rating.rmse, "mae": self.rating.mae, "n_test": self.n_test,
-            "ranking": ranking_json(self.ranking),
-            "baselines": {b.name: {"rmse": b.rating.rmse, "mae": b.rating.mae, "ranking": ranking_json(b.ranking)}
-                          for b in self.baselines.results()},
-            "note": self.note,
+            "ranking": lists_json(self.lists), "baselines": baselines, "note": self.note,
         }
 
     def rows(self) -> list[dict[str, object]]:
-        """One flat record per model for tables: the autoencoder first, then the baselines."""
-        entries = [(f"{self.model} ({self.version})", self.rating, self.ranking)]
-        entries += [(b.name, b.rating, b.ranking) for b in self.baselines.results()]
+        """One flat record per model for tables: the autoencoder first, then the rating and ranking baselines."""
+        k = self.k
+        entries: list[tuple[str, RatingMetrics | None, RankingMetrics | None, ListQuality | None]] = [
+            (f"{self.model} ({self.version})", self.rating, self.ranking, self.lists)]
+        entries += [(b.name, b.rating, b.ranking, None) for b in self.baselines.results()]
+        entries += [(name, None, q.at.get(k), q) for name, q in self.ranking_baselines.items()]
         return [
-            {"model": name, "rmse": rating.rmse, "mae": rating.mae,
-             f"precision@{self.ranking.k}": ranking.precision if ranking else None,
-             f"recall@{self.ranking.k}": ranking.recall if ranking else None,
-             f"ndcg@{self.ranking.k}": ranking.ndcg if ranking else None, "n_test": rating.n_test}
-            for name, rating, ranking in entries
+            {"model": name, "rmse": rating.rmse if rating else None, "mae": rating.mae if rating else None,
+             f"precision@{k}": ranking.precision if ranking else None,
+             f"recall@{k}": ranking.recall if ranking else None,
+             f"ndcg@{k}": ranking.ndcg if ranking else None,
+             f"coverage@{self.lists.list_k}": lists.coverage if lists else None,
+             "n_test": self.n_test}
+            for name, rating, ranking, lists in entries
         ]
+
+
+def _single(ranking: RankingMetrics | None) -> ListQuality | None:
+    """A one-cut-off RankingMetrics as a ListQuality (the rating baselines are ranked at one k only)."""
+    if ranking is None:
+        return None
+    return ListQuality(at={ranking.k: ranking}, coverage=float("nan"), mean_popularity=float("nan"), list_k=ranking.k)
 
 
 def held_out_for_model(test: RatingMatrix, model_inputs: RatingMatrix) -> tuple[RatingMatrix, int]:
@@ -228,7 +288,10 @@ def evaluate_model(
     if test.nnz == 0:
         raise EmptyStoreError(f"split {spec.name!r} leaves no held-out ratings this model has not seen")
     rating = rating_metrics(trained, test)
-    ranking = ranking_metrics(trained, trained.inputs, test, k=k, threshold=threshold)
+    ks = tuple(sorted({k, *RANKING_KS}))
+    lists = list_quality(trained, trained.inputs, test, ks=ks, threshold=threshold)
     baselines = evaluate_baselines(trained.inputs, test, ranking_k=k, threshold=threshold)
+    seed = trained.train_config.seed if trained.train_config is not None else 0
+    others = ranking_baselines(trained.inputs, test, ks=ks, threshold=threshold, seed=seed)
     return ModelEvaluation(version=info.version, model=info.model, split=spec.name, n_test=test.nnz,
-                           rating=rating, ranking=ranking, baselines=baselines, note=note)
+                           rating=rating, lists=lists, baselines=baselines, ranking_baselines=others, k=k, note=note)

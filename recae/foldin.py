@@ -12,6 +12,8 @@
   output this is closed-form; other outputs take a few L-BFGS steps from the prior.
 - **a blended model** (an item AE with a user-AE partner): each folds the user in its own way; the scores are
   mixed with the model's blend weight.
+- **the ranker** (EASE) needs no fitting: a user's ranking scores are ``x B`` for their rating vector ``x``, so a
+  new user's list is ordered exactly as a known user's would be with the same ratings (:func:`fold_in`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,23 @@ def fold_in_scores(
     if trained.partner is not None and trained.blend_weight < 1.0:
         scores = blend(scores, scores_of(trained.partner), trained.blend_weight)
     return scores
+
+
+def fold_in(
+    trained: TrainedModel, ratings: Mapping[int, float], user_row: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted ratings, ranking scores) of every movie for a user with ``ratings`` (movie_id -> rating).
+
+    The predicted ratings come from :func:`fold_in_scores`; the ranking scores from the model's ranker applied to
+    the same ratings (the predicted ratings again when the model has no ranker). Each is (n_movies,) float32.
+    """
+    predicted = fold_in_scores(trained, ratings, user_row)
+    if trained.ranker is None:
+        return predicted, predicted
+    cols, values = _ratings_to_cols(trained, ratings)
+    order = np.argsort(cols)
+    vector = sp.csr_matrix((values[order], cols[order], [0, cols.size]), shape=(1, trained.index.n_movies))
+    return predicted, trained.ranker.score_rows(vector)[0]
 
 
 def _encode_user(trained: TrainedModel, cols: np.ndarray, values: np.ndarray) -> np.ndarray:

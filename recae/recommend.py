@@ -33,14 +33,28 @@ DEFAULT_PRECOMPUTED = 100
 
 
 class RowScorer(Protocol):
-    """Anything that predicts every movie's rating for a batch of user rows (see recae.evaluate.Scorer)."""
+    """Anything that predicts every movie's rating for a batch of user rows (see recae.evaluate.Scorer).
+
+    A scorer with a ranker also has ``score_and_rank_rows(rows) -> (ratings, ranking scores)``; lists are then
+    ordered by the ranking scores (see recae.rankers), and the predicted ratings are shown beside them.
+    """
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray: ...
 
 
+def score_and_rank(scorer: RowScorer, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted ratings, ranking scores) for ``rows``; the ranking is the rating when the scorer has no ranker."""
+    both = getattr(scorer, "score_and_rank_rows", None)
+    if both is not None:
+        ratings, ranks = both(rows)
+        return np.asarray(ratings), np.asarray(ranks)
+    ratings = np.asarray(scorer.score_rows(rows))
+    return ratings, ratings
+
+
 @dataclass(frozen=True)
 class RecommendedMovie:
-    """One recommended film with the model's predicted rating."""
+    """One recommended film: the model's predicted rating, and the ranking score that put it at ``rank``."""
 
     rank: int
     movie_id: int
@@ -48,6 +62,7 @@ class RecommendedMovie:
     year: int | None
     genres: str
     predicted_rating: float
+    score: float  # the ranker's score (higher first); the predicted rating for models without a ranker
 
 
 @dataclass(frozen=True)
@@ -110,14 +125,15 @@ def _seen_flags(csr_block: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
     return flags
 
 
-_COLUMNS = ("version", "user_id", "rank", "movie_id", "score")
+_COLUMNS = ("version", "user_id", "rank", "movie_id", "score", "predicted_rating")
 _Batch = dict[str, Iterable[object]]  # column name -> values of one batch of rows
 
 
 def _columns(version: str, user_ids: np.ndarray, ranks: np.ndarray, movie_ids: np.ndarray,
-             scores: np.ndarray) -> _Batch:
+             scores: np.ndarray, ratings: np.ndarray) -> _Batch:
     return {"version": itertools.repeat(version), "user_id": user_ids.tolist(), "rank": ranks.tolist(),
-            "movie_id": movie_ids.tolist(), "score": np.asarray(scores, np.float64).tolist()}
+            "movie_id": movie_ids.tolist(), "score": np.asarray(scores, np.float64).tolist(),
+            "predicted_rating": np.asarray(ratings, np.float64).tolist()}
 
 
 def _insert_positional(conn: Connection, columns: _Batch) -> None:
@@ -170,17 +186,18 @@ def precompute_recommendations(
     written = 0
     for start in range(0, index.n_users, batch_users):
         rows = np.arange(start, min(start + batch_users, index.n_users))
-        scores = np.asarray(scorer.score_rows(rows))  # (batch, n_movies)
-        if scores.shape != (rows.size, index.n_movies):
-            raise ValueError(f"score_rows returned shape {scores.shape}, expected {(rows.size, index.n_movies)}")
+        ratings, scores = score_and_rank(scorer, rows)  # (batch, n_movies) each
+        if scores.shape != (rows.size, index.n_movies) or ratings.shape != scores.shape:
+            raise ValueError(f"the scorer returned shape {scores.shape}, expected {(rows.size, index.n_movies)}")
         cols = top_unseen(scores, _seen_flags(csr[rows[0] : rows[-1] + 1], scores.shape), n)  # (batch, n)
         batch_pos, places = np.nonzero(cols >= 0)  # row-major: by user, then rank
         picked = cols[batch_pos, places]
         if picked.size:
             _insert_recommendations(conn, _columns(version, index.user_ids[rows[batch_pos]], places + 1,
-                                                   index.movie_ids[picked], scores[batch_pos, picked]))
+                                                   index.movie_ids[picked], scores[batch_pos, picked],
+                                                   ratings[batch_pos, picked]))
         written += int(picked.size)
-        del scores, cols
+        del ratings, scores, cols
         if on_batch is not None:
             on_batch(int(rows.size))
     log.info("precomputed %d recommendations for %d users (version %s)", written, index.n_users, version)
@@ -226,7 +243,7 @@ def recommend_from_store(
             conditions.append(not_(Recommendation.movie_id.in_(filters.exclude)))
         query = (
             select(Recommendation.rank, Recommendation.movie_id, Movie.title, Movie.year, Movie.genres,
-                   Recommendation.score)
+                   func.coalesce(Recommendation.predicted_rating, Recommendation.score), Recommendation.score)
             .join(Movie, Movie.movie_id == Recommendation.movie_id, isouter=True)
             .where(and_(*conditions))
             .order_by(Recommendation.rank)
@@ -239,8 +256,9 @@ def recommend_from_store(
                     raise UnknownUserError(known_users_message(conn, user_id))
             return None
     return [
-        RecommendedMovie(rank=i + 1, movie_id=m, title=t, year=y, genres=g or "", predicted_rating=float(s))
-        for i, (_, m, t, y, g, s) in enumerate(rows)
+        RecommendedMovie(rank=i + 1, movie_id=m, title=t, year=y, genres=g or "", predicted_rating=float(p),
+                         score=float(s))
+        for i, (_, m, t, y, g, p, s) in enumerate(rows)
     ]
 
 
@@ -276,28 +294,34 @@ def rank_scores(
     exclude_ids: set[int],
     n: int,
     filters: Filters = Filters(),
+    ratings: np.ndarray | None = None,
 ) -> list[RecommendedMovie]:
-    """Rank one user's predicted ``scores`` over ``movie_ids``, dropping rated/excluded films and applying filters."""
+    """Order one user's films by ``scores`` over ``movie_ids``, dropping rated/excluded films and applying filters.
+
+    ``ratings`` are the predicted ratings shown beside each film (default: ``scores`` themselves).
+    """
+    ratings = scores if ratings is None else ratings
     order = np.argsort(-scores, kind="stable")
     banned = set(exclude_ids) | set(filters.exclude)
     needs_details = filters.genre is not None or filters.min_year is not None
     details = movie_details(engine, [int(m) for m in movie_ids]) if needs_details else {}
-    chosen: list[tuple[int, float]] = []
+    chosen: list[tuple[int, int]] = []  # (movie_id, col)
     for col in order:
         movie_id = int(movie_ids[col])
         if movie_id in banned:
             continue
         if needs_details and not filters.allows(*details.get(movie_id, (None, None, ""))[1:]):
             continue
-        chosen.append((movie_id, float(scores[col])))
+        chosen.append((movie_id, int(col)))
         if len(chosen) == n:
             break
     if not needs_details:
         details = movie_details(engine, [m for m, _ in chosen])
     recommended = []
-    for i, (movie_id, score) in enumerate(chosen):
+    for i, (movie_id, col) in enumerate(chosen):
         title, year, genres = details.get(movie_id, (None, None, ""))
-        recommended.append(RecommendedMovie(i + 1, movie_id, title, year, genres, score))
+        recommended.append(RecommendedMovie(i + 1, movie_id, title, year, genres, float(ratings[col]),
+                                            float(scores[col])))
     return recommended
 
 
@@ -344,7 +368,7 @@ def recommend_live(
     the ranking and both condition the prediction.
     """
     from recae.artifacts import load_champion, load_version
-    from recae.foldin import fold_in_scores
+    from recae.foldin import fold_in
 
     trained = load_version(engine, version) if version else load_champion(engine)
     _check_fresh(engine, fresh, trained.rating_scale)
@@ -355,7 +379,7 @@ def recommend_live(
             raise UnknownUserError(known_users_message(conn, user_id))
     row = trained.index.user_row(user_id) if known_to_model else None
     if row is not None and not fresh:
-        scores = trained.score_rows(np.array([row]))[0]
+        ratings, ranks = (block[0] for block in trained.score_and_rank_rows(np.array([row])))
     else:
-        scores = fold_in_scores(trained, {**stored, **fresh}, row)
-    return rank_scores(engine, trained.index.movie_ids, scores, set(stored) | set(fresh), n, filters)
+        ratings, ranks = fold_in(trained, {**stored, **fresh}, row)
+    return rank_scores(engine, trained.index.movie_ids, ranks, set(stored) | set(fresh), n, filters, ratings)

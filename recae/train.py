@@ -37,6 +37,7 @@ from recae.errors import DataError, TrainingError
 from recae.losses import l2_penalty, masked_mse
 from recae.matrix import RatingMatrix
 from recae.models import AutoEncoder, ModelConfig, bake_kernels, build_model, merge_loaded, model_config
+from recae.rankers import RANKER_INPUTS, EaseRanker, train_ease
 
 if TYPE_CHECKING:
     from recae.artifacts import TrainedModel
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "rprop", "lbfgs")
+RANKERS = ("ease", "none")
 AUTO_MIN_BATCH = 8192
 AUTO_STEPS_PER_EPOCH = 25
 #: Below this many training ratings one CPU thread trains fastest: the batches are too small to share, and on a
@@ -80,6 +82,12 @@ class TrainConfig:
     # members of the other orientation (a user AE beside an item AE), blended in with a weight fitted on validation;
     # on ml-100k u1 4 item members score 0.8999, blended with 1 user member 0.8946 (recae.blend)
     partner_members: int = 1
+    # the top-N model that orders recommendations (recae.rankers): "ease", or "none" to order by predicted rating
+    ranker: str = "ease"
+    ranker_lambda: float = 0.0  # EASE's lambda (0: chosen on a validation carve of the training ratings)
+    ranker_input: str = "value"  # EASE reads r / r_max ("value") or 1 ("binary") per rating; value won on validation
+    ranker_max_items: int = 20_000  # EASE covers at most this many (most-rated) films: 1.6 GB of float32 weights
+    ranker_val_fraction: float = 0.1  # share of the training ratings carved to choose the ranker's lambda
     threads: int = 0  # CPU threads (0: auto, one below AUTO_ONE_THREAD_BELOW ratings, else torch's default)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
 
@@ -120,6 +128,12 @@ class TrainConfig:
             raise TrainingError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0 or self.weight_decay < 0 or any(w < 0 for w in self.weight_decay_grid):
             raise TrainingError("lr must be positive and weight decays non-negative")
+        if self.ranker not in RANKERS:
+            raise TrainingError(f"unknown ranker {self.ranker!r}; choose one of {', '.join(RANKERS)}")
+        if self.ranker_input not in RANKER_INPUTS:
+            raise TrainingError(f"unknown ranker_input {self.ranker_input!r}; choose one of {', '.join(RANKER_INPUTS)}")
+        if self.ranker_lambda < 0 or self.ranker_max_items < 1 or not 0.0 < self.ranker_val_fraction < 1.0:
+            raise TrainingError("ranker_lambda must be >= 0, ranker_max_items positive, ranker_val_fraction in (0, 1)")
 
     def resolved(self, n_ratings: int) -> TrainConfig:
         """The config with ``batch_ratings`` fixed: auto means ~25 steps per epoch, at least 8192 ratings each.
@@ -785,10 +799,19 @@ def train_split(
         metrics.update(main_val_rmse=result.best_val_rmse, partner_val_rmse=partner.best_val_rmse,
                        val_rmse=blended_val, blend_weight=round(weight, 6))
         fits.append(partner)
+    ranker_seconds = 0.0
+    if train_cfg.ranker != "none":
+        started = time.perf_counter()
+        if on_progress:
+            on_progress("ranker: EASE, lambda chosen on validation")
+        ranker, search = fit_ranker(split.train, train_cfg)
+        ranker_seconds = time.perf_counter() - started
+        trained = replace(trained, ranker=ranker, ranker_search=search)
+        metrics.update(ranker_lambda=ranker.lam, ranker_seconds=round(ranker_seconds, 3))
     metrics.update({
         "best_epoch": result.best_epoch,
         "epochs": sum(f.epochs_run for f in fits),
-        "seconds": round(sum(f.seconds for f in fits), 3),
+        "seconds": round(sum(f.seconds for f in fits) + ranker_seconds, 3),
         "seconds_to_best": round(sum(f.seconds_to_best for f in fits), 3),
         "n_train": split.train.nnz,
         "n_test": split.test.nnz,
@@ -796,6 +819,12 @@ def train_split(
     log.info("scoring %d test ratings", split.test.nnz)
     metrics.update(test_metrics(trained, split.test))
     return TrainResult(trained=with_metrics(trained, metrics), fit=result, metrics=metrics)
+
+
+def fit_ranker(train: RatingMatrix, cfg: TrainConfig) -> tuple[EaseRanker, dict[str, Any]]:
+    """The top-N ranker of ``cfg`` on the training ratings; its settings chosen on a carve of them (never test)."""
+    return train_ease(train, lam=cfg.ranker_lambda, input=cfg.ranker_input, max_items=cfg.ranker_max_items,
+                      val_fraction=cfg.ranker_val_fraction, seed=cfg.seed)
 
 
 def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainConfig, *, run_dir: Path | None,
@@ -830,13 +859,21 @@ def _fitted_blend(main: FitResult, partner: FitResult) -> tuple[float, float]:
 
 
 def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
-    """``test_rmse = sqrt(mean((rhat - r)^2))`` and ``test_mae = mean(|rhat - r|)`` over the test ratings."""
+    """``test_rmse = sqrt(mean((rhat - r)^2))``, ``test_mae = mean(|rhat - r|)`` over the test ratings, and the
+    served ranking's ``test_precision@10``, ``test_recall@10``, ``test_ndcg@10`` (held-out ratings >= 4 relevant)."""
+    from recae.metrics import ranking_metrics
+
     if test.nnz == 0:
         return {}
     rows, cols, values = test.coo()
     predicted = trained.predict(rows, cols).astype(np.float64)
     error = predicted - values
-    return {"test_rmse": float(np.sqrt(np.mean(error**2))), "test_mae": float(np.mean(np.abs(error)))}
+    out = {"test_rmse": float(np.sqrt(np.mean(error**2))), "test_mae": float(np.mean(np.abs(error)))}
+    ranking = ranking_metrics(trained, trained.inputs, test, k=10)
+    if ranking.n_users:
+        out.update({"test_precision@10": ranking.precision, "test_recall@10": ranking.recall,
+                    "test_ndcg@10": ranking.ndcg})
+    return out
 
 
 test_metrics.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name

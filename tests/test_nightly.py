@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from recae.errors import EXIT_LOCKED
-from recae.nightly import inherited_partition, matrix_keys, seeded_uniform
+from recae.nightly import Comparison, inherited_partition, matrix_keys, seeded_uniform, verdict
 from tests.synthetic import planted_low_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,3 +359,17 @@ def test_champion_from_recae_train_gets_a_holdout_record_and_no_new_data_trains_
     drop_in_inbox(home, planted[1])
     report = summary(recae(home, "retrain", "--warm-epochs", "3"))
     assert report["decision"] in ("published", "kept") and report["metrics"]["n_compared"] >= record.test.size
+
+
+def test_a_challenger_must_lose_neither_rmse_nor_ndcg_beyond_the_margins() -> None:
+    better_both = Comparison(0.90, 0.89, 100, 100, champion_ndcg=0.30, challenger_ndcg=0.31)
+    assert verdict(better_both, margin=0.002, ndcg_margin=0.005) is None
+    slightly_worse_list = Comparison(0.90, 0.89, 100, 100, champion_ndcg=0.30, challenger_ndcg=0.297)
+    assert verdict(slightly_worse_list, margin=0.002, ndcg_margin=0.005) is None
+    worse_list = Comparison(0.90, 0.89, 100, 100, champion_ndcg=0.30, challenger_ndcg=0.28)
+    assert "NDCG@10" in (verdict(worse_list, margin=0.002, ndcg_margin=0.005) or "")
+    worse_rating = Comparison(0.90, 0.899, 100, 100, champion_ndcg=0.30, challenger_ndcg=0.35)
+    assert "RMSE" in (verdict(worse_rating, margin=0.002, ndcg_margin=0.005) or "")
+    unmeasured_lists = Comparison(0.90, 0.89, 100, 100)  # no user with a relevant held-out film: RMSE decides
+    assert verdict(unmeasured_lists, margin=0.002, ndcg_margin=0.005) is None
+    assert verdict(Comparison(float("nan"), float("nan"), 0, 10), 0.002, 0.005) is not None

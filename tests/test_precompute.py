@@ -147,11 +147,12 @@ def test_the_portable_insert_writes_the_same_rows_as_the_sqlite_fast_path(engine
     ranks = np.tile(np.arange(1, 4), 10)
     movies = rng.integers(1, 1000, users.size)
     scores = rng.random(users.size).astype(np.float32) * 4 + 1
+    ratings = rng.random(users.size).astype(np.float32) * 4 + 1
     with engine.begin() as conn:
         add_version(conn, "fast")
         add_version(conn, "portable")
-        _insert_positional(conn, _columns("fast", users, ranks, movies, scores))
-        _insert_mappings(conn, _columns("portable", users, ranks, movies, scores))  # what PostgreSQL takes
+        _insert_positional(conn, _columns("fast", users, ranks, movies, scores, ratings))
+        _insert_mappings(conn, _columns("portable", users, ranks, movies, scores, ratings))  # what PostgreSQL takes
     fast = stored_rows(engine, "fast")
     assert len(fast) == users.size and fast == stored_rows(engine, "portable")
     assert [r[3] for r in fast] == [float(s) for s in scores]
