@@ -133,11 +133,6 @@ class TrainedModel:
             return self.score_rows(rows)
         return self.ranker.score_rows(self.inputs.csr[np.asarray(rows, dtype=np.int64)])
 
-    def score_and_rank_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted ratings, ranking scores) of every movie for users ``rows``; each (len(rows), n_movies)."""
-        ratings = self.score_rows(rows)
-        return ratings, (ratings if self.ranker is None else self.rank_rows(rows))
-
     def _blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray]) -> np.ndarray:
         if self.partner is None or self.blend_weight >= 1.0:
             return ours

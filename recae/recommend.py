@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from recae.db import Movie, Rating, Recommendation
 from recae.errors import DataError, ModelNotFoundError, UnknownMovieError, UnknownUserError
+from recae.metrics import ranking_scores
 from recae.registry import current_champion
 
 if TYPE_CHECKING:
@@ -35,21 +36,22 @@ DEFAULT_PRECOMPUTED = 100
 class RowScorer(Protocol):
     """Anything that predicts every movie's rating for a batch of user rows (see recae.evaluate.Scorer).
 
-    A scorer with a ranker also has ``score_and_rank_rows(rows) -> (ratings, ranking scores)``; lists are then
-    ordered by the ranking scores (see recae.rankers), and the predicted ratings are shown beside them.
+    A scorer with a ranker also has ``rank_rows(rows)`` (see recae.rankers) and ``predict(rows, cols)``: lists
+    are then ordered by the ranking scores, and the predicted ratings of the listed films are shown beside them.
     """
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray: ...
 
 
-def score_and_rank(scorer: RowScorer, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted ratings, ranking scores) for ``rows``; the ranking is the rating when the scorer has no ranker."""
-    both = getattr(scorer, "score_and_rank_rows", None)
-    if both is not None:
-        ratings, ranks = both(rows)
-        return np.asarray(ratings), np.asarray(ranks)
-    ratings = np.asarray(scorer.score_rows(rows))
-    return ratings, ratings
+def _listed_ratings(scorer: RowScorer, scores: np.ndarray, rows: np.ndarray, batch_pos: np.ndarray,
+                    picked: np.ndarray) -> np.ndarray:
+    """Predicted ratings of the listed (row, film) pairs: the scores themselves unless a ranker ordered them.
+
+    Only the listed pairs are predicted, never every film: at ML-25M shape that is 100 of 59,047 per user.
+    """
+    if getattr(scorer, "rank_rows", None) is None:
+        return scores[batch_pos, picked]
+    return np.asarray(scorer.predict(rows[batch_pos], picked))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -186,18 +188,18 @@ def precompute_recommendations(
     written = 0
     for start in range(0, index.n_users, batch_users):
         rows = np.arange(start, min(start + batch_users, index.n_users))
-        ratings, scores = score_and_rank(scorer, rows)  # (batch, n_movies) each
-        if scores.shape != (rows.size, index.n_movies) or ratings.shape != scores.shape:
+        scores = ranking_scores(scorer, rows)  # type: ignore[arg-type]  # (batch, n_movies)
+        if scores.shape != (rows.size, index.n_movies):
             raise ValueError(f"the scorer returned shape {scores.shape}, expected {(rows.size, index.n_movies)}")
         cols = top_unseen(scores, _seen_flags(csr[rows[0] : rows[-1] + 1], scores.shape), n)  # (batch, n)
         batch_pos, places = np.nonzero(cols >= 0)  # row-major: by user, then rank
         picked = cols[batch_pos, places]
         if picked.size:
+            ratings = _listed_ratings(scorer, scores, rows, batch_pos, picked)
             _insert_recommendations(conn, _columns(version, index.user_ids[rows[batch_pos]], places + 1,
-                                                   index.movie_ids[picked], scores[batch_pos, picked],
-                                                   ratings[batch_pos, picked]))
+                                                   index.movie_ids[picked], scores[batch_pos, picked], ratings))
         written += int(picked.size)
-        del ratings, scores, cols
+        del scores, cols
         if on_batch is not None:
             on_batch(int(rows.size))
     log.info("precomputed %d recommendations for %d users (version %s)", written, index.n_users, version)
@@ -379,7 +381,7 @@ def recommend_live(
             raise UnknownUserError(known_users_message(conn, user_id))
     row = trained.index.user_row(user_id) if known_to_model else None
     if row is not None and not fresh:
-        ratings, ranks = (block[0] for block in trained.score_and_rank_rows(np.array([row])))
+        ratings, ranks = trained.score_rows(np.array([row]))[0], trained.rank_rows(np.array([row]))[0]
     else:
         ratings, ranks = fold_in(trained, {**stored, **fresh}, row)
     return rank_scores(engine, trained.index.movie_ids, ranks, set(stored) | set(fresh), n, filters, ratings)

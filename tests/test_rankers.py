@@ -150,9 +150,10 @@ def trained_with_ranker() -> TrainedModel:
 def test_the_model_ranks_by_its_ranker_and_still_predicts_ratings(trained_with_ranker: TrainedModel) -> None:
     trained = trained_with_ranker
     rows = np.arange(5)
-    ratings, ranks = trained.score_and_rank_rows(rows)
-    assert np.allclose(ratings, trained.score_rows(rows))
+    ranks = trained.rank_rows(rows)
     assert np.allclose(ranks, trained.ranker.score_rows(trained.inputs.csr[rows]))  # type: ignore[union-attr]
+    ratings = trained.score_rows(rows)
+    assert ratings.min() >= trained.rating_scale[0] and not np.allclose(ranks, ratings)
     alone = replace(trained, ranker=None)
     assert np.array_equal(alone.rank_rows(rows), alone.score_rows(rows))
 
@@ -192,3 +193,31 @@ def test_list_quality_agrees_with_ranking_metrics_and_measures_the_lists() -> No
     assert personal.coverage > quality.coverage
     assert personal.mean_popularity < quality.mean_popularity
     assert personal.at[10].ndcg > quality.at[10].ndcg
+
+
+def test_precomputed_lists_follow_the_ranker_and_show_the_predicted_rating(
+        trained_with_ranker: TrainedModel, engine) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from recae.db import Recommendation
+    from recae.recommend import precompute_recommendations
+    from tests.test_precompute import add_version
+
+    trained = trained_with_ranker
+    with engine.begin() as conn:
+        add_version(conn, "ranked")
+        precompute_recommendations(conn, "ranked", trained, trained.inputs, n=5)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Recommendation.user_id, Recommendation.movie_id, Recommendation.score,
+                                   Recommendation.predicted_rating).where(Recommendation.version == "ranked")
+                            .order_by(Recommendation.user_id, Recommendation.rank)).all()
+    assert len(rows) == 5 * trained.index.n_users
+    user_rows = trained.index.user_rows(np.array([r[0] for r in rows]))
+    cols = trained.index.movie_cols(np.array([r[1] for r in rows]))
+    ranks = trained.rank_rows(np.arange(trained.index.n_users))
+    assert np.allclose([r[2] for r in rows], ranks[user_rows, cols], atol=1e-5)
+    assert np.allclose([r[3] for r in rows], trained.predict(user_rows, cols), atol=1e-5)
+    for user in range(trained.index.n_users):  # each list is the ranker's top 5 of the user's unrated films
+        unseen = np.setdiff1d(np.arange(trained.index.n_movies), trained.inputs.csr[user].indices)
+        best = unseen[np.argsort(-ranks[user, unseen], kind="stable")[:5]]
+        assert np.allclose(np.sort(ranks[user, cols[user_rows == user]]), np.sort(ranks[user, best]), atol=1e-6)
