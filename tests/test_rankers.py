@@ -221,3 +221,17 @@ def test_precomputed_lists_follow_the_ranker_and_show_the_predicted_rating(
         unseen = np.setdiff1d(np.arange(trained.index.n_movies), trained.inputs.csr[user].indices)
         best = unseen[np.argsort(-ranks[user, unseen], kind="stable")[:5]]
         assert np.allclose(np.sort(ranks[user, cols[user_rows == user]]), np.sort(ranks[user, best]), atol=1e-6)
+
+
+@pytest.mark.parametrize("block_products", [1, 50, 1 << 25])
+@pytest.mark.parametrize("kernel", ["scipy", "numpy"])
+def test_the_gram_matrix_summed_over_user_blocks_is_xtx(block_products: int, kernel: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from recae import rankers
+    from recae.rankers import gram_matrix
+
+    if kernel == "numpy":
+        monkeypatch.setattr(rankers, "_csr_todense", None)
+    x = sp.random(60, 25, density=0.3, format="csr", dtype=np.float32, random_state=3)
+    ours = gram_matrix(x, block_products=block_products)
+    assert ours.flags.f_contiguous and np.allclose(ours, (x.T @ x).toarray(), atol=1e-5)
