@@ -235,3 +235,15 @@ def test_the_gram_matrix_summed_over_user_blocks_is_xtx(block_products: int, ker
     x = sp.random(60, 25, density=0.3, format="csr", dtype=np.float32, random_state=3)
     ours = gram_matrix(x, block_products=block_products)
     assert ours.flags.f_contiguous and np.allclose(ours, (x.T @ x).toarray(), atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64])
+def test_the_lower_triangle_is_mirrored_in_bands(block: int) -> None:
+    from recae.rankers import _mirror_lower
+
+    rng = np.random.default_rng(block)
+    full = rng.random((7, 7)).astype(np.float32)
+    full = full + full.T
+    lower_only = np.asfortranarray(np.tril(full) + np.triu(rng.random((7, 7)), k=1).astype(np.float32))
+    _mirror_lower(lower_only, block=block)
+    assert np.array_equal(lower_only, full)
