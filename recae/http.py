@@ -147,7 +147,7 @@ def create_app(database_url: str, *, cors_origins: Sequence[str] = ()) -> FastAP
 
     engine = open_store(database_url)
     models = ModelCache(engine)
-    app = FastAPI(title="recae", version=__version__, docs_url="/docs", redoc_url=None,
+    app = FastAPI(title="recae", version=__version__, docs_url=None, redoc_url=None,  # their pages load a CDN
                   description="Movie recommendations from autoencoders: precomputed lists, fold-in, similar films.")
     app.state.engine = engine
     app.state.models = models

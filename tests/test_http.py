@@ -299,3 +299,13 @@ def test_a_new_champion_serves_without_restart_and_never_mixed(client: httpx.Cli
             assert [f["movie_id"] for f in body["recommendations"]] == stored[(body["version"], user)]
         else:
             assert_same_list(body["recommendations"], folded[body["version"]])
+
+
+def test_serve_help_has_an_example() -> None:
+    from click.testing import CliRunner
+
+    from recae.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.stdout and "recae serve" in result.stdout and "127.0.0.1" in result.stdout
