@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -137,6 +137,12 @@ def _filters(genre: str | None, min_year: int | None, exclude: Sequence[str]) ->
     return Filters(genre=genre or None, min_year=min_year, exclude=tuple(ids))
 
 
+def _json(body: dict[str, Any]) -> Response:
+    """The hot path's answer, serialized directly: the route's response_model documents the same shape (and the
+    tests check it against the schema), but validating our own output again cost a third of the request's time."""
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
 def _records(recs: Sequence[RecommendedMovie]) -> list[dict[str, Any]]:
     return [asdict(r) for r in recs]
 
@@ -204,7 +210,7 @@ def _add_routes(app: FastAPI, engine: Engine, models: Any) -> None:  # models: r
         min_year: Annotated[int | None, Query(ge=0, le=9999)] = None,
         exclude: Annotated[list[str], Query(max_length=MAX_N, description="Movie ids, repeated or comma-separated.")
                            ] = [],  # noqa: B006 - FastAPI copies defaults
-    ) -> dict[str, Any]:
+    ) -> Response:
         """A known user's list: precomputed at publish time (no model work), or scored when filters exhaust it."""
         from recae.live_model import recommend_with
 
@@ -215,7 +221,7 @@ def _add_routes(app: FastAPI, engine: Engine, models: Any) -> None:  # models: r
         if recs is None:
             recs, _ = recommend_with(engine, models.get(version), user_id, {}, n, filters)
             source = "live"
-        return {"version": version, "user_id": user_id, "source": source, "recommendations": _records(recs)}
+        return _json({"version": version, "user_id": user_id, "source": source, "recommendations": _records(recs)})
 
     @app.post("/v1/recommendations", response_model=RecommendationList, responses=_ERRORS,
               response_model_exclude_unset=True, tags=["recommendations"])

@@ -22,6 +22,7 @@ from recae.registry import champion_of
 from tests.serving import NAMED, Home, Server, build_home, publish_champion, running_server
 
 pytest.importorskip("fastapi", reason="recae serve needs the serve extra: pip install -e '.[serve]'")
+from recae.api_schemas import RecommendationList  # noqa: E402 - pydantic comes with the serve extra
 
 pytestmark = pytest.mark.slow  # a trained home and a server process: ~10 s for the module
 
@@ -101,6 +102,7 @@ def test_known_user_gets_the_precomputed_list(client: httpx.Client, home: Home) 
     version = champion_of(engine)
     engine.dispose()
     body = client.get("/v1/users/7/recommendations", params={"n": 10}).json()
+    RecommendationList.model_validate(body)  # the hot path serializes itself: hold it to the published schema
     assert body["version"] == version and body["source"] == "precomputed" and body["user_id"] == 7
     films = body["recommendations"]
     assert [f["movie_id"] for f in films] == [r.movie_id for r in expected]
