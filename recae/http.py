@@ -219,7 +219,8 @@ def _add_routes(app: FastAPI, engine: Engine, models: Any) -> None:  # models: r
             version = champion_version(conn)
         recs, source = recommend_from_store(engine, user_id, n, filters, version), "precomputed"
         if recs is None:
-            recs, _ = recommend_with(engine, models.get(version), user_id, {}, n, filters)
+            with models.scoring:
+                recs, _ = recommend_with(engine, models.get(version), user_id, {}, n, filters)
             source = "live"
         return _json({"version": version, "user_id": user_id, "source": source, "recommendations": _records(recs)})
 
@@ -232,15 +233,16 @@ def _add_routes(app: FastAPI, engine: Engine, models: Any) -> None:  # models: r
         filters = _filters(request.genre, request.min_year, [str(m) for m in request.exclude])
         with engine.connect() as conn:
             version = champion_version(conn)
-        trained = models.get(version)
         fresh = {int(m): float(r) for m, r in request.ratings.items()}
-        try:
-            recs, scores = recommend_with(engine, trained, None, fresh, request.n, filters)
-        except UnknownMovieError as err:  # a bad id in the body is bad input, not a missing page
-            raise DataError(str(err)) from None
-        records = _records(recs)
-        if request.explain:
-            _explain(engine, trained, fresh, scores, recs, records)
+        with models.scoring:
+            trained = models.get(version)
+            try:
+                recs, scores = recommend_with(engine, trained, None, fresh, request.n, filters)
+            except UnknownMovieError as err:  # a bad id in the body is bad input, not a missing page
+                raise DataError(str(err)) from None
+            records = _records(recs)
+            if request.explain:
+                _explain(engine, trained, fresh, scores, recs, records)
         return {"version": version, "user_id": None, "source": "live", "recommendations": records}
 
     @app.get("/v1/movies/{movie_id}/similar", response_model=SimilarList, responses=_ERRORS, tags=["movies"])
@@ -250,7 +252,8 @@ def _add_routes(app: FastAPI, engine: Engine, models: Any) -> None:  # models: r
 
         with engine.connect() as conn:
             version = champion_version(conn)
-        neighbours = similar_movies(models.get(version), movie_id, n)
+        with models.scoring:
+            neighbours = similar_movies(models.get(version), movie_id, n)
         details = movie_details(engine, [movie_id, *(s.movie_id for s in neighbours)])
         films = []
         for neighbour in neighbours:

@@ -14,6 +14,8 @@ Phases, each against one `recae serve` process (started here on a free loopback 
    zero errors.
 2. fold-in: --foldin sequential POST /v1/recommendations with 5 rated films each (5 of a random ml-1m user's
    ratings), without and with explain (leave-one-out: 6 fold-ins). Target: p50 <= 100 ms without explain.
+Each phase also reports the server's own CPU per request (from /proc), which the machine's other work does not
+inflate the way it inflates latency: 200 requests/s fit one core while it stays under 5 ms.
 3. memory: the worker's resident memory now and at its peak (VmRSS, VmHWM) after every path ran, similar films
    included. Target: <= 500 MB.
 Loops are bounded; the machine is usually shared with other work: say so beside the figures.
@@ -145,12 +147,16 @@ async def open_loop(port: int, paths: list[str], rate: float, seconds: float, co
     return latencies, errors, total
 
 
-async def sequential(port: int, bodies: list[bytes]) -> tuple[np.ndarray, int]:
+async def sequential(port: int, bodies: list[bytes], paths: list[str] | None = None) -> tuple[np.ndarray, int]:
+    """One request at a time: POST each body (or GET each path); (latencies in s, errors)."""
     conn = await connect(port)
     latencies, errors = [], 0
-    for body in bodies:
+    for i in range(len(paths) if paths is not None else len(bodies)):
         began = time.perf_counter()
-        status, _ = await conn.request("POST", "/v1/recommendations", body)
+        if paths is not None:
+            status, _ = await conn.request("GET", paths[i])
+        else:
+            status, _ = await conn.request("POST", "/v1/recommendations", bodies[i])
         latencies.append(time.perf_counter() - began)
         errors += status != 200
     return np.array(latencies), errors
@@ -160,6 +166,19 @@ def percentiles(latencies: np.ndarray) -> dict[str, float]:
     ms = latencies[~np.isnan(latencies)] * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (what a request costs the server, whatever else runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, run) -> tuple[object, float]:  # type: ignore[no-untyped-def]
+    """``run()``'s result and the server CPU milliseconds it cost."""
+    before = cpu_seconds(pid)
+    result = run()
+    return result, (cpu_seconds(pid) - before) * 1000
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -206,18 +225,28 @@ def main() -> None:
         asyncio.run(sequential(port, warm))  # loads and warms the model
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/movies/1/similar?n=10", timeout=60).read()
         asyncio.run(open_loop(port, paths, min(args.rate, 50.0), 2.0))  # warm connections and caches
+        (one_by_one, seq_errors), cpu_ms = measured(server.pid, lambda: asyncio.run(sequential(port, [], paths[:1000])))
+        sequential_gets = {"requests": 1000, "errors": seq_errors, "server_cpu_ms_per_request": round(cpu_ms / 1000, 2),
+                           **percentiles(one_by_one)}
         began = time.perf_counter()
-        latencies, errors, sent = asyncio.run(open_loop(port, paths, args.rate, args.seconds))
+        (latencies, errors, sent), cpu_ms = measured(
+            server.pid, lambda: asyncio.run(open_loop(port, paths, args.rate, args.seconds)))
         elapsed = time.perf_counter() - began
         precomputed = {"requests": sent, "errors": errors, "achieved_rps": round(sent / elapsed, 1),
-                       **percentiles(latencies)}
-        plain, plain_errors = asyncio.run(sequential(port, [fold_body(False) for _ in range(args.foldin)]))
-        explained, explained_errors = asyncio.run(sequential(port, [fold_body(True) for _ in range(args.foldin)]))
+                       "server_cpu_ms_per_request": round(cpu_ms / sent, 2), **percentiles(latencies)}
+        (plain, plain_errors), plain_cpu = measured(
+            server.pid, lambda: asyncio.run(sequential(port, [fold_body(False) for _ in range(args.foldin)])))
+        (explained, explained_errors), explained_cpu = measured(
+            server.pid, lambda: asyncio.run(sequential(port, [fold_body(True) for _ in range(args.foldin)])))
         report = {
             "model": info.version, "users": len(users), "ratings": int(pairs.shape[0]), "cpu_count": os.cpu_count(),
-            "precomputed": precomputed,
-            "fold_in_5_rated": {"requests": args.foldin, "errors": plain_errors, **percentiles(plain)},
+            "load_average_1min": os.getloadavg()[0],
+            "precomputed_one_at_a_time": sequential_gets,
+            "precomputed_open_loop": precomputed,
+            "fold_in_5_rated": {"requests": args.foldin, "errors": plain_errors,
+                                "server_cpu_ms_per_request": round(plain_cpu / args.foldin, 1), **percentiles(plain)},
             "fold_in_5_rated_explained": {"requests": args.foldin, "errors": explained_errors,
+                                          "server_cpu_ms_per_request": round(explained_cpu / args.foldin, 1),
                                           **percentiles(explained)},
             "worker_memory_mb": memory_mb(server.pid),
         }
