@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -182,6 +183,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def recae_error(request: Request, err: RecaeError) -> JSONResponse:
         status = next((code for kind, code in _STATUS.items() if isinstance(err, kind)), 500)
         return _error(status, str(err))
+
+    @app.exception_handler(OperationalError)
+    async def store_down(request: Request, err: OperationalError) -> JSONResponse:
+        log.error("%s %s: the store did not answer: %s", request.method, request.url.path, err.orig)
+        return _error(503, "the store did not answer; try again (the server log has the details)")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -311,3 +311,26 @@ def test_serve_help_has_an_example() -> None:
     result = CliRunner().invoke(cli, ["serve", "--help"])
     assert result.exit_code == 0
     assert "Example" in result.stdout and "recae serve" in result.stdout and "127.0.0.1" in result.stdout
+
+
+def test_a_store_that_stops_answering_is_503_not_a_traceback(tmp_path: Path) -> None:
+    """In-process (the failure is made by hand): the champion table vanishes under a running app."""
+    import asyncio
+
+    from recae.http import create_app
+
+    url = f"sqlite:///{tmp_path / 'recae.db'}"
+    app = create_app(url)
+
+    async def get(*paths: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as http:
+            return [await http.get(path) for path in paths]
+
+    assert [r.status_code for r in asyncio.run(get("/healthz", "/readyz"))] == [200, 503]
+    engine = open_store(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE champion RENAME TO champion_gone")
+    engine.dispose()
+    for response in asyncio.run(get("/readyz", "/v1/users/1/recommendations")):
+        body = assert_error(response, 503, "unavailable")
+        assert "store did not answer" in body["message"] and "champion" not in body["message"]
