@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,6 +57,12 @@ from recae.errors import (
     UnknownUserError,
 )
 from recae.recommend import Filters, RecommendedMovie, champion_version, movie_details, recommend_from_store
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from recae.artifacts import TrainedModel
+    from recae.live_model import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +213,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error; the server log has the details")
 
 
-def _add_routes(app: FastAPI, engine: Engine, models: Any) -> None:  # models: recae.live_model.ModelCache
+def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationList, responses=_ERRORS,
              response_model_exclude_unset=True, tags=["recommendations"])
     def user_recommendations(
@@ -301,8 +307,8 @@ def _add_routes(app: FastAPI, engine: Engine, models: Any) -> None:  # models: r
         return FileResponse(WEB_DIR / "index.html", headers=_PAGE_HEADERS)
 
 
-def _explain(engine: Engine, trained: Any, fresh: dict[int, float], scores: Any, recs: Sequence[RecommendedMovie],
-             records: list[dict[str, Any]]) -> None:
+def _explain(engine: Engine, trained: TrainedModel, fresh: dict[int, float], scores: np.ndarray,
+             recs: Sequence[RecommendedMovie], records: list[dict[str, Any]]) -> None:
     """Fill each record's ``because`` by leave-one-out through the same fold-in that scored the list."""
     from recae.explain import MAX_EXPLAINED, leave_one_out
     from recae.foldin import fold_in_scores
