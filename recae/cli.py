@@ -1036,6 +1036,38 @@ def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: f
     echo_data(render(run.rows(), fmt, title=f"Top-N on {run.test.n_users} test users"))
 
 
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; loopback by default (put a reverse proxy in front for the world).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes (each holds the champion's model for fold-in).")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Allow browser calls from this origin (repeatable, e.g. https://films.example); off by default.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True, help="uvicorn's log level on stderr (debug also logs each request).")
+@pass_context
+def serve_command(obj: Context, host: str, port: int, workers: int, cors_origins: tuple[str, ...],
+                  log_level: str) -> None:
+    """Serve recommendations over HTTP (JSON API, OpenAPI at /openapi.json) and a web page at /.
+
+    A champion published by `recae train` or `recae retrain` serves from the next request on, without a
+    restart. Needs the serve extra: pip install 'recae[serve]'.
+
+    \b
+    Examples:
+      recae serve                                    # http://127.0.0.1:8000/
+      recae serve --port 8080 --workers 2
+      curl 'http://127.0.0.1:8000/v1/users/42/recommendations?n=5'
+    """
+    try:
+        from recae.http import serve
+    except ImportError as err:
+        raise click.ClickException(f"recae serve needs FastAPI and uvicorn: pip install 'recae[serve]' ({err})")
+    serve(obj.paths().database_url, host=host, port=port, workers=workers, cors_origins=cors_origins,
+          log_level=log_level)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="recae")
