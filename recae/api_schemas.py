@@ -47,7 +47,8 @@ class Recommendation(_Open):
     title: str | None
     year: int | None
     genres: str
-    predicted_rating: float
+    predicted_rating: float = Field(description="The rating autoencoder's predicted rating.")
+    score: float = Field(description="The ranker's score: the list is ordered by it, highest first.")
     because: list[Reason] | None = Field(
         None, description="Fold-in with explain=true: the rated films that contributed most, largest first.")
 

@@ -79,12 +79,18 @@ def fold_in(
     the same ratings (the predicted ratings again when the model has no ranker). Each is (n_movies,) float32.
     """
     predicted = fold_in_scores(trained, ratings, user_row)
+    return predicted, (predicted if trained.ranker is None else fold_in_ranks(trained, ratings))
+
+
+def fold_in_ranks(trained: TrainedModel, ratings: Mapping[int, float]) -> np.ndarray:
+    """(n_movies,) ranking scores of a user with ``ratings``: ``x B`` with the ranker (no fitting, ~1 ms), else
+    the folded-in predicted ratings. What a list is ordered by, and what "because you rated" takes apart."""
     if trained.ranker is None:
-        return predicted, predicted
+        return fold_in_scores(trained, ratings)
     cols, values = _ratings_to_cols(trained, ratings)
     order = np.argsort(cols)
     vector = sp.csr_matrix((values[order], cols[order], [0, cols.size]), shape=(1, trained.index.n_movies))
-    return predicted, trained.ranker.score_rows(vector)[0]
+    return trained.ranker.score_rows(vector)[0]
 
 
 def _encode_user(trained: TrainedModel, cols: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -224,7 +224,7 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
                            ] = [],  # noqa: B006 - FastAPI copies defaults
     ) -> Response:
         """A known user's list: precomputed at publish time (no model work), or scored when filters exhaust it."""
-        from recae.live_model import recommend_with
+        from recae.recommend import recommend_with_model
 
         filters = _filters(genre, min_year, exclude)
         with engine.connect() as conn:
@@ -232,7 +232,7 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
         recs, source = recommend_from_store(engine, user_id, n, filters, version), "precomputed"
         if recs is None:
             with models.scoring:
-                recs, _ = recommend_with(engine, models.get(version), user_id, {}, n, filters)
+                recs, _ = recommend_with_model(engine, models.get(version), user_id, {}, n, filters)
             source = "live"
         return _json({"version": version, "user_id": user_id, "source": source, "recommendations": _records(recs)})
 
@@ -240,7 +240,7 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
               response_model_exclude_unset=True, tags=["recommendations"])
     def fold_in(request: FoldInRequest) -> dict[str, Any]:
         """A new visitor's list from their ratings (fold-in, no retraining); ``explain`` adds "because you rated"."""
-        from recae.live_model import recommend_with
+        from recae.recommend import recommend_with_model
 
         filters = _filters(request.genre, request.min_year, [str(m) for m in request.exclude])
         with engine.connect() as conn:
@@ -249,7 +249,7 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
         with models.scoring:
             trained = models.get(version)
             try:
-                recs, scores = recommend_with(engine, trained, None, fresh, request.n, filters)
+                recs, scores = recommend_with_model(engine, trained, None, fresh, request.n, filters)
             except UnknownMovieError as err:  # a bad id in the body is bad input, not a missing page
                 raise DataError(str(err)) from None
             records = _records(recs)
@@ -309,14 +309,15 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
 
 def _explain(engine: Engine, trained: TrainedModel, fresh: dict[int, float], scores: np.ndarray,
              recs: Sequence[RecommendedMovie], records: list[dict[str, Any]]) -> None:
-    """Fill each record's ``because`` by leave-one-out through the same fold-in that scored the list."""
+    """Fill each record's ``because`` by leave-one-out through the ranking that ordered the list (for EASE this is
+    exactly each rated film's term x_i B_ij of the score)."""
     from recae.explain import MAX_EXPLAINED, leave_one_out
-    from recae.foldin import fold_in_scores
+    from recae.foldin import fold_in_ranks
 
     if len(fresh) > MAX_EXPLAINED or not recs:
         return
     cols = [trained.index.movie_col(r.movie_id) for r in recs]
-    reasons = leave_one_out(lambda ratings: fold_in_scores(trained, ratings, None), fresh, scores, cols)
+    reasons = leave_one_out(lambda ratings: fold_in_ranks(trained, ratings), fresh, scores, cols)
     titles = movie_details(engine, list(fresh))
     for record, found in zip(records, reasons, strict=True):
         record["because"] = [{**asdict(c), "title": titles.get(c.movie_id, (None,))[0]} for c in found]

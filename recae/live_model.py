@@ -16,18 +16,7 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy.engine import Engine
-
-from recae.errors import UnknownUserError
-from recae.recommend import (
-    Filters,
-    RecommendedMovie,
-    _check_fresh,
-    _stored_ratings,
-    known_users_message,
-    rank_scores,
-)
 
 if TYPE_CHECKING:
     from recae.artifacts import TrainedModel
@@ -97,28 +86,3 @@ def release_free_memory() -> None:
             libc.malloc_trim(0)
     except OSError:
         pass
-
-
-def recommend_with(
-    engine: Engine, trained: TrainedModel, user_id: int | None, fresh: dict[int, float], n: int,
-    filters: Filters = Filters(),
-) -> tuple[list[RecommendedMovie], np.ndarray]:
-    """``recae.recommend.recommend_live`` on an already loaded model; also returns the (n_movies,) scores.
-
-    The same meaning: the user's stored ratings and the fresh ones both condition the prediction and are both
-    excluded from the list; a known user without fresh ratings is scored from their own row.
-    """
-    from recae.foldin import fold_in_scores
-
-    _check_fresh(engine, fresh, trained.rating_scale)
-    stored = _stored_ratings(engine, user_id) if user_id is not None else {}
-    known_to_model = user_id is not None and trained.index.has_user(user_id)
-    if user_id is not None and not stored and not known_to_model and not fresh:
-        with engine.connect() as conn:
-            raise UnknownUserError(known_users_message(conn, user_id))
-    row = trained.index.user_row(user_id) if known_to_model else None
-    if row is not None and not fresh:
-        scores = trained.score_rows(np.array([row]))[0]
-    else:
-        scores = fold_in_scores(trained, {**stored, **fresh}, row)
-    return rank_scores(engine, trained.index.movie_ids, scores, set(stored) | set(fresh), n, filters), scores

@@ -25,6 +25,8 @@ from recae.registry import current_champion
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
+    from recae.artifacts import TrainedModel
+
     from recae.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
@@ -366,13 +368,26 @@ def recommend_live(
 ) -> list[RecommendedMovie]:
     """Score with the model itself: fresh ratings folded in, or filters the precomputed list cannot satisfy.
 
-    Imports torch (a few seconds at most). The user's stored ratings and the fresh ones are both excluded from
-    the ranking and both condition the prediction.
+    Imports torch and loads the model (a few seconds at most); a server keeps the model loaded and calls
+    :func:`recommend_with_model` instead.
     """
     from recae.artifacts import load_champion, load_version
-    from recae.foldin import fold_in
 
     trained = load_version(engine, version) if version else load_champion(engine)
+    return recommend_with_model(engine, trained, user_id, fresh, n, filters)[0]
+
+
+def recommend_with_model(
+    engine: Engine, trained: TrainedModel, user_id: int | None, fresh: dict[int, float], n: int = 10,
+    filters: Filters = Filters(),
+) -> tuple[list[RecommendedMovie], np.ndarray]:
+    """The list of ``recommend_live`` from a loaded model, and the (n_movies,) ranking scores it was cut from.
+
+    The user's stored ratings and the fresh ones both condition the prediction and are both excluded from the
+    list; a known user without fresh ratings is scored from their own row.
+    """
+    from recae.foldin import fold_in
+
     _check_fresh(engine, fresh, trained.rating_scale)
     stored = _stored_ratings(engine, user_id) if user_id is not None else {}
     known_to_model = user_id is not None and trained.index.has_user(user_id)
@@ -384,4 +399,5 @@ def recommend_live(
         ratings, ranks = trained.score_rows(np.array([row]))[0], trained.rank_rows(np.array([row]))[0]
     else:
         ratings, ranks = fold_in(trained, {**stored, **fresh}, row)
-    return rank_scores(engine, trained.index.movie_ids, ranks, set(stored) | set(fresh), n, filters, ratings)
+    recs = rank_scores(engine, trained.index.movie_ids, ranks, set(stored) | set(fresh), n, filters, ratings)
+    return recs, ranks
