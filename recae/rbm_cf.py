@@ -285,8 +285,8 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
         if not math.isfinite(train_rmse):
             raise TrainingError(f"rbm training diverged at epoch {epoch}; try a lower cd_lr than {model_cfg.cd_lr:g}")
         if val is not None and val.nnz:
-            val_rmse = validation_rmse(module, data, val, scale, batch_ratings=train_cfg.batch_ratings,  # type: ignore[arg-type]
-                                       device=device)
+            val_rmse = validation_rmse(module, data, val, scale,  # type: ignore[arg-type]
+                                       batch_ratings=train_cfg.batch_ratings, device=device)
         else:
             val_rmse = float("nan")
         elapsed = time.perf_counter() - started
