@@ -64,6 +64,8 @@ def test_rbm_and_rbm_pretraining_train_recommend_evaluate_and_retrain(tmp_path: 
     assert code == 0, err
     report = json.loads(out)
     assert report["rmse"] < report["baselines"]["global_mean"]["rmse"]
+    code, out, err = run(home, "similar", "--movie", "1", "-n", "3", "--format", "json")
+    assert code == 0 and len(json.loads(out)) == 3, err
 
     toml_rbm = tmp_path / "urbm.toml"
     toml_rbm.write_text(rbm_config.read_text().replace("[model]", '[model]\nname = "rbm"\norientation = "user"\n'

@@ -61,16 +61,18 @@ def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-
     from recae.models import model_config
     from recae.train import TrainConfig, fit_cross_carved
 
-    model_cfg = model_config("rbm", orientation=args.orientation, hidden=(args.hidden,), cd_lr=args.cd_lr,
-                             cd_momentum=args.cd_momentum, cd_weight_decay=args.cd_weight_decay,
-                             cd_steps=args.cd_steps)
+    given = {"hidden": (args.hidden,) if args.hidden else None, "cd_lr": args.cd_lr, "cd_momentum": args.cd_momentum,
+             "cd_weight_decay": args.cd_weight_decay, "cd_steps": args.cd_steps}
+    model_cfg = model_config("rbm", orientation=args.orientation,  # unset flags: the model's own defaults
+                             **{k: v for k, v in given.items() if v is not None})
     train_cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, ensemble=1,
                             partner_members=0, threads=args.threads, batch_ratings=args.batch_ratings)
     started = time.perf_counter()
     fit = fit_cross_carved(split.train, model_cfg, train_cfg, on_epoch=_print_epoch)
     seconds = time.perf_counter() - started
     trained = TrainedModel.from_fit(fit.module, split.train)
-    name = f"{'I' if args.orientation == 'item' else 'U'}-RBM F={args.hidden} lr={args.cd_lr} wd={args.cd_weight_decay}"
+    name = (f"{'I' if args.orientation == 'item' else 'U'}-RBM F={model_cfg.hidden[0]} lr={model_cfg.cd_lr} "
+            f"wd={model_cfg.cd_weight_decay}")
     report(name, split, trained, fit, seconds, not args.no_test)
 
 
@@ -82,7 +84,8 @@ def run_deep(args: argparse.Namespace, split) -> None:  # type: ignore[no-untype
     hidden = tuple(int(h) for h in args.layers.split(","))
     pretrain = {"random": {}, "rbm": {"pretrain": "rbm", "pretrain_epochs": args.pretrain_epochs},
                 "autoencoder": {"pretrain": "autoencoder", "pretrain_epochs": args.pretrain_epochs}}[args.init]
-    model_cfg = model_config("stacked", orientation=args.orientation, hidden=hidden, cd_lr=args.cd_lr, **pretrain)
+    cd = {"cd_lr": args.cd_lr} if args.cd_lr is not None else {}
+    model_cfg = model_config("stacked", orientation=args.orientation, hidden=hidden, **cd, **pretrain)
     train_cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, ensemble=1,
                             partner_members=0, threads=args.threads, weight_decay=args.weight_decay)
     started = time.perf_counter()
@@ -119,11 +122,12 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["ml-100k", "ml-1m"], default="ml-1m")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--orientation", choices=["item", "user"], default="item")
-    parser.add_argument("--hidden", type=int, default=500, help="cf: hidden units F")
-    parser.add_argument("--cd-lr", type=float, default=0.05)
-    parser.add_argument("--cd-momentum", type=float, default=0.9)
-    parser.add_argument("--cd-weight-decay", type=float, default=0.001)
-    parser.add_argument("--cd-steps", type=int, default=1)
+    # unset CD flags take the model's own defaults (recae.rbm_cf.RatingRBM.defaults; ModelConfig for pretraining)
+    parser.add_argument("--hidden", type=int, help="cf: hidden units F")
+    parser.add_argument("--cd-lr", type=float)
+    parser.add_argument("--cd-momentum", type=float)
+    parser.add_argument("--cd-weight-decay", type=float)
+    parser.add_argument("--cd-steps", type=int)
     parser.add_argument("--batch-ratings", type=int, default=0)
     parser.add_argument("--layers", default="500,250,500", help="deep: hidden sizes of the stacked AE")
     parser.add_argument("--init", choices=["random", "rbm", "autoencoder"], default="rbm")
