@@ -214,16 +214,17 @@ class RatingRBM(nn.Module):
                 h = torch.sigmoid(self.hidden_input_soft(rows, probs))
         assert probs is not None
         grad_w = torch.zeros(k_levels * self.n_units, f, dtype=h.dtype, device=h.device)
-        grad_w.index_add_(0, data_index, h_data[rows.row_of])
+        grad_w.index_add_(0, data_index, h_data[rows.row_of])  # <v h>_data: one row per observed rating
+        grad_w = grad_w.view(k_levels, self.n_units, f)
+        for k in range(k_levels):  # <v h>_T: a sparse product per level, no (nnz, K, F) temporary
+            grad_w[k] -= rows.csr_t(probs[:, k].contiguous()) @ h
         model_index = (torch.arange(k_levels, device=h.device)[None, :] * self.n_units + rows.col[:, None])
-        grad_w.index_add_(0, model_index.reshape(-1),
-                          -(probs[:, :, None] * h[rows.row_of][:, None, :]).reshape(-1, f))
         grad_b = torch.zeros(k_levels * self.n_units, dtype=h.dtype, device=h.device)
         grad_b.index_add_(0, data_index, torch.ones_like(rows.values))
         grad_b.index_add_(0, model_index.reshape(-1), -probs.reshape(-1))
         grad_c = h_data.sum(0) - h.sum(0)
         error = float(((probs @ self.levels - rows.values) ** 2).sum())
-        return (grad_w.view_as(self.weight) / n, grad_b.view_as(self.visible_bias) / n, grad_c / n, error)
+        return (grad_w.div_(n), grad_b.view_as(self.visible_bias) / n, grad_c / n, error)
 
 
 def init_visible_bias(module: RatingRBM, data: sp.csr_matrix) -> None:
