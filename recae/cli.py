@@ -528,8 +528,8 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="How to print the summary on stdout.")
 @pass_context
-def train_command(obj: Context, model_name: str | None, pretrain: str | None, orientation: str | None, split_name: str,
-                  test_fraction: float, seed: int | None, epochs: int | None, ensemble: int | None,
+def train_command(obj: Context, model_name: str | None, pretrain: str | None, orientation: str | None,
+                  split_name: str, test_fraction: float, seed: int | None, epochs: int | None, ensemble: int | None,
                   config_file: str | None, deterministic: bool | None, device: str | None, resume: bool,
                   fmt: str) -> None:
     """Train an autoencoder on the store's ratings, evaluate it on the split's test part, and publish it.

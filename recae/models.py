@@ -428,7 +428,7 @@ MODELS: dict[str, type[AutoEncoder]] = {
     "sparse": SparseAutoEncoder,
     "denoising": DenoisingAutoEncoder,
     "contractive": ContractiveAutoEncoder,
-    "rbm": RatingRBM,  # type: ignore[dict-item]  # the RBM for CF: same scoring contract, trained by CD (recae.rbm_cf)
+    "rbm": RatingRBM,  # type: ignore[dict-item]  # the RBM for CF: the scoring contract, trained by CD
 }
 
 

@@ -484,9 +484,9 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
         train_cfg = replace(train_cfg, weight_decay=train_cfg.weight_decay_grid[0], weight_decay_grid=())
     try:
         if model_cfg.name == "rbm":  # the RBM for CF: its own CD loop, early stopping on validation RMSE
-            from recae.rbm_cf import fit_rating_rbm
+            from recae.rbm_cf import fit_rating_rbm, single_network
 
-            result = fit_rating_rbm(*carve(0), model_cfg, train_cfg, device, on_epoch, on_progress)
+            result = fit_rating_rbm(*carve(0), model_cfg, single_network(train_cfg), device, on_epoch, on_progress)
             return _with_val_predictions(result, *carve(0)) if train_cfg.partner_members else result
         if train_cfg.ensemble == 1 and not train_cfg.weight_decay_grid:
             result = _fit(*carve(0), model_cfg, train_cfg, device, run_dir, resume, on_epoch, on_progress,
