@@ -506,8 +506,10 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
 
 
 @cli.command("train")
-@click.option("--model", "model_name", type=click.Choice(["stacked", "sparse", "denoising", "contractive"]),
-              help="Autoencoder to train (default: the config file's, else denoising).")
+@click.option("--model", "model_name", type=click.Choice(["stacked", "sparse", "denoising", "contractive", "rbm"]),
+              help="Autoencoder to train, or rbm (the RBM for CF) (default: the config file's, else denoising).")
+@click.option("--pretrain", type=click.Choice(["autoencoder", "rbm"]),
+              help="Greedy layer-wise pretraining of the stack by autoencoders or RBMs (default: config's, else none).")
 @click.option("--orientation", type=click.Choice(["item", "user"]),
               help="item: each movie's vector over users (I-AutoRec; default); user: each user's over movies.")
 @click.option("--split", "split_name", default="random", show_default=True,
@@ -528,8 +530,8 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="How to print the summary on stdout.")
 @pass_context
-def train_command(obj: Context, model_name: str | None, orientation: str | None, split_name: str,
-                  test_fraction: float, seed: int | None, epochs: int | None, ensemble: int | None,
+def train_command(obj: Context, model_name: str | None, pretrain: str | None, orientation: str | None,
+                  split_name: str, test_fraction: float, seed: int | None, epochs: int | None, ensemble: int | None,
                   config_file: str | None, deterministic: bool | None, device: str | None, resume: bool,
                   fmt: str) -> None:
     """Train an autoencoder on the store's ratings, evaluate it on the split's test part, and publish it.
@@ -543,6 +545,8 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
       recae train --split u1                        # the canonical ml-100k fold
       recae train --split random --test-fraction 0.1 --seed 0 --epochs 50 --deterministic
       recae train --config run.toml --resume        # [model] hidden = [500], [train] lr = 0.002
+      recae train --model rbm --split u1            # I-RBM (RBM for CF); --orientation user: U-RBM
+      recae train --model stacked --pretrain rbm    # deep AE pretrained as a stack of RBMs, then fine-tuned
     """
     from recae.output import render
     from recae.pipeline import train_and_publish
@@ -554,6 +558,11 @@ def train_command(obj: Context, model_name: str | None, orientation: str | None,
     model_part.pop("name", None)
     if orientation:
         model_part["orientation"] = orientation
+    if pretrain:
+        from recae.rbm import DEFAULT_PRETRAIN_EPOCHS
+
+        model_part["pretrain"] = pretrain
+        model_part["pretrain_epochs"] = model_part.get("pretrain_epochs") or DEFAULT_PRETRAIN_EPOCHS
     flags = {"seed": seed, "epochs": epochs, "ensemble": ensemble, "deterministic": deterministic, "device": device}
     train_cfg = TrainConfig.from_json({**train_part, **{k: v for k, v in flags.items() if v is not None}})
     model_cfg = model_config(name, **model_part)

@@ -108,6 +108,9 @@ def _fit_output_unit(
     bias_ridge: float,
 ) -> np.ndarray:
     module = trained.module.eval()
+    if hasattr(module, "fold_in_unit"):  # the RBM for CF: softmax regression on the movies' hidden probabilities
+        feats = trained._features(np.arange(trained.index.n_movies))
+        return module.fold_in_unit(feats, cols, values, user_row, ridge).numpy()
     feats = _double_features(trained)  # (n_movies, h_1)
     if user_row is None:
         w0, b0 = module.w_out.mean(0).double(), module.b_out.mean().double()

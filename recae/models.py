@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from recae.batches import ORIENTATIONS, SparseRows
 from recae.errors import TrainingError
 from recae.losses import contractive_penalty, kl_sparsity, l1_sparsity
+from recae.rbm_cf import RatingRBM
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": torch.sigmoid,
@@ -86,10 +87,18 @@ class ModelConfig:
     kept_weight: float = 1.0  # denoising: loss weight of ratings the corruption kept (masked ones weigh 1)
     kernel_dim: int = 0  # d of the local kernel K_ij = max(0, 1 - ||u_i - v_j||^2) on every weight (0 = off)
     kernel_weight: float = 0.0  # lambda_s of the kernel's regulariser lambda_s / 2 * sum K^2
+    pretrain: str = "autoencoder"  # what pretrain_epochs > 0 pretrains with: autoencoder | rbm (recae.rbm)
+    rating_levels: tuple[float, ...] = ()  # rbm: the K values of the softmax visibles (empty: the training ratings')
+    cd_steps: int = 1  # rbm and RBM pretraining: Gibbs steps T of contrastive divergence (CD-T)
+    persistent_cd: bool = False  # RBM pretraining: persistent chains (PCD) instead of chains restarted at the data
+    cd_lr: float = 0.05  # rbm and RBM pretraining: learning rate of the CD updates (per vector of a batch)
+    cd_momentum: float = 0.9  # momentum after the first 5 epochs (0.5 before, as Hinton's guide advises)
+    cd_weight_decay: float = 0.001  # L2 weight decay of the CD updates: dW -= cd_lr * cd_weight_decay * W
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["hidden"] = list(self.hidden)
+        data["rating_levels"] = list(self.rating_levels)
         return data
 
     @classmethod
@@ -102,6 +111,8 @@ class ModelConfig:
         if "hidden" in values:
             hidden = values["hidden"]
             values["hidden"] = (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+        if "rating_levels" in values:
+            values["rating_levels"] = tuple(float(v) for v in values["rating_levels"])
         return cls(**values)
 
     def validate(self) -> None:
@@ -128,6 +139,15 @@ class ModelConfig:
             raise TrainingError("kernel_dim and kernel_weight must not be negative")
         if self.kernel_dim > 0 and self.pretrain_epochs > 0:
             raise TrainingError("greedy pretraining does not support local kernels; set pretrain_epochs or kernel_dim to 0")
+        if self.pretrain not in ("autoencoder", "rbm"):
+            raise TrainingError(f"unknown pretrain {self.pretrain!r}; choose autoencoder or rbm")
+        if self.pretrain == "rbm" and self.pretrain_epochs > 0 and self.activation != "sigmoid":
+            raise TrainingError("RBM pretraining gives sigmoid hidden units; set activation = 'sigmoid'")
+        if self.cd_steps < 1 or self.cd_lr <= 0 or not 0.0 <= self.cd_momentum < 1.0 or self.cd_weight_decay < 0:
+            raise TrainingError("cd_steps must be >= 1, cd_lr positive, cd_momentum in [0, 1), cd_weight_decay >= 0")
+        if self.name == "rbm" and (self.kernel_dim > 0 or self.pretrain_epochs > 0):
+            raise TrainingError("the rbm model takes neither local kernels nor pretraining; set kernel_dim and "
+                                "pretrain_epochs to 0")
 
 
 def model_config(name: str = "stacked", **overrides: Any) -> ModelConfig:
@@ -408,6 +428,7 @@ MODELS: dict[str, type[AutoEncoder]] = {
     "sparse": SparseAutoEncoder,
     "denoising": DenoisingAutoEncoder,
     "contractive": ContractiveAutoEncoder,
+    "rbm": RatingRBM,  # type: ignore[dict-item]  # the RBM for CF: the scoring contract, trained by CD
 }
 
 

@@ -244,6 +244,8 @@ def warm_start_module(champion: TrainedModel, index: Any, unit_means: np.ndarray
     from recae.models import build_model
 
     cfg = champion.model_config
+    if cfg.name == "rbm":  # trained by contrastive divergence, not by the masked-MSE fine-tuning: retrain cold
+        return None
     item = cfg.orientation == "item"
     new_ids = index.user_ids if item else index.movie_ids
     source = champion.index.lookup_users(new_ids) if item else champion.index.lookup_movies(new_ids)

@@ -497,6 +497,11 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
     if len(train_cfg.weight_decay_grid) == 1:
         train_cfg = replace(train_cfg, weight_decay=train_cfg.weight_decay_grid[0], weight_decay_grid=())
     try:
+        if model_cfg.name == "rbm":  # the RBM for CF: its own CD loop, early stopping on validation RMSE
+            from recae.rbm_cf import fit_rating_rbm, single_network
+
+            result = fit_rating_rbm(*carve(0), model_cfg, single_network(train_cfg), device, on_epoch, on_progress)
+            return _with_val_predictions(result, *carve(0)) if train_cfg.partner_members else result
         if train_cfg.ensemble == 1 and not train_cfg.weight_decay_grid:
             result = _fit(*carve(0), model_cfg, train_cfg, device, run_dir, resume, on_epoch, on_progress,
                           stop_after)
@@ -632,6 +637,10 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
         log.info("resuming from epoch %d of %s", progress["epoch"], checkpoint)
         if on_progress:
             on_progress(f"resuming after epoch {progress['epoch']}")
+    elif model_cfg.pretrain_epochs > 0 and model_cfg.pretrain == "rbm":
+        from recae.rbm import pretrain_with_rbms
+
+        pretrain_with_rbms(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
     elif model_cfg.pretrain_epochs > 0:
         _pretrain(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
     if run_dir is not None:
@@ -783,6 +792,10 @@ def train_split(
     """
     from recae.artifacts import TrainedModel, with_metrics
 
+    if model_cfg.name == "rbm":
+        from recae.rbm_cf import single_network
+
+        train_cfg = single_network(train_cfg)
     result = fit_cross_carved(split.train, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                               on_progress=on_progress)
     chosen = result.weight_decay if result.weight_decay is not None else train_cfg.weight_decay

@@ -44,7 +44,7 @@ def test_masked_mse_of_nothing_is_zero_with_a_gradient() -> None:
     assert loss.item() == 0.0
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"rbm"}))  # the rbm is trained by CD, not the masked loss
 @pytest.mark.parametrize("hidden", [(7,), (9, 4)])
 @given(seed=st.integers(0, 10_000), density=st.floats(0.05, 0.6))
 @settings(max_examples=8, deadline=None)
