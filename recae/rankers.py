@@ -142,14 +142,19 @@ def _add_into(dense: np.ndarray, symmetric: sp.spmatrix) -> None:
 
 
 def ease_weights(x: sp.csr_matrix, lam: float) -> np.ndarray:
-    """B = I - P / diag(P) with P = (X^T X + lam I)^-1, zero diagonal; (n, n) float32, one matrix in memory.
+    """B = I - P / diag(P) with P = (X^T X + lam I)^-1, zero diagonal; (n, n) float32 (see :func:`ease_from_gram`)."""
+    return ease_from_gram(gram_matrix(x), lam)
 
-    The Gram matrix is inverted in place in float32 (LAPACK ``spotrf`` + ``spotri``): a film side of 20,000 needs
-    1.6 GB rather than the 9.6 GB of a float64 ``inv`` with its copies.
+
+def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's B from the Gram matrix X^T X (Fortran-ordered float32, overwritten: B is returned in its memory).
+
+    Inverted in place in float32 (LAPACK ``spotrf`` + ``spotri``), so a film side of 20,000 needs one 1.6 GB
+    matrix rather than the 9.6 GB of a float64 ``inv`` with its copies. B comes back C-ordered without a copy:
+    P is symmetric, so the transposed view of its Fortran buffer is P itself.
     """
     if lam <= 0:
         raise TrainingError(f"the EASE lambda must be positive, got {lam}")
-    gram = gram_matrix(x)  # (n, n)
     gram[np.diag_indices_from(gram)] += np.float32(lam)
     factor, info = lapack.spotrf(gram, lower=1, overwrite_a=1, clean=0)
     if info != 0:
@@ -158,10 +163,11 @@ def ease_weights(x: sp.csr_matrix, lam: float) -> np.ndarray:
     if info != 0:
         raise TrainingError(f"EASE: inverting the Gram matrix failed (LAPACK info {info})")
     _mirror_lower(inverse)  # potri fills the lower triangle only
-    diagonal = inverse.diagonal().copy()  # B = -P / diag(P) column-wise, in place
-    inverse /= -diagonal[None, :]
-    inverse[np.diag_indices_from(inverse)] = 0.0
-    return np.ascontiguousarray(inverse)
+    weights = inverse.T  # C-ordered view of the symmetric P
+    diagonal = weights.diagonal().copy()
+    weights /= -diagonal[None, :]  # B = -P / diag(P), column-wise, in place
+    weights[np.diag_indices_from(weights)] = 0.0
+    return weights
 
 
 def _mirror_lower(square: np.ndarray, block: int = 1024) -> None:
@@ -180,13 +186,20 @@ def _mirror_lower(square: np.ndarray, block: int = 1024) -> None:
 
 
 def fit_ease(train: sp.csr_matrix, lam: float, *, input: str = "value", rating_max: float = 5.0,
-             max_items: int = DEFAULT_MAX_ITEMS) -> EaseRanker:
-    """EASE on the training ratings ``train`` (n_users, n_movies)."""
+             max_items: int = DEFAULT_MAX_ITEMS, gram: np.ndarray | None = None) -> EaseRanker:
+    """EASE on the training ratings ``train`` (n_users, n_movies).
+
+    ``gram`` is the covered films' X^T X when the caller already has it (trying several lambdas on one carve):
+    it is copied, not consumed.
+    """
     items = covered_items(train, max_items)
     if items.size == 0:
         raise TrainingError("EASE needs at least one rated film")
-    x = ranker_input(train, input, rating_max)[:, items]
-    return EaseRanker(items=items, weights=ease_weights(x, lam), n_movies=train.shape[1], lam=float(lam),
+    if gram is None:
+        gram = gram_matrix(ranker_input(train, input, rating_max)[:, items])
+    else:
+        gram = np.array(gram, order="F", copy=True)
+    return EaseRanker(items=items, weights=ease_from_gram(gram, lam), n_movies=train.shape[1], lam=float(lam),
                       input=input, rating_max=float(rating_max))
 
 
@@ -250,9 +263,12 @@ def train_ease(train: RatingMatrix, *, lam: float = 0.0, input: str = "value", m
     search: dict[str, Any] = {"input": input, "max_items": max_items}
     if lam <= 0:
         fit, val = holdout_validation(train, val_fraction, seed)
+        # one Gram matrix for every lambda tried: only the inverse changes (at ML-25M shape the Gram is half a fit)
+        fit_gram = gram_matrix(ranker_input(fit.csr, input, rating_max)[:, covered_items(fit.csr, max_items)])
 
         def score(candidate: float) -> float:
-            ranker = fit_ease(fit.csr, candidate, input=input, rating_max=rating_max, max_items=max_items)
+            ranker = fit_ease(fit.csr, candidate, input=input, rating_max=rating_max, max_items=max_items,
+                              gram=fit_gram)
             carve_scores = RowScores(lambda rows: ranker.score_rows(fit.csr[rows]))
             ndcg = ranking_metrics(carve_scores, fit, val, k=10).ndcg
             trial = LambdaTrial(candidate, -math.inf if math.isnan(ndcg) else ndcg)
@@ -261,6 +277,7 @@ def train_ease(train: RatingMatrix, *, lam: float = 0.0, input: str = "value", m
             return trial.ndcg
 
         trials = choose_ease_lambda(score, start_lambda(fit.csr, input, rating_max))
+        del fit_gram
         lam = best_trial(trials).lam
         search.update(val_fraction=val_fraction, seed=seed, metric="ndcg@10",
                       trials=[{"lambda": t.lam, "ndcg@10": round(t.ndcg, 6)} for t in trials])
