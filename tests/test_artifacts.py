@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import select
 
 from recae.artifacts import (
@@ -67,8 +68,12 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path: Path, orient
     loaded = load_model(tmp_path / "v1")
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, 40, 500), rng.integers(0, 30, 500)
-    assert np.array_equal(loaded.predict(rows, cols), trained.predict(rows, cols))
-    assert np.array_equal(loaded.score_rows(np.arange(40)), trained.score_rows(np.arange(40)))
+    for name, tensor in trained.module.state_dict().items():  # a byte copy: exact on any CPU
+        assert torch.equal(loaded.module.state_dict()[name], tensor), name
+    # The same weights through the same kernels, from memory of another alignment: equal up to float32 rounding
+    # (some BLAS paths round differently for unaligned data), far below any real difference in a rating.
+    np.testing.assert_allclose(loaded.predict(rows, cols), trained.predict(rows, cols), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(loaded.score_rows(np.arange(40)), trained.score_rows(np.arange(40)), rtol=0, atol=1e-5)
     assert loaded.model_config == trained.model_config and loaded.train_config == trained.train_config
     assert np.array_equal(loaded.index.user_ids, trained.index.user_ids)
     assert loaded.metrics == trained.metrics and loaded.split_spec == trained.split_spec
