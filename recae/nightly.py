@@ -38,6 +38,7 @@ after the first batch of recommendations, so a test can SIGKILL it at that exact
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -321,7 +322,7 @@ def ingest_inbox(engine: Engine, inbox: Path, *, scale: tuple[float, float] = (0
             on_progress(f"ingesting {path.name}")
         try:
             report = ingest_ratings_file(engine, path, scale=scale, step=step)
-        except (DataError, OSError, UnicodeError) as err:
+        except (DataError, OSError, ValueError, csv.Error) as err:  # any parse failure rejects only this file
             reason = str(err) if isinstance(err, DataError) else f"{path.name}: cannot read ({err})"
             rejected.mkdir(exist_ok=True)
             target = _free_name(rejected, path.name)
