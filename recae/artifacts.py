@@ -26,11 +26,12 @@ import torch
 
 from recae.batches import oriented_csr, sparse_rows
 from recae.blend import blend
+from recae.config import models_dir_of
 from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.matrix import IdIndex, RatingMatrix
 from recae.models import AutoEncoder, ModelConfig, build_model, pairs_pattern
 from recae.rankers import EaseRanker
-from recae.registry import VersionInfo, set_champion
+from recae.registry import VersionInfo, set_champion, stored_path, version_folder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -308,6 +309,9 @@ def load_model(path: str | Path) -> TrainedModel:
 
     folder = Path(path)
     meta_path, weights = folder / META_FILE, folder / WEIGHTS_FILE
+    if not folder.is_dir():
+        raise CorruptArtifactError(f"model folder {folder} does not exist (another --home, or deleted?); "
+                                   "retrain with `recae train` or roll back with `recae models use`")
     for needed in (meta_path, weights):
         if not needed.is_file():
             raise CorruptArtifactError(f"model artifact {folder} is missing {needed.name}; retrain with `recae train`")
@@ -427,7 +431,8 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
               "split": trained.split_spec, "ranker": meta["ranker"]}
     row = ModelVersion(
         version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
-        seed=seed, path=str(final), data_fingerprint=meta["data_fingerprint"], metrics=json.dumps(trained.metrics),
+        seed=seed, path=stored_path(version), data_fingerprint=meta["data_fingerprint"],
+        metrics=json.dumps(trained.metrics),
         config=json.dumps(config), created_at=created_at,
     )
     from sqlalchemy.orm import Session
@@ -446,13 +451,14 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
     log.info("published %s at %s", version, final)
     return VersionInfo(
         version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
-        seed=seed, path=str(final), data_fingerprint=meta["data_fingerprint"], metrics=dict(trained.metrics),
+        seed=seed, path=stored_path(version), data_fingerprint=meta["data_fingerprint"], metrics=dict(trained.metrics),
         config=config, created_at=created_at, is_champion=make_champion,
     )
 
 
-def load_version(engine: Engine, version: str) -> TrainedModel:
-    """Load a published version by name; ModelNotFoundError when the store has no such version."""
+def load_version(engine: Engine, version: str, models_dir: str | Path | None = None) -> TrainedModel:
+    """Load a published version by name from ``models_dir`` (default: ``config.models_dir_of(engine)``);
+    ModelNotFoundError when the store has no such version."""
     from sqlalchemy import select
 
     from recae.db import ModelVersion
@@ -461,11 +467,12 @@ def load_version(engine: Engine, version: str) -> TrainedModel:
         path = conn.execute(select(ModelVersion.path).where(ModelVersion.version == version)).scalar()
     if path is None:
         raise ModelNotFoundError(f"model version {version!r} is not in the store; see `recae models`")
-    return load_model(path)
+    return load_model(version_folder(path, models_dir or models_dir_of(engine)))
 
 
-def load_champion(engine: Engine) -> TrainedModel:
-    """The serving model; ModelNotFoundError before the first ``recae train``."""
+def load_champion(engine: Engine, models_dir: str | Path | None = None) -> TrainedModel:
+    """The serving model, from ``models_dir`` (default: ``config.models_dir_of(engine)``); ModelNotFoundError
+    before the first ``recae train``."""
     from sqlalchemy import select
 
     from recae.db import Champion, ModelVersion
@@ -476,7 +483,7 @@ def load_champion(engine: Engine) -> TrainedModel:
         ).scalar()
     if path is None:
         raise ModelNotFoundError("no trained model yet; run `recae train`")
-    return load_model(path)
+    return load_model(version_folder(path, models_dir or models_dir_of(engine)))
 
 
 def with_metrics(trained: TrainedModel, metrics: dict[str, float]) -> TrainedModel:

@@ -227,7 +227,7 @@ def make_engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                make_folder(Path(parsed.database).expanduser().parent)
             engine = create_engine(parsed)
             event.listen(engine, "connect", _set_sqlite_pragmas)
             return engine
@@ -238,6 +238,18 @@ def make_engine(url: str) -> Engine:
         else:
             hint = f"the driver for {parsed.drivername} is not installed"
         raise StoreUnavailableError(f"cannot open {_safe(parsed)}: {hint} ({err})") from None
+
+
+def make_folder(folder: Path) -> None:
+    """``mkdir -p folder``; StoreUnavailableError in one line when a file is in the way or it may not be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise StoreUnavailableError(f"cannot use {folder} as a folder: {blocking} is a file, not a folder; "
+                                    "choose another --home (or RECAE_HOME)") from None
+    except OSError as err:
+        raise StoreUnavailableError(f"cannot create the folder {folder}: {err.strerror or err}") from None
 
 
 def _safe(url: URL) -> str:

@@ -43,6 +43,10 @@ class UnknownMovieError(RecaeError):
     """A movie id is not in the catalogue or not in the model."""
 
 
+class UnknownGenreError(RecaeError):
+    """A genre filter names no genre of the catalogue."""
+
+
 class ModelNotFoundError(RecaeError):
     """No trained model (or not the requested version) is published."""
 
