@@ -87,6 +87,14 @@ class RecaeGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as err:  # noqa: BLE001 - last line of defence: one line, not a traceback
+            from recae.db import store_error
+
+            known = store_error(err)  # a busy or read-only store: one line, never raw SQL and parameters
+            if known is not None:
+                if _verbosity(ctx) > 0:
+                    logging.getLogger("recae").exception("failed")
+                click.echo(f"Error: {known}", err=True)
+                ctx.exit(known.exit_code)
             if _verbosity(ctx) > 0:
                 raise
             click.echo(f"Error: {type(err).__name__}: {err} (run with -v for the traceback)", err=True)

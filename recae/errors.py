@@ -67,3 +67,10 @@ class LockHeldError(RecaeError):
     """Another run holds the lock."""
 
     exit_code = EXIT_LOCKED
+
+
+STORE_BUSY = "the store is busy: another process (a retrain, an ingest, a training) is writing to it"
+
+
+class StoreBusyError(LockHeldError):
+    """Another process held the store's write lock longer than the busy timeout; nothing was written."""

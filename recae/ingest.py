@@ -36,13 +36,13 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
 
 from recae.datasets import DataSource, DatasetFormat, RatingScale, fetch, get_format, sha256_file
 from recae.db import (
     POSTGRES_INGEST_LOCK,
     POSTGRES_LOCK_TIMEOUT_MS,
     IngestRun,
+    is_lock_timeout,
     is_postgresql,
     is_sqlite,
     utcnow,
@@ -605,14 +605,6 @@ def _busy_message(source: str) -> str:
             "try again when it finishes")
 
 
-def _is_lock_timeout(err: Exception) -> bool:
-    """SQLite's "database is locked", or PostgreSQL's lock_not_available (SQLSTATE 55P03) whether it came
-    through SQLAlchemy or straight from psycopg (the COPY paths use the raw connection)."""
-    if isinstance(err, OperationalError) and "locked" in str(err).lower():
-        return True
-    return getattr(getattr(err, "orig", None) or err, "sqlstate", None) == "55P03"
-
-
 # --------------------------------------------------------------------------------------------- orchestration
 
 
@@ -721,7 +713,7 @@ def _run(engine: Engine, plan: _Plan, skip_bad: bool, progress: bool) -> IngestR
         _record_failure(engine, plan, str(err))
         raise
     except Exception as err:
-        if _is_lock_timeout(err):
+        if is_lock_timeout(err):
             raise LockHeldError(_busy_message(plan.source)) from None
         raise
     if untitled:

@@ -182,3 +182,89 @@ def test_a_home_below_a_file_is_one_line_naming_it(tmp_path: Path) -> None:
     code, out, err = run(tmp_path / "afile" / "home", "recommend", "--user", "1")
     assert code == EXIT_ERROR and out == ""
     assert err.count("\n") == 1 and "Errno" not in err and str(tmp_path / "afile") in err and "not a folder" in err
+
+
+# --- defect 4: a busy store ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_train_while_another_process_writes_exits_75_keeps_the_model_and_resume_publishes_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recae train` whose publish meets another writer's lock (a retrain publishing) exits 75 in one line,
+    publishes nothing, and keeps the trained model: the same command with --resume publishes it, training nothing."""
+    import sqlite3
+
+    from recae import db, train
+    from recae.errors import EXIT_LOCKED
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 300)  # wait 0.3 s for the lock, not 30 s
+    config = str(home.parent / "tiny.toml")
+    Path(config).write_text(TINY)
+    before = champion(home)
+    writer = sqlite3.connect(home / "recae.db")
+    writer.execute("BEGIN IMMEDIATE")  # another process's write transaction, held
+    try:
+        code, out, err = run(home, "train", "--config", config, "--seed", "7")
+    finally:
+        writer.rollback()
+        writer.close()
+    assert code == EXIT_LOCKED and out == "", err
+    error = err.strip().splitlines()[-1]  # above it: the progress line saying what is being trained
+    assert error.startswith("Error: the store is busy") and "--resume" in error and err.count("Error") == 1
+    assert "SELECT" not in err and "INSERT" not in err and "Traceback" not in err
+    assert champion(home) == before and [p.name for p in (home / "models").iterdir() if not p.name.startswith(".")
+                                         ] == [before[0]]
+
+    def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the resumed run trained again")
+
+    monkeypatch.setattr(train, "_train_epoch", no_training)
+    code, out, err = run(home, "train", "--config", config, "--seed", "7", "--resume", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["champion"] is True and champion(home)[0] == json.loads(out)["version"] != before[0]
+    assert not any((home / "models" / ".runs").iterdir())  # the kept run is cleaned up once published
+
+
+# --- defect 8: a read-only home still serves -------------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only(home: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``home`` seen read-only: write permission removed, or (root ignores permissions) a read-only bind mount."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        for path in (home, *home.rglob("*")):
+            path.chmod(path.stat().st_mode & ~0o222)
+        yield home
+        for path in (home, *home.rglob("*")):
+            path.chmod(path.stat().st_mode | 0o200)
+        return
+    view = tmp_path / "read-only-view"
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(home), str(view)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root without a read-only view of a folder (mount --bind failed: {mounted.stderr!r})")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], capture_output=True).returncode != 0:
+            pytest.skip("root without a read-only view of a folder (remount read-only failed)")
+        yield view
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=True)  # lazy: the test's engines may hold files open
+
+
+def test_a_read_only_home_serves_read_only_commands_and_refuses_writes_in_one_line(read_only: Path,
+                                                                                   tmp_path: Path) -> None:
+    for args in (["recommend", "--user", "1", "-n", "3"], ["recommend", "--rate", "1=5", "-n", "3"],
+                 ["similar", "--movie", "1", "-n", "3"], ["models", "list"]):
+        code, out, err = run(read_only, *args)
+        assert code == 0, (args, err)
+        assert out.strip()
+    (tmp_path / "new.csv").write_text("1,1,4\n")
+    code, out, err = run(read_only, "ingest", "--ratings", str(tmp_path / "new.csv"))
+    assert code == EXIT_ERROR and out == ""
+    assert err.strip() == ("Error: the store is read-only here and this command writes to it; nothing was changed "
+                           "(use a writable --home, or read-only commands such as recommend)")
