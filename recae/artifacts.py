@@ -321,6 +321,8 @@ def load_model(path: str | Path) -> TrainedModel:
         model_cfg = ModelConfig.from_json(meta["model_config"])
         index = IdIndex.from_json(meta["index"])
         scale = (float(meta["rating_scale"][0]), float(meta["rating_scale"][1]))
+        if not -1e6 < scale[0] < scale[1] < 1e6:
+            raise ValueError(f"rating_scale {meta['rating_scale']} is not [LOW, HIGH] with LOW < HIGH")
         partner_meta = meta.get("partner")
         partner_cfg = ModelConfig.from_json(partner_meta["model_config"]) if partner_meta else None
         blend_weight = float(partner_meta["blend_weight"]) if partner_meta else 1.0
@@ -354,8 +356,9 @@ def load_model(path: str | Path) -> TrainedModel:
         module = _module_from(tensors, "model/", model_cfg, index)
         partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
         ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
-    except (KeyError, ValueError, RuntimeError) as err:
-        raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json ({err})") from err
+    except (KeyError, ValueError, RuntimeError) as err:  # torch's size mismatches span lines: one line here
+        raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json "
+                                   f"({' '.join(str(err).split())})") from err
     train_cfg = None
     if meta.get("train_config") is not None:
         from recae.train import TrainConfig

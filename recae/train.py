@@ -181,7 +181,35 @@ def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             if sub not in known:
                 raise DataError(f"{path}: unknown key {key}.{sub}; known keys are {', '.join(sorted(known))}")
             target[sub] = sub_value
+    for part, cls in ((model_part, ModelConfig), (train_part, TrainConfig)):
+        defaults = {f.name: f.default for f in fields(cls)}
+        for name, value in part.items():
+            wanted = _setting_type(defaults[name])
+            if wanted is not None and not _is_setting_of(value, wanted):
+                raise DataError(f"{path}: {name} = {value!r} is not {wanted[1]}")
     return model_part, train_part
+
+
+def _setting_type(default: Any) -> tuple[type, str] | None:
+    """The kind of value a setting with this default takes, and its name for messages (None: not checked)."""
+    for kind, name in ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "a string"),
+                       (tuple, "a list of numbers")):
+        if isinstance(default, kind):
+            return kind, name
+    return None
+
+
+def _is_setting_of(value: Any, wanted: tuple[type, str]) -> bool:
+    """TOML's value fits the setting: ints where numbers go, a bare number where a list of them does (hidden)."""
+    kind = wanted[0]
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is tuple:
+        items = value if isinstance(value, list) else [value]
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+    return isinstance(value, kind)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -127,6 +127,23 @@ def test_meta_inconsistent_with_the_weights_is_detected(tmp_path: Path) -> None:
         load_model(tmp_path / "v")
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"model_config": {"hidden": [64]}}, r"weights do not match meta.json \(Error\(s\) in loading state_dict"),
+    ({"rating_scale": [5, 1]}, r"rating_scale \[5, 1\] is not \[LOW, HIGH\]"),
+    ({"rating_scale": [3, 3]}, r"rating_scale \[3, 3\] is not \[LOW, HIGH\]"),
+])
+def test_an_edited_meta_json_is_one_line_naming_the_problem(tmp_path: Path, edit: dict, message: str) -> None:
+    save_model(trained_model("item"), tmp_path / "v", version="v")
+    meta_path = tmp_path / "v" / META_FILE
+    meta = json.loads(meta_path.read_text())
+    for key, value in edit.items():
+        meta[key] = {**meta[key], **value} if isinstance(value, dict) else value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CorruptArtifactError, match=message) as caught:
+        load_model(tmp_path / "v")
+    assert "\n" not in str(caught.value)
+
+
 def test_publish_records_the_version_and_makes_it_champion(engine, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="no trained model yet; run `recae train`"):
         load_champion(engine)

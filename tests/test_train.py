@@ -216,6 +216,10 @@ def test_greedy_pretraining_runs_before_fine_tuning(small) -> None:  # type: ign
 def test_config_file_reads_model_and_train_tables(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text('epochs = 7\n[model]\nhidden = [64, 16]\nactivation = "elu"\n[train]\nlr = 0.01\n')
+    assert load_config_file(path)[1]["lr"] == 0.01
+    path.write_text("[model]\nhidden = 64\n[train]\nlr = 1\nepochs = 7\n")  # an int where a float goes is fine
+    assert ModelConfig.from_json(load_config_file(path)[0]).hidden == (64,)
+    path.write_text('epochs = 7\n[model]\nhidden = [64, 16]\nactivation = "elu"\n[train]\nlr = 0.01\n')
     model_part, train_part = load_config_file(path)
     assert ModelConfig.from_json(model_part).hidden == (64, 16)
     assert TrainConfig.from_json(train_part) == TrainConfig(epochs=7, lr=0.01)
@@ -225,7 +229,12 @@ def test_config_file_reads_model_and_train_tables(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("[model]\nwidth = 3\n", "unknown key model.width"), ("epochs = [", "invalid TOML"), ("foo = 1", "foo")],
+    [("[model]\nwidth = 3\n", "unknown key model.width"), ("epochs = [", "invalid TOML"), ("foo = 1", "foo"),
+     ('[train]\nepochs = "x"\n', "epochs = 'x' is not a whole number"),
+     ("[train]\nlr = true\n", "lr = True is not a number"),
+     ('[model]\nhidden = ["wide"]\n', "hidden = \\['wide'\\] is not a list of numbers"),
+     ("[train]\ndeterministic = 1\n", "deterministic = 1 is not true or false"),
+     ("[model]\ndropout = [0.1]\n", r"dropout = \[0.1\] is not a number")],
 )
 def test_bad_config_files_name_the_file_and_the_problem(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
