@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from recae.cli import cli
 from recae.errors import EXIT_ERROR
 from tests.synthetic import planted_low_rank
 
-TINY = "[model]\nhidden = [32]\n[train]\nepochs = 3\nensemble = 1\npartner_members = 1\nthreads = 1\n"
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ("[model]\nhidden = [32]\n[train]\nepochs = 3\nensemble = 1\npartner_members = 1\nthreads = 1\n"
+        "weight_decay = 20.0\n")  # an explicit weight decay: no search over candidates
 GENRES = ("Comedy", "Drama", "Film-Noir")
 
 
@@ -268,3 +271,46 @@ def test_a_read_only_home_serves_read_only_commands_and_refuses_writes_in_one_li
     assert code == EXIT_ERROR and out == ""
     assert err.strip() == ("Error: the store is read-only here and this command writes to it; nothing was changed "
                            "(use a writable --home, or read-only commands such as recommend)")
+
+
+# --- faults: a killed training --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_sigkill_mid_training_leaves_the_store_and_champion_and_resume_publishes(home: Path) -> None:
+    """`recae train` killed while it trains leaves the store, the champion and the models folder as they were
+    (nothing half-published); the same command with --resume trains on and publishes."""
+    import signal
+    import subprocess
+    import time
+
+    config = home.parent / "long.toml"
+    config.write_text(TINY.replace("epochs = 3", "epochs = 150\npatience = 150"))
+    before, engine = champion(home), store(home)
+    with engine.connect() as conn:
+        rows_before = conn.execute(text("SELECT COUNT(*) FROM model_versions")).scalar_one()
+    engine.dispose()
+    command = [sys.executable, "-m", "recae", "--home", str(home), "train", "--config", str(config)]
+    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = home / "models" / ".runs"
+    deadline = time.monotonic() + 60
+    while not (runs.is_dir() and any(runs.iterdir())):  # the run folder exists once training has started
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert job.poll() is None, "training ended before it could be killed"
+    job.send_signal(signal.SIGKILL)
+    job.communicate()
+    assert job.returncode == -signal.SIGKILL
+    engine = store(home)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM model_versions")).scalar_one() == rows_before
+    engine.dispose()
+    assert champion(home) == before
+    assert sorted(p.name for p in (home / "models").iterdir() if not p.name.startswith(".")) == [before[0]]
+    resumed = subprocess.run([*command, "--resume", "--format", "json"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert champion(home)[0] == json.loads(resumed.stdout)["version"] != before[0]

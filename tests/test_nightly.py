@@ -148,6 +148,7 @@ def test_inherited_partition_keeps_old_sides_and_splits_only_new_ratings() -> No
 # --- the job in real processes ----------------------------------------------------------------------------------
 
 
+@pytest.mark.faults
 def test_second_run_while_the_lock_is_held_exits_75_at_once(tmp_path: Path) -> None:
     from filelock import FileLock
 
@@ -164,6 +165,7 @@ def test_second_run_while_the_lock_is_held_exits_75_at_once(tmp_path: Path) -> N
     assert waited < 30  # it did not wait for the lock (the bound is generous: a cold interpreter start)
 
 
+@pytest.mark.faults
 def test_inbox_ingests_the_good_file_and_rejects_the_malformed_one(home: Path, planted: tuple[Path, Path]) -> None:
     from recae.db import count_ratings
 
@@ -190,6 +192,7 @@ def test_inbox_ingests_the_good_file_and_rejects_the_malformed_one(home: Path, p
     assert again["decision"] == "unchanged"
 
 
+@pytest.mark.faults
 def test_unparsable_inbox_files_are_rejected_with_their_reason_and_the_rest_goes_on(tmp_path: Path) -> None:
     """A poisoned file (bare-CR line endings, a field past csv's 131,072-character limit, no line break at all)
     once crashed the parser and so every nightly run; now each is rejected with its reason like any bad file."""
@@ -270,6 +273,7 @@ def test_worse_challenger_is_not_published(home: Path, planted: tuple[Path, Path
     assert summary(recae(home, "retrain"))["decision"] == "unchanged"
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("point", ["train", "publish"])
 def test_run_killed_during_training_or_publish_leaves_the_champion_serving(
         home: Path, planted: tuple[Path, Path], point: str) -> None:

@@ -65,6 +65,7 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(("optimizer", "lr"), [("adam", 1e-2), ("rprop", 1e-2), ("lbfgs", 1.0)])
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
     small, tmp_path: Path, optimizer: str, lr: float  # type: ignore[no-untyped-def]
@@ -89,6 +90,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
     assert not any(p.name.endswith(".tmp") for p in run_dir.iterdir())
 
 
+@pytest.mark.faults
 def test_resumed_optimizer_state_is_aligned_like_fresh_tensors(small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """safetensors returns tensors at any 4-byte offset; BLAS dot products (L-BFGS's history) round differently on
     unaligned data on some CPUs (MKL on AMD EPYC: the resume test above drifted in the 8th digit), so a resumed
@@ -124,6 +126,7 @@ def test_checkpoints_are_written_at_most_every_interval_and_at_the_end(
     assert len(saved) == writes and saved[-1] == 6  # the finished state is always on disk
 
 
+@pytest.mark.faults
 def test_resume_refuses_a_checkpoint_of_other_settings(small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fit_part, val_part = small
     settings = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=2, threads=1, batch_ratings=1000)
@@ -142,6 +145,7 @@ def test_a_damaged_checkpoint_is_a_one_line_error(small, tmp_path: Path) -> None
         fit(fit_part, val_part, model_config(hidden=(8,)), settings, run_dir=tmp_path, resume=True)
 
 
+@pytest.mark.faults
 def test_an_ensemble_beats_or_matches_its_average_member_and_resumes(small, tmp_path: Path) -> None:
     fit_part, val_part = small
     settings = TrainConfig(ensemble=3, weight_decay_grid=(), epochs=30, lr=1e-2, weight_decay=1.0,
