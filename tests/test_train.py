@@ -274,7 +274,7 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 3])  # 3: the worst of the seeds measured (0.8953), past the old bound 0.895
+@pytest.mark.parametrize("seed", [0, 4])  # 4: the worst of the seeds measured (0.8959), past the old bound 0.895
 def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, seed: int) -> None:
     from recae.splits import Split, SplitSpec
     from recae.train import DEFAULT_MODEL, train_split
