@@ -26,11 +26,12 @@ import torch
 
 from recae.batches import oriented_csr, sparse_rows
 from recae.blend import blend
+from recae.config import models_dir_of
 from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.matrix import IdIndex, RatingMatrix
 from recae.models import AutoEncoder, ModelConfig, build_model, pairs_pattern
 from recae.rankers import EaseRanker
-from recae.registry import VersionInfo, set_champion
+from recae.registry import VersionInfo, set_champion, stored_path, version_folder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -310,6 +311,9 @@ def load_model(path: str | Path) -> TrainedModel:
 
     folder = Path(path)
     meta_path, weights = folder / META_FILE, folder / WEIGHTS_FILE
+    if not folder.is_dir():
+        raise CorruptArtifactError(f"model folder {folder} does not exist (another --home, or deleted?); "
+                                   "retrain with `recae train` or roll back with `recae models use`")
     for needed in (meta_path, weights):
         if not needed.is_file():
             raise CorruptArtifactError(f"model artifact {folder} is missing {needed.name}; retrain with `recae train`")
@@ -319,6 +323,8 @@ def load_model(path: str | Path) -> TrainedModel:
         model_cfg = ModelConfig.from_json(meta["model_config"])
         index = IdIndex.from_json(meta["index"])
         scale = (float(meta["rating_scale"][0]), float(meta["rating_scale"][1]))
+        if not -1e6 < scale[0] < scale[1] < 1e6:
+            raise ValueError(f"rating_scale {meta['rating_scale']} is not [LOW, HIGH] with LOW < HIGH")
         partner_meta = meta.get("partner")
         partner_cfg = ModelConfig.from_json(partner_meta["model_config"]) if partner_meta else None
         blend_weight = float(partner_meta["blend_weight"]) if partner_meta else 1.0
@@ -352,8 +358,9 @@ def load_model(path: str | Path) -> TrainedModel:
         module = _module_from(tensors, "model/", model_cfg, index)
         partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
         ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
-    except (KeyError, ValueError, RuntimeError) as err:
-        raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json ({err})") from err
+    except (KeyError, ValueError, RuntimeError) as err:  # torch's size mismatches span lines: one line here
+        raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json "
+                                   f"({' '.join(str(err).split())})") from err
     train_cfg = None
     if meta.get("train_config") is not None:
         from recae.train import TrainConfig
@@ -429,7 +436,8 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
               "split": trained.split_spec, "ranker": meta["ranker"]}
     row = ModelVersion(
         version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
-        seed=seed, path=str(final), data_fingerprint=meta["data_fingerprint"], metrics=json.dumps(trained.metrics),
+        seed=seed, path=stored_path(version), data_fingerprint=meta["data_fingerprint"],
+        metrics=json.dumps(trained.metrics),
         config=json.dumps(config), created_at=created_at,
     )
     from sqlalchemy.orm import Session
@@ -448,13 +456,14 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
     log.info("published %s at %s", version, final)
     return VersionInfo(
         version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
-        seed=seed, path=str(final), data_fingerprint=meta["data_fingerprint"], metrics=dict(trained.metrics),
+        seed=seed, path=stored_path(version), data_fingerprint=meta["data_fingerprint"], metrics=dict(trained.metrics),
         config=config, created_at=created_at, is_champion=make_champion,
     )
 
 
-def load_version(engine: Engine, version: str) -> TrainedModel:
-    """Load a published version by name; ModelNotFoundError when the store has no such version."""
+def load_version(engine: Engine, version: str, models_dir: str | Path | None = None) -> TrainedModel:
+    """Load a published version by name from ``models_dir`` (default: ``config.models_dir_of(engine)``);
+    ModelNotFoundError when the store has no such version."""
     from sqlalchemy import select
 
     from recae.db import ModelVersion
@@ -463,11 +472,12 @@ def load_version(engine: Engine, version: str) -> TrainedModel:
         path = conn.execute(select(ModelVersion.path).where(ModelVersion.version == version)).scalar()
     if path is None:
         raise ModelNotFoundError(f"model version {version!r} is not in the store; see `recae models`")
-    return load_model(path)
+    return load_model(version_folder(path, models_dir or models_dir_of(engine)))
 
 
-def load_champion(engine: Engine) -> TrainedModel:
-    """The serving model; ModelNotFoundError before the first ``recae train``."""
+def load_champion(engine: Engine, models_dir: str | Path | None = None) -> TrainedModel:
+    """The serving model, from ``models_dir`` (default: ``config.models_dir_of(engine)``); ModelNotFoundError
+    before the first ``recae train``."""
     from sqlalchemy import select
 
     from recae.db import Champion, ModelVersion
@@ -478,7 +488,7 @@ def load_champion(engine: Engine) -> TrainedModel:
         ).scalar()
     if path is None:
         raise ModelNotFoundError("no trained model yet; run `recae train`")
-    return load_model(path)
+    return load_model(version_folder(path, models_dir or models_dir_of(engine)))
 
 
 def with_metrics(trained: TrainedModel, metrics: dict[str, float]) -> TrainedModel:

@@ -87,6 +87,14 @@ class RecaeGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as err:  # noqa: BLE001 - last line of defence: one line, not a traceback
+            from recae.db import store_error
+
+            known = store_error(err)  # a busy or read-only store: one line, never raw SQL and parameters
+            if known is not None:
+                if _verbosity(ctx) > 0:
+                    logging.getLogger("recae").exception("failed")
+                click.echo(f"Error: {known}", err=True)
+                ctx.exit(known.exit_code)
             if _verbosity(ctx) > 0:
                 raise
             click.echo(f"Error: {type(err).__name__}: {err} (run with -v for the traceback)", err=True)
@@ -201,10 +209,10 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
       recae recommend --user 42 -n 5 --genre Comedy --min-year 1990 --format json
       recae recommend --rate 50=5 --rate 172=4 --rate 133=1      # a new user
     """
-    from dataclasses import asdict
+    from dataclasses import asdict, fields
 
     from recae.output import render
-    from recae.recommend import Filters, recommend_from_store
+    from recae.recommend import Filters, RecommendedMovie, recommend_from_store
 
     fresh = _parse_rate(rate)
     if ratings_file:
@@ -221,9 +229,12 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
     if recs is None:
         from recae.recommend import recommend_live
 
-        recs = recommend_live(engine, user_id, fresh, n, filters, version)
+        recs = recommend_live(engine, user_id, fresh, n, filters, version, models_dir=obj.paths().models_dir)
     who = f"user {user_id}" if user_id is not None else "the new user"
-    echo_data(render([asdict(r) for r in recs], fmt, title=f"Top {len(recs)} for {who}"))
+    if not recs:
+        echo_info(f"no film matched for {who}: every candidate was rated, excluded or filtered out")
+    echo_data(render([asdict(r) for r in recs], fmt, title=f"Top {len(recs)} for {who}",
+                     columns=[f.name for f in fields(RecommendedMovie)]))
 
 
 @cli.group()
@@ -268,12 +279,13 @@ def models_show(obj: Context, version: str | None, fmt: str) -> None:
     Example:
       recae models show 20261123-101500-stacked --format json
     """
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from recae.output import render
-    from recae.registry import get_version
+    from recae.registry import get_version, version_folder
 
     info = get_version(obj.engine(), version)
+    info = replace(info, path=str(version_folder(info.path, obj.paths().models_dir)))
     record = asdict(info)
     if fmt != "json":
         record = {**info.summary(), "path": info.path, "metrics": info.metrics, "config": info.config}
@@ -449,7 +461,7 @@ def evaluate(obj: Context, version: str | None, split_name: str | None, test_fra
     from recae.splits import SplitSpec
 
     spec = SplitSpec(split_name, test_fraction, seed) if split_name else None
-    report = evaluate_model(obj.engine(), version, spec, k=k)
+    report = evaluate_model(obj.engine(), version, spec, k=k, models_dir=obj.paths().models_dir)
     if report.note:
         echo_info(f"note: {report.note}")
     if fmt == "json":
@@ -498,7 +510,7 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
         return
     echo_info(f"    published {run.published.version} in {run.result.metrics.get('seconds', 0):.1f} s")
     echo_info("3/4 evaluating on the held-out ratings of u1 ...")
-    evaluation = evaluate_model(engine, run.published.version, k=10)
+    evaluation = evaluate_model(engine, run.published.version, k=10, models_dir=paths.models_dir)
     echo_data(render(evaluation.rows(), "table", title=f"Test RMSE on u1 (n={evaluation.n_test})"))
     echo_info(f"4/4 recommending for user {user_id} ...")
     recs = recommend_from_store(engine, user_id, 10) or []
@@ -742,7 +754,8 @@ def similar(obj: Context, movie_id: int, n: int, version: str | None, fmt: str) 
     from recae.similar import similar_movies
 
     engine = obj.engine()
-    trained = load_version(engine, version) if version else load_champion(engine)
+    models_dir = obj.paths().models_dir
+    trained = load_version(engine, version, models_dir) if version else load_champion(engine, models_dir)
     neighbours = similar_movies(trained, movie_id, n)
     details = movie_details(engine, [movie_id, *(s.movie_id for s in neighbours)])
     records = []
@@ -758,8 +771,8 @@ def _load_model(obj: Context, version: str | None):  # type: ignore[no-untyped-d
     """The engine and the asked-for version (default: the champion)."""
     from recae.artifacts import load_champion, load_version
 
-    engine = obj.engine()
-    return engine, (load_version(engine, version) if version else load_champion(engine))
+    engine, models_dir = obj.engine(), obj.paths().models_dir
+    return engine, (load_version(engine, version, models_dir) if version else load_champion(engine, models_dir))
 
 
 def _side_options(command: F) -> F:

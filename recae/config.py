@@ -8,8 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 HOME_ENV = "RECAE_HOME"
 DATABASE_URL_ENV = "RECAE_DATABASE_URL"
@@ -41,6 +45,14 @@ class Paths:
     def locks_dir(self) -> Path:
         """Lock files for jobs that must not run twice at once."""
         return self.home / "locks"
+
+
+def models_dir_of(engine: Engine) -> Path:
+    """The models folder of the home whose store ``engine`` opens, for callers not given one: beside a SQLite
+    file (a home's layout: ``HOME/recae.db``, ``HOME/models``), else the resolved home's."""
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        return Path(engine.url.database).expanduser().parent / "models"
+    return resolve_paths().models_dir
 
 
 def resolve_paths(home: str | Path | None = None, database_url: str | None = None) -> Paths:

@@ -7,11 +7,13 @@ the ORM classes below describe it for queries and for Alembic's autogenerate che
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import (
     BigInteger,
@@ -29,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.url import URL
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from recae.errors import RecaeError
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 #: The newest migration's revision id; a test checks it equals Alembic's head.
 SCHEMA_HEAD = "0003"
 
+#: How long a SQLite writer waits for another's write lock before "database is locked" (exit 75).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: PostgreSQL writers wait this long for a row or table lock before giving up (as SQLite's busy timeout).
 POSTGRES_LOCK_TIMEOUT_MS = 30_000
@@ -203,6 +206,45 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-u
     cursor.close()
 
 
+def is_lock_timeout(err: BaseException) -> bool:
+    """SQLite's "database is locked" (its busy timeout ran out), or PostgreSQL's lock_not_available (SQLSTATE
+    55P03) whether it came through SQLAlchemy or straight from psycopg (the COPY paths use the raw connection)."""
+    if isinstance(err, OperationalError) and "locked" in str(getattr(err, "orig", None) or err).lower():
+        return True
+    return getattr(getattr(err, "orig", None) or err, "sqlstate", None) == "55P03"
+
+
+def _read_only_sqlite_url(parsed: URL) -> URL | None:
+    """A read-only URL for a SQLite file we may read but not write (a read-only home: a backup, a read-only mount),
+    else None. WAL needs its ``-shm`` file: without one that could be made, the file is opened as immutable."""
+    path = Path(str(parsed.database)).expanduser()
+    if not path.is_file() or (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        return None
+    shm = path.with_name(path.name + "-shm")
+    mode = "ro" if shm.exists() else "ro&immutable=1"
+    log.info("%s is read-only here: opened read-only (commands that write will fail)", path)
+    return make_url(f"sqlite:///file:{quote(str(path.resolve()))}?mode={mode}&uri=true")
+
+
+def _set_read_only_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+    cursor.close()
+
+
+def store_error(err: BaseException) -> RecaeError | None:
+    """The one-line RecaeError a database error means to a user (busy: exit 75; read-only), or None."""
+    from recae.errors import STORE_BUSY, StoreBusyError
+
+    if is_lock_timeout(err):
+        return StoreBusyError(f"{STORE_BUSY}; nothing was changed, try again when it finishes")
+    if isinstance(err, OperationalError) and "readonly" in str(getattr(err, "orig", None) or err).lower():
+        return StoreUnavailableError("the store is read-only here and this command writes to it; nothing was "
+                                     "changed (use a writable --home, or read-only commands such as recommend)")
+    return None
+
+
 def _parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
@@ -227,7 +269,12 @@ def make_engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                make_folder(Path(parsed.database).expanduser().parent)
+                read_only = _read_only_sqlite_url(parsed)
+                if read_only is not None:
+                    engine = create_engine(read_only)
+                    event.listen(engine, "connect", _set_read_only_pragmas)
+                    return engine
             engine = create_engine(parsed)
             event.listen(engine, "connect", _set_sqlite_pragmas)
             return engine
@@ -238,6 +285,18 @@ def make_engine(url: str) -> Engine:
         else:
             hint = f"the driver for {parsed.drivername} is not installed"
         raise StoreUnavailableError(f"cannot open {_safe(parsed)}: {hint} ({err})") from None
+
+
+def make_folder(folder: Path) -> None:
+    """``mkdir -p folder``; StoreUnavailableError in one line when a file is in the way or it may not be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise StoreUnavailableError(f"cannot use {folder} as a folder: {blocking} is a file, not a folder; "
+                                    "choose another --home (or RECAE_HOME)") from None
+    except OSError as err:
+        raise StoreUnavailableError(f"cannot create the folder {folder}: {err.strerror or err}") from None
 
 
 def _safe(url: URL) -> str:

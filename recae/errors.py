@@ -43,6 +43,10 @@ class UnknownMovieError(RecaeError):
     """A movie id is not in the catalogue or not in the model."""
 
 
+class UnknownGenreError(RecaeError):
+    """A genre filter names no genre of the catalogue."""
+
+
 class ModelNotFoundError(RecaeError):
     """No trained model (or not the requested version) is published."""
 
@@ -63,3 +67,10 @@ class LockHeldError(RecaeError):
     """Another run holds the lock."""
 
     exit_code = EXIT_LOCKED
+
+
+STORE_BUSY = "the store is busy: another process (a retrain, an ingest, a training) is writing to it"
+
+
+class StoreBusyError(LockHeldError):
+    """Another process held the store's write lock longer than the busy timeout; nothing was written."""

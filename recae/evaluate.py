@@ -36,6 +36,8 @@ from recae.metrics import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy.engine import Engine
 
     from recae.splits import SplitSpec
@@ -264,7 +266,7 @@ def held_out_for_model(test: RatingMatrix, model_inputs: RatingMatrix) -> tuple[
 
 def evaluate_model(
     engine: Engine, version: str | None = None, split: SplitSpec | None = None, k: int = 10,
-    threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    threshold: float = DEFAULT_RELEVANCE_THRESHOLD, models_dir: Path | None = None,
 ) -> ModelEvaluation:
     """Score a published model (default: the champion) on the held-out ratings of the split it was trained on.
 
@@ -276,13 +278,13 @@ def evaluate_model(
     from recae.splits import SplitSpec, split_from_store
 
     info = get_version(engine, version)
-    trained = load_version(engine, info.version) if version else load_champion(engine)
+    trained = load_version(engine, info.version, models_dir) if version else load_champion(engine, models_dir)
     spec = split or SplitSpec.from_json(trained.split_spec or {"name": info.split})
     matrix = RatingMatrix.from_db(engine)
     rebuilt = split_from_store(engine, matrix, spec)
     test, dropped = held_out_for_model(rebuilt.test, trained.inputs)
     note = None
-    if rebuilt.train.fingerprint() != trained.inputs.fingerprint():
+    if rebuilt.train.ratings_fingerprint() != trained.inputs.ratings_fingerprint():  # a loaded model has no timestamps
         note = (f"the store changed since {info.version} was trained (or another split was asked for); "
                 f"scored {test.nnz} held-out ratings, skipped {dropped} the model read or does not know")
     if test.nnz == 0:

@@ -36,13 +36,13 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
 
 from recae.datasets import DataSource, DatasetFormat, RatingScale, fetch, get_format, sha256_file
 from recae.db import (
     POSTGRES_INGEST_LOCK,
     POSTGRES_LOCK_TIMEOUT_MS,
     IngestRun,
+    is_lock_timeout,
     is_postgresql,
     is_sqlite,
     utcnow,
@@ -55,13 +55,20 @@ T = TypeVar("T")
 MAX_ID = 2**31 - 1  # ids must fit a 32-bit INTEGER (PostgreSQL)
 MAX_TIMESTAMP = 2**53
 BLOCK_BYTES = 16 << 20  # ~700k ratings lines per parsed block
+#: Longest ratings line read (MovieLens lines are under 64 bytes): a file without line breaks is refused after this
+#: many bytes instead of being held whole in memory (a 157 KB zip can expand to a 100 MB line-less u.data).
+MAX_LINE_BYTES = 1 << 16
 REJECTS_KEPT = 10
 PLAIN = "ratings-csv"
 
+# The last condition skips updates that change nothing, so that ``rows_loaded`` counts changed ratings, not lines
+# (a file repeating one line a million times loads one rating); the final state is the same.
 UPSERT_RATING_WHERE = (
     ' ON CONFLICT (user_id, movie_id) DO UPDATE SET rating = excluded.rating, "timestamp" = excluded."timestamp"'
-    ' WHERE excluded."timestamp" IS NULL OR ratings."timestamp" IS NULL'
-    ' OR excluded."timestamp" >= ratings."timestamp"'
+    ' WHERE (excluded."timestamp" IS NULL OR ratings."timestamp" IS NULL'
+    ' OR excluded."timestamp" >= ratings."timestamp")'
+    ' AND (ratings.rating IS DISTINCT FROM excluded.rating'
+    ' OR ratings."timestamp" IS DISTINCT FROM excluded."timestamp")'
 )
 UPSERT_MOVIE = text(
     "INSERT INTO movies (movie_id, title, year, genres) VALUES (:movie_id, :title, :year, :genres)"
@@ -158,23 +165,37 @@ class _Chunk:
 # --------------------------------------------------------------------------------------------- parsing
 
 
-def _blocks(stream: BinaryIO, on_bytes: Callable[[int], None]) -> Iterator[bytes]:
-    """Whole-line blocks of about BLOCK_BYTES, each ending in a newline."""
+def _blocks(stream: BinaryIO, on_bytes: Callable[[int], None], label: str) -> Iterator[bytes]:
+    """Whole-line blocks of about BLOCK_BYTES, each ending in a newline; DataError (nothing more read) when a line
+    grows past MAX_LINE_BYTES, so memory stays bounded whatever the file holds."""
     rest = b""
+    lines = 0
     while data := stream.read(BLOCK_BYTES):
         on_bytes(len(data))
         data = rest + data
         cut = data.rfind(b"\n") + 1
         if cut:
+            lines += data.count(b"\n", 0, cut)
             yield data[:cut]
         rest = data[cut:]
+        if len(rest) > MAX_LINE_BYTES:
+            raise DataError(f"{label} line {lines + 1}: longer than {MAX_LINE_BYTES:,} bytes without a line break; "
+                            "not a ratings file (one rating per line)")
     if rest:
         yield rest + b"\n"
 
 
 def _fields(line: str, sep: str) -> list[str]:
+    """The fields of one line; ValueError saying why when it is not a line of ``sep``-separated values."""
+    if len(line) > MAX_LINE_BYTES:
+        raise ValueError(f"the line is longer than {MAX_LINE_BYTES:,} characters")
+    if "\r" in line:
+        raise ValueError("a carriage return inside the line (bare-CR line endings?); use LF or CRLF line endings")
     if sep == ",":
-        return next(csv.reader([line]), [])
+        try:
+            return next(csv.reader([line]), [])
+        except csv.Error as err:
+            raise ValueError(f"not a CSV line ({err})") from None
     return line.split(sep)
 
 
@@ -188,7 +209,10 @@ def _is_number(value: str) -> bool:
 
 def _check_line(line: str, layout: RatingsLayout) -> tuple[int, int, float, float] | str:
     """Values of one ratings line, or the reason it is refused (the slow, exact path)."""
-    parts = [p.strip() for p in _fields(line, layout.sep)]
+    try:
+        parts = [p.strip() for p in _fields(line, layout.sep)]
+    except ValueError as err:
+        return str(err)
     n_ok = len(parts) == layout.n_fields or (len(parts) == 3 and not layout.timestamp_required)
     if not n_ok:
         expected = f"{layout.n_fields}" if layout.timestamp_required else "3 or 4"
@@ -269,11 +293,14 @@ def read_ratings(stream: BinaryIO, layout: RatingsLayout, rejects: _RejectLog, *
                  on_bytes: Callable[[int], None] = lambda n: None) -> Iterator[tuple[_Chunk, int]]:
     """Yield (valid ratings, lines read) per block. ``header`` None: a first line whose id is not a number."""
     next_line = 1
-    for block in _blocks(stream, on_bytes):
+    for block in _blocks(stream, on_bytes, layout.label):
         if next_line == 1:
             block = block.removeprefix(b"\xef\xbb\xbf")
-            first = block.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-            looks_like_header = not any(_is_number(f) for f in _fields(first, layout.sep))
+            first = block.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").strip()
+            try:
+                looks_like_header = not any(_is_number(f) for f in _fields(first, layout.sep))
+            except ValueError as err:
+                raise DataError(f"{layout.label} line 1: {err}") from None
             if header and not looks_like_header:
                 raise DataError(f"{layout.label} line 1: expected a header line, found {first[:80]!r}")
             if header or (header is None and looks_like_header):
@@ -447,7 +474,8 @@ ORDER BY user_id, movie_id, ts DESC, seq DESC
 _PG_INSERT_RATINGS = ('INSERT INTO ratings (user_id, movie_id, rating, "timestamp")'
                       " SELECT user_id, movie_id, rating, NULLIF(ts, 0) FROM {source}")
 _PG_REPLACE = (' ON CONFLICT (user_id, movie_id) DO UPDATE SET rating = excluded.rating,'
-               ' "timestamp" = excluded."timestamp"')
+               ' "timestamp" = excluded."timestamp" WHERE ratings.rating IS DISTINCT FROM excluded.rating'
+               ' OR ratings."timestamp" IS DISTINCT FROM excluded."timestamp"')
 
 
 class _PostgresRatingsWriter(_RatingsWriter):
@@ -577,14 +605,6 @@ def _busy_message(source: str) -> str:
             "try again when it finishes")
 
 
-def _is_lock_timeout(err: Exception) -> bool:
-    """SQLite's "database is locked", or PostgreSQL's lock_not_available (SQLSTATE 55P03) whether it came
-    through SQLAlchemy or straight from psycopg (the COPY paths use the raw connection)."""
-    if isinstance(err, OperationalError) and "locked" in str(err).lower():
-        return True
-    return getattr(getattr(err, "orig", None) or err, "sqlstate", None) == "55P03"
-
-
 # --------------------------------------------------------------------------------------------- orchestration
 
 
@@ -693,7 +713,7 @@ def _run(engine: Engine, plan: _Plan, skip_bad: bool, progress: bool) -> IngestR
         _record_failure(engine, plan, str(err))
         raise
     except Exception as err:
-        if _is_lock_timeout(err):
+        if is_lock_timeout(err):
             raise LockHeldError(_busy_message(plan.source)) from None
         raise
     if untitled:
@@ -768,8 +788,11 @@ def ingest_ratings_file(engine: Engine, path: str | Path, *, scale: tuple[float,
     if not file.is_file():
         raise DataError(f"{file}: no such file")
     with open(file, "rb") as probe:
-        first = probe.readline().removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").strip()
-    n_fields = len(next(csv.reader([first]), []))
+        first = probe.readline(MAX_LINE_BYTES + 1).removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace")
+    try:
+        n_fields = len(_fields(first.rstrip("\r\n").strip(), ","))
+    except ValueError as err:
+        raise DataError(f"{file.name} line 1: {err}") from None
     if n_fields not in (3, 4):
         raise DataError(f"{file.name} line 1: expected user_id,movie_id,rating[,timestamp], found {n_fields} fields")
     low, high = float(scale[0]), float(scale[1])

@@ -222,11 +222,20 @@ class RatingMatrix:
 
     def fingerprint(self) -> str:
         """sha256 over ids, ratings and timestamps: equal fingerprints mean the same data (and the same splits)."""
+        return self._digest(with_timestamps=True)
+
+    def ratings_fingerprint(self) -> str:
+        """sha256 over (user, movie, rating) only: what a saved model keeps of its inputs (it stores no timestamps),
+        so a loaded model's inputs compare equal to the same ratings read from the store."""
+        return self._digest(with_timestamps=False)
+
+    def _digest(self, with_timestamps: bool) -> str:
         digest = hashlib.sha256()
         indptr = self.csr.indptr.astype(np.int64)
         indices = self.csr.indices.astype(np.int32)
         data = self.csr.data.astype(np.float32)
-        for array in (self.index.user_ids, self.index.movie_ids, indptr, indices, data, self.timestamps):
+        arrays = (self.index.user_ids, self.index.movie_ids, indptr, indices, data)
+        for array in (*arrays, self.timestamps) if with_timestamps else arrays:
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 

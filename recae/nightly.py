@@ -38,6 +38,7 @@ after the first batch of recommendations, so a test can SIGKILL it at that exact
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -323,7 +324,7 @@ def ingest_inbox(engine: Engine, inbox: Path, *, scale: tuple[float, float] = (0
             on_progress(f"ingesting {path.name}")
         try:
             report = ingest_ratings_file(engine, path, scale=scale, step=step)
-        except (DataError, OSError, UnicodeError) as err:
+        except (DataError, OSError, ValueError, csv.Error) as err:  # any parse failure rejects only this file
             reason = str(err) if isinstance(err, DataError) else f"{path.name}: cannot read ({err})"
             rejected.mkdir(exist_ok=True)
             target = _free_name(rejected, path.name)
@@ -540,7 +541,7 @@ def prune_versions(engine: Engine, models_dir: Path, keep: int) -> tuple[str, ..
     from sqlalchemy import delete, select
 
     from recae.db import ModelVersion, Recommendation
-    from recae.registry import current_champion
+    from recae.registry import current_champion, version_folder
 
     with engine.begin() as conn:
         champion = current_champion(conn)
@@ -553,7 +554,7 @@ def prune_versions(engine: Engine, models_dir: Path, keep: int) -> tuple[str, ..
             conn.execute(delete(ModelVersion).where(ModelVersion.version.in_(names)))
     root = models_dir.resolve()
     for version, path in doomed:
-        folder = Path(path).resolve()
+        folder = version_folder(path, models_dir).resolve()
         if folder.parent == root and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
         log.info("pruned model version %s", version)
@@ -564,7 +565,7 @@ def prune_versions(engine: Engine, models_dir: Path, keep: int) -> tuple[str, ..
     return tuple(names)
 
 
-def remove_unfinished(engine: Engine) -> tuple[str, ...]:
+def remove_unfinished(engine: Engine, models_dir: Path) -> tuple[str, ...]:
     """Delete versions a killed retrain published but never promoted: not the champion, no recommendations.
 
     Only versions made by this job (their split names ``holdout_of``) are touched, and only under the job's lock,
@@ -573,7 +574,7 @@ def remove_unfinished(engine: Engine) -> tuple[str, ...]:
     from sqlalchemy import delete, select
 
     from recae.db import ModelVersion, Recommendation
-    from recae.registry import current_champion
+    from recae.registry import current_champion, version_folder
 
     with engine.begin() as conn:
         champion = current_champion(conn)
@@ -584,7 +585,9 @@ def remove_unfinished(engine: Engine) -> tuple[str, ...]:
         if doomed:
             conn.execute(delete(ModelVersion).where(ModelVersion.version.in_([v for v, _ in doomed])))
     for version, path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        folder = version_folder(path, models_dir).resolve()
+        if folder.parent == models_dir.resolve():  # never another home's folder (an old absolute path)
+            shutil.rmtree(folder, ignore_errors=True)
         log.warning("removed %s: a killed retrain published it but never made it the champion", version)
     return tuple(v for v, _ in doomed)
 
@@ -773,16 +776,16 @@ def _run_locked(engine: Engine, models_dir: Path, locks_dir: Path, options: Retr
                 progress: Callable[[str], None]) -> None:
     from recae.artifacts import load_model
     from recae.matrix import RatingMatrix
-    from recae.registry import champion_of, get_version
+    from recae.registry import champion_of, get_version, version_folder
 
-    removed = remove_unfinished(engine)
+    removed = remove_unfinished(engine, models_dir)
     champion_version = champion_of(engine)
     champion: TrainedModel | None = None
     champion_dir: Path | None = None
     known: set[str] = set()
     if champion_version is not None:
         state.champion_before = champion_version
-        champion_dir = Path(get_version(engine, champion_version).path)
+        champion_dir = version_folder(get_version(engine, champion_version).path, models_dir)
         champion = load_model(champion_dir)
         record = ensure_holdout(engine, champion_dir, champion, champion_version)  # before tonight's ratings
         known.update([record.store_fingerprint] if record.store_fingerprint else [])
@@ -934,8 +937,9 @@ def _publish(engine: Engine, models_dir: Path, locks_dir: Path, trained: Trained
     progress("publishing")
     published = publish(engine, models_dir, trained, data_fingerprint=matrix.fingerprint(), make_champion=False)
     state.challenger = published.version
+    folder = models_dir / published.version
     try:
-        write_holdout(Path(published.path), record)
+        write_holdout(folder, record)
         progress("precomputing recommendations and switching the champion")
         paused = {"done": False}
 
@@ -949,7 +953,7 @@ def _publish(engine: Engine, models_dir: Path, locks_dir: Path, trained: Trained
         with engine.begin() as conn:
             conn.execute(delete(Recommendation).where(Recommendation.version == published.version))
             conn.execute(delete(ModelVersion).where(ModelVersion.version == published.version))
-        shutil.rmtree(published.path, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         state.challenger = None
         raise
     state.champion_after = published.version

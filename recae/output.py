@@ -17,15 +17,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def render(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], fmt: str, title: str | None = None) -> str:
+def render(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], fmt: str, title: str | None = None,
+           columns: Sequence[str] = ()) -> str:
     """Format ``rows`` (a list of records, or one record) as ``table``, ``json`` or ``csv`` text.
 
-    JSON keeps the exact structure given (nested dicts allowed); table and CSV flatten one level.
+    JSON keeps the exact structure given (nested dicts allowed); table and CSV flatten one level. ``columns`` come
+    first (and are the header of an empty result, so a CSV reader still finds its columns).
     """
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str)
     records = [rows] if isinstance(rows, Mapping) else list(rows)
-    columns: list[str] = []
+    columns = list(columns)
     for record in records:
         columns.extend(k for k in record if k not in columns)
     if fmt == "csv":

@@ -17,6 +17,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from recae import distributed
 from recae.artifacts import TrainedModel, publish
+from recae.db import is_lock_timeout
+from recae.errors import STORE_BUSY, StoreBusyError
 from recae.matrix import RatingMatrix
 from recae.models import ModelConfig
 from recae.recommend import DEFAULT_PRECOMPUTED, precompute_recommendations
@@ -98,7 +100,15 @@ def train_and_publish(
         # Films a user rated anywhere (train or test) are never recommended to them.
         precompute_recommendations(conn, version, result.trained, matrix)
 
-    published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
-                        make_champion=make_champion, in_transaction=precompute if make_champion else None)
+    try:
+        published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
+                            make_champion=make_champion, in_transaction=precompute if make_champion else None)
+    except Exception as err:
+        if not is_lock_timeout(err):
+            raise
+        # The finished run's checkpoint stays in run_dir: a rerun with resume publishes it without training.
+        raise StoreBusyError(f"{STORE_BUSY}; nothing was published, the trained model is kept in {run_dir}: run "
+                             "the same command with --resume when it finishes to publish it without retraining"
+                             ) from None
     shutil.rmtree(run_dir, ignore_errors=True)
     return TrainingRun(published=published, result=result, promoted=make_champion)

@@ -18,7 +18,7 @@ from sqlalchemy import and_, delete, func, insert, not_, select
 from sqlalchemy.engine import Connection, Engine
 
 from recae.db import Movie, Rating, Recommendation
-from recae.errors import DataError, ModelNotFoundError, UnknownMovieError, UnknownUserError
+from recae.errors import DataError, ModelNotFoundError, UnknownGenreError, UnknownMovieError, UnknownUserError
 from recae.metrics import ranking_scores
 from recae.registry import current_champion
 
@@ -208,6 +208,18 @@ def precompute_recommendations(
     return written
 
 
+def check_genre(conn: Connection, genre: str | None) -> None:
+    """UnknownGenreError listing the catalogue's genres when ``genre`` is none of them (compared exactly,
+    ignoring case; ``%`` or ``_`` are characters, not patterns)."""
+    if genre is None:
+        return
+    known = sorted({g for (genres,) in conn.execute(select(Movie.genres).distinct()) for g in (genres or "").split("|")
+                    if g}, key=str.lower)
+    if genre.lower() not in {g.lower() for g in known}:
+        listed = ", ".join(known) if known else "none (the catalogue has no genres)"
+        raise UnknownGenreError(f"genre {genre!r} is unknown; genres in the catalogue: {listed}")
+
+
 def champion_version(conn: Connection) -> str:
     """Version of the serving model; ModelNotFoundError when none is published."""
     version = current_champion(conn)
@@ -237,12 +249,13 @@ def recommend_from_store(
     """
     with engine.connect() as conn:
         version = version or champion_version(conn)
+        check_genre(conn, filters.genre)
         conditions = [Recommendation.version == version, Recommendation.user_id == user_id]
         if filters.min_year is not None:
             conditions.append(Movie.year >= filters.min_year)
         if filters.genre is not None:
-            token = "%|" + filters.genre.lower() + "|%"
-            conditions.append(func.lower("|" + Movie.genres + "|").like(token))
+            literal = filters.genre.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(func.lower("|" + Movie.genres + "|").like(f"%|{literal}|%", escape="\\"))
         if filters.exclude:
             conditions.append(not_(Recommendation.movie_id.in_(filters.exclude)))
         query = (
@@ -364,7 +377,7 @@ def _check_fresh(engine: Engine, fresh: dict[int, float], scale: tuple[float, fl
 
 def recommend_live(
     engine: Engine, user_id: int | None, fresh: dict[int, float], n: int = 10,
-    filters: Filters = Filters(), version: str | None = None,
+    filters: Filters = Filters(), version: str | None = None, models_dir: Path | None = None,
 ) -> list[RecommendedMovie]:
     """Score with the model itself: fresh ratings folded in, or filters the precomputed list cannot satisfy.
 
@@ -373,7 +386,7 @@ def recommend_live(
     """
     from recae.artifacts import load_champion, load_version
 
-    trained = load_version(engine, version) if version else load_champion(engine)
+    trained = load_version(engine, version, models_dir) if version else load_champion(engine, models_dir)
     return recommend_with_model(engine, trained, user_id, fresh, n, filters)[0]
 
 
@@ -388,6 +401,8 @@ def recommend_with_model(
     """
     from recae.foldin import fold_in
 
+    with engine.connect() as conn:
+        check_genre(conn, filters.genre)
     _check_fresh(engine, fresh, trained.rating_scale)
     stored = _stored_ratings(engine, user_id) if user_id is not None else {}
     known_to_model = user_id is not None and trained.index.has_user(user_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -42,6 +43,25 @@ class VersionInfo:
             "val_rmse": self.metrics.get("val_rmse"),
             "created_at": self.created_at.isoformat(timespec="seconds") if self.created_at else None,
         }
+
+
+def stored_path(version: str) -> str:
+    """What ``model_versions.path`` records for a version: its folder relative to the models folder, so that a
+    home can be moved, restored from a backup or copied, and each copy reads its own weights."""
+    return version
+
+
+def version_folder(path: str, models_dir: str | Path) -> Path:
+    """The folder of a version whose recorded path is ``path``, inside ``models_dir``.
+
+    Rows written before paths were relative hold an absolute path: the folder of that name in ``models_dir`` wins
+    (a moved or copied home), and the recorded one is used only when ``models_dir`` has none.
+    """
+    recorded = Path(path)
+    if not recorded.is_absolute():
+        return Path(models_dir) / recorded
+    here = Path(models_dir) / recorded.name
+    return here if here.exists() or not recorded.exists() else recorded
 
 
 def _info(row: ModelVersion, champion: str | None) -> VersionInfo:

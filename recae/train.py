@@ -181,7 +181,35 @@ def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             if sub not in known:
                 raise DataError(f"{path}: unknown key {key}.{sub}; known keys are {', '.join(sorted(known))}")
             target[sub] = sub_value
+    for part, cls in ((model_part, ModelConfig), (train_part, TrainConfig)):
+        defaults = {f.name: f.default for f in fields(cls)}
+        for name, value in part.items():
+            wanted = _setting_type(defaults[name])
+            if wanted is not None and not _is_setting_of(value, wanted):
+                raise DataError(f"{path}: {name} = {value!r} is not {wanted[1]}")
     return model_part, train_part
+
+
+def _setting_type(default: Any) -> tuple[type, str] | None:
+    """The kind of value a setting with this default takes, and its name for messages (None: not checked)."""
+    for kind, name in ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "a string"),
+                       (tuple, "a list of numbers")):
+        if isinstance(default, kind):
+            return kind, name
+    return None
+
+
+def _is_setting_of(value: Any, wanted: tuple[type, str]) -> bool:
+    """TOML's value fits the setting: ints where numbers go, a bare number where a list of them does (hidden)."""
+    kind = wanted[0]
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is tuple:
+        items = value if isinstance(value, list) else [value]
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+    return isinstance(value, kind)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -374,7 +402,7 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], described: dict[str, Any],
                          device: torch.device) -> dict[str, Any]:
     def decode(spec: dict[str, Any]) -> Any:
         if "tensor" in spec:
-            return tensors[spec["tensor"]].to(device)
+            return _aligned(tensors[spec["tensor"]].to(device))
         if "list" in spec:
             return [decode(item) for item in spec["list"]]
         return spec["value"]
@@ -382,6 +410,17 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], described: dict[str, Any],
     state = {int(pid): {name: decode(spec) for name, spec in entries.items()}
              for pid, entries in described["state"].items()}
     return {"state": state, "param_groups": described["param_groups"]}
+
+
+#: Bytes PyTorch's CPU allocator aligns every tensor to. safetensors hands back tensors at any 4-byte offset.
+TENSOR_ALIGNMENT = 64
+
+
+def _aligned(tensor: Tensor) -> Tensor:
+    """``tensor`` in memory aligned as a fresh one is (copied only when it is not). BLAS reductions (L-BFGS's dot
+    products) may take another code path, with another rounding, for unaligned data on some CPUs (MKL on AMD
+    EPYC): a resumed L-BFGS run then drifted from an uninterrupted one in the 8th digit."""
+    return tensor if tensor.device.type != "cpu" or tensor.data_ptr() % TENSOR_ALIGNMENT == 0 else tensor.clone()
 
 
 def _save_checkpoint(path: Path, module: AutoEncoder, best: dict[str, Tensor], optimizer: torch.optim.Optimizer,

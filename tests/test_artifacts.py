@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import select
 
 from recae.artifacts import (
@@ -67,8 +68,12 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path: Path, orient
     loaded = load_model(tmp_path / "v1")
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, 40, 500), rng.integers(0, 30, 500)
-    assert np.array_equal(loaded.predict(rows, cols), trained.predict(rows, cols))
-    assert np.array_equal(loaded.score_rows(np.arange(40)), trained.score_rows(np.arange(40)))
+    for name, tensor in trained.module.state_dict().items():  # a byte copy: exact on any CPU
+        assert torch.equal(loaded.module.state_dict()[name], tensor), name
+    # The same weights through the same kernels, from memory of another alignment: equal up to float32 rounding
+    # (some BLAS paths round differently for unaligned data), far below any real difference in a rating.
+    np.testing.assert_allclose(loaded.predict(rows, cols), trained.predict(rows, cols), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(loaded.score_rows(np.arange(40)), trained.score_rows(np.arange(40)), rtol=0, atol=1e-5)
     assert loaded.model_config == trained.model_config and loaded.train_config == trained.train_config
     assert np.array_equal(loaded.index.user_ids, trained.index.user_ids)
     assert loaded.metrics == trained.metrics and loaded.split_spec == trained.split_spec
@@ -122,6 +127,23 @@ def test_meta_inconsistent_with_the_weights_is_detected(tmp_path: Path) -> None:
         load_model(tmp_path / "v")
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"model_config": {"hidden": [64]}}, r"weights do not match meta.json \(Error\(s\) in loading state_dict"),
+    ({"rating_scale": [5, 1]}, r"rating_scale \[5, 1\] is not \[LOW, HIGH\]"),
+    ({"rating_scale": [3, 3]}, r"rating_scale \[3, 3\] is not \[LOW, HIGH\]"),
+])
+def test_an_edited_meta_json_is_one_line_naming_the_problem(tmp_path: Path, edit: dict, message: str) -> None:
+    save_model(trained_model("item"), tmp_path / "v", version="v")
+    meta_path = tmp_path / "v" / META_FILE
+    meta = json.loads(meta_path.read_text())
+    for key, value in edit.items():
+        meta[key] = {**meta[key], **value} if isinstance(value, dict) else value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CorruptArtifactError, match=message) as caught:
+        load_model(tmp_path / "v")
+    assert "\n" not in str(caught.value)
+
+
 def test_publish_records_the_version_and_makes_it_champion(engine, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="no trained model yet; run `recae train`"):
         load_champion(engine)
@@ -135,11 +157,14 @@ def test_publish_records_the_version_and_makes_it_champion(engine, tmp_path: Pat
     assert set(rows) == {first.version, second.version} and champion == second.version
     assert rows[second.version].orientation == "user" and rows[second.version].split == "random"
     assert json.loads(rows[second.version].metrics) == second_model.metrics
-    assert Path(second.path).is_dir() and not list((tmp_path / "models").glob(".tmp-*"))
+    assert second.path == second.version  # relative to the models folder: the home may move
+    assert (tmp_path / "models" / second.path).is_dir() and not list((tmp_path / "models").glob(".tmp-*"))
     rows_, cols_ = np.arange(40), np.arange(40) % 30
-    assert np.array_equal(load_champion(engine).predict(rows_, cols_), second_model.predict(rows_, cols_))
+    np.testing.assert_allclose(load_champion(engine, tmp_path / "models").predict(rows_, cols_),
+                               second_model.predict(rows_, cols_), rtol=0, atol=1e-5)
 
 
+@pytest.mark.faults
 def test_a_failed_publish_leaves_store_folder_and_champion_as_they_were(engine, tmp_path: Path) -> None:
     models = tmp_path / "models"
     first = publish(engine, models, trained_model("item"))

@@ -96,7 +96,9 @@ def test_a_blended_model_round_trips_through_its_files(blended_run, tmp_path: Pa
     loaded = load_model(tmp_path / "v")
     assert loaded.blend_weight == trained.blend_weight and loaded.partner is not None
     assert loaded.partner.model_config == trained.partner.model_config  # type: ignore[union-attr]
-    assert np.array_equal(loaded.score_rows(np.arange(250)), trained.score_rows(np.arange(250)))
+    # same weights, memory of another alignment: equal up to float32 rounding (see test_artifacts)
+    np.testing.assert_allclose(loaded.score_rows(np.arange(250)), trained.score_rows(np.arange(250)), rtol=0,
+                               atol=1e-5)
 
 
 def test_fold_in_mixes_both_models_fold_ins(blended_run) -> None:  # type: ignore[no-untyped-def]

@@ -11,9 +11,7 @@ from click.testing import CliRunner
 
 from recae.cli import cli
 from recae.errors import EXIT_DATA, EXIT_ERROR, EXIT_USAGE
-
-#: The models issue's bound for the default model on ml-100k u1 (measured 0.8946 through quickstart).
-U1_RMSE_BOUND = 0.895
+from tests.conftest import ML100K_U1_RMSE_BOUND as U1_RMSE_BOUND  # measured 0.8946 through quickstart
 
 
 def run(home: Path, *args: str) -> tuple[int, str, str]:

@@ -354,6 +354,74 @@ def test_zip_slip_archive_writes_nothing_and_loads_nothing(engine: Engine, tmp_p
     assert snapshot(engine)["ratings"] == []
 
 
+# --------------------------------------------------------------------------------------------- hostile files
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"1,2,4\r2,3,5\r", "carriage return inside the line"),  # bare-CR line endings (old Mac)
+    (b"1,2,4\n2,3,5\r1,1,1\n", "carriage return inside the line"),  # a stray CR on line 2
+    (b"1,2,4\n" + b'3,"' + b"x" * 140_000 + b'",4\n', "longer than"),  # a field past csv's 131,072 limit
+], ids=["bare-cr", "stray-cr", "huge-field"])
+@pytest.mark.faults
+def test_unparsable_csv_is_bad_data_named_by_line_and_loads_nothing(engine: Engine, tmp_path: Path, content: bytes,
+                                                                     reason: str) -> None:
+    path = tmp_path / "r.csv"
+    path.write_bytes(content)
+    before = snapshot(engine)
+    with pytest.raises(DataError, match=reason) as caught:
+        ingest_ratings_file(engine, path)
+    assert str(caught.value).startswith("r.csv line ") and "\n" not in str(caught.value)
+    assert snapshot(engine) == before
+
+
+@pytest.mark.faults
+def test_a_file_without_line_breaks_is_refused_after_one_line_of_reading() -> None:
+    """Memory stays bounded: reading stops once a line passes MAX_LINE_BYTES (a 100 MB line-less u.data peaked at
+    1.27 GB before), instead of the whole stream being held and parsed."""
+
+    class Endless(io.RawIOBase):
+        def __init__(self, total: int) -> None:
+            self.left, self.served = total, 0
+
+        def read(self, size: int = -1) -> bytes:
+            n = min(size if size >= 0 else self.left, self.left)
+            self.left -= n
+            self.served += n
+            return b"7" * n
+
+    stream = Endless(20 * ingest.BLOCK_BYTES)
+    layout = ingest.RatingsLayout("u.data", "\t", 4, datasets.RatingScale(1, 5, 1), timestamp_required=True)
+    with pytest.raises(DataError, match=r"u.data line 1: longer than 65,536 bytes"):
+        list(ingest.read_ratings(stream, layout, ingest._RejectLog(False), header=False))  # type: ignore[arg-type]
+    assert stream.served <= ingest.BLOCK_BYTES
+
+
+@pytest.mark.faults
+def test_a_small_zip_holding_a_line_less_u_data_is_refused_and_loads_nothing(engine: Engine, tmp_path: Path) -> None:
+    """A 40 MB line-less u.data compresses to a tiny zip; it is refused as bad data without reading it all."""
+    folder = write_dataset("ml-100k", tmp_path / "src")
+    bomb = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in folder.iterdir():
+            data = b"7" * (40 << 20) if file.name == "u.data" else file.read_bytes()
+            archive.writestr(f"ml-100k/{file.name}", data)
+    assert bomb.stat().st_size < 200_000
+    before = snapshot(engine)
+    with pytest.raises(DataError, match="u.data line 1: longer than 65,536 bytes without a line break"):
+        ingest_dataset(engine, "ml-100k", bomb, downloads_dir=tmp_path)
+    assert snapshot(engine) == before
+
+
+def test_one_line_repeated_loads_one_rating(engine: Engine, tmp_path: Path) -> None:
+    """``rows_loaded`` counts ratings inserted or changed, not lines: 5,000 copies of one line load one rating, and
+    the same rating again later changes nothing."""
+    report = ingest_ratings_file(engine, write_csv(tmp_path / "r.csv", ["1,2,4"] * 5000 + ["1,3,5"]))
+    assert report.rows_read == 5001 and report.rows_loaded == 2
+    again = ingest_ratings_file(engine, write_csv(tmp_path / "s.csv", ["1,2,4", "1,2,4", "1,3,2", "1,3,2"]))
+    assert again.rows_loaded == 1  # only (1, 3) changed
+    assert snapshot(engine)["ratings"] == [(1, 2, 4.0, None), (1, 3, 2.0, None)]
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -364,6 +432,15 @@ def test_cli_bad_data_exits_65_with_one_line(store_url: str, tmp_path: Path) -> 
     assert result.exit_code == 65
     assert result.stderr.strip() == "Error: r.csv line 3: rating 7 is outside 0.5..5"
     assert result.stdout == ""
+
+
+def test_cli_bare_cr_file_exits_65_with_one_line(store_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"1,2,4\r2,3,5\r")
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "--db", store_url, "ingest", "--ratings",
+                                      str(path)])
+    assert result.exit_code == 65, result.output
+    assert result.stderr.startswith("Error: cr.csv line 1: a carriage return") and result.stderr.count("\n") == 1
 
 
 def test_cli_ingests_and_reports_json_then_already_ingested(store_url: str, tmp_path: Path) -> None:
@@ -424,6 +501,7 @@ def _hold_write_lock(backend: str, store_url: str):  # type: ignore[no-untyped-d
     return other
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 @pytest.mark.parametrize("prefilled", [False, True], ids=["empty-store", "prefilled-store"])
@@ -480,6 +558,7 @@ def test_sigkill_mid_ingest_leaves_store_unchanged_and_rerun_succeeds(
     engine.dispose()
 
 
+@pytest.mark.faults
 def test_a_store_busy_with_another_writer_gives_exit_75_and_loads_nothing(
     backend: str, store_url: str, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -505,6 +584,7 @@ def test_a_store_busy_with_another_writer_gives_exit_75_and_loads_nothing(
     assert ingest_ratings_file(engine, ratings).rows_loaded == 2  # once the writer is gone, it loads
 
 
+@pytest.mark.faults
 @pytest.mark.backends("postgresql")
 def test_postgresql_second_ingest_fails_fast_while_one_holds_the_ingest_lock(
     store_url: str, engine: Engine, tmp_path: Path

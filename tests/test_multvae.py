@@ -182,7 +182,10 @@ def test_save_load_round_trip_gives_identical_scores(planted_run: MultVAERun, tm
     assert not list((tmp_path / "vae").glob(".tmp-*"))
     loaded = load_multvae(folder)
     users = planted_run.split.test
-    assert np.array_equal(loaded.score(users.fold_in), trained.score(users.fold_in))
+    for name, tensor in trained.module.state_dict().items():  # a byte copy: exact on any CPU
+        assert torch.equal(loaded.module.state_dict()[name], tensor), name
+    # same weights, memory of another alignment: equal up to float32 rounding (see test_artifacts)
+    np.testing.assert_allclose(loaded.score(users.fold_in), trained.score(users.fold_in), rtol=1e-5, atol=1e-6)
     assert np.array_equal(loaded.movie_ids, trained.movie_ids)
     assert loaded.config == trained.config and loaded.train_config == trained.train_config
     assert loaded.metrics == trained.metrics

@@ -148,6 +148,7 @@ def test_inherited_partition_keeps_old_sides_and_splits_only_new_ratings() -> No
 # --- the job in real processes ----------------------------------------------------------------------------------
 
 
+@pytest.mark.faults
 def test_second_run_while_the_lock_is_held_exits_75_at_once(tmp_path: Path) -> None:
     from filelock import FileLock
 
@@ -164,6 +165,7 @@ def test_second_run_while_the_lock_is_held_exits_75_at_once(tmp_path: Path) -> N
     assert waited < 30  # it did not wait for the lock (the bound is generous: a cold interpreter start)
 
 
+@pytest.mark.faults
 def test_inbox_ingests_the_good_file_and_rejects_the_malformed_one(home: Path, planted: tuple[Path, Path]) -> None:
     from recae.db import count_ratings
 
@@ -188,6 +190,33 @@ def test_inbox_ingests_the_good_file_and_rejects_the_malformed_one(home: Path, p
     again = summary(recae(home, "retrain"))
     assert again["files"] == [{"file": "good-again.csv", "status": "already", "rows_loaded": 0, "reason": None}]
     assert again["decision"] == "unchanged"
+
+
+@pytest.mark.faults
+def test_unparsable_inbox_files_are_rejected_with_their_reason_and_the_rest_goes_on(tmp_path: Path) -> None:
+    """A poisoned file (bare-CR line endings, a field past csv's 131,072-character limit, no line break at all)
+    once crashed the parser and so every nightly run; now each is rejected with its reason like any bad file."""
+    from recae.db import count_ratings, open_store
+    from recae.nightly import ingest_inbox
+
+    store = open_store(f"sqlite:///{tmp_path / 'recae.db'}")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a-cr.csv").write_bytes(b"1,2,4\r2,3,5\r")
+    (inbox / "b-huge.csv").write_bytes(b"1,2,4\n" + b'3,"' + b"x" * 140_000 + b'",4\n')
+    (inbox / "c-endless.csv").write_bytes(b"1,2,4\n" + b"9" * 300_000)
+    (inbox / "d-good.csv").write_text("1,2,4\n2,3,5\n")
+    outcomes = {f.file: f for f in ingest_inbox(store, inbox)}
+    assert {name: f.status for name, f in outcomes.items()} == {
+        "a-cr.csv": "rejected", "b-huge.csv": "rejected", "c-endless.csv": "rejected", "d-good.csv": "ingested"}
+    assert "carriage return" in outcomes["a-cr.csv"].reason  # type: ignore[operator]
+    assert "b-huge.csv line 2" in outcomes["b-huge.csv"].reason  # type: ignore[operator]
+    assert "c-endless.csv line 2: longer than" in outcomes["c-endless.csv"].reason  # type: ignore[operator]
+    for name in ("a-cr.csv", "b-huge.csv", "c-endless.csv"):
+        assert (inbox / "rejected" / name).is_file()
+        assert (inbox / "rejected" / f"{name}.reason.txt").read_text().strip() == outcomes[name].reason
+    assert (inbox / "processed" / "d-good.csv").is_file() and count_ratings(store) == 2
+    store.dispose()
 
 
 def test_no_new_data_trains_nothing(home: Path) -> None:
@@ -244,6 +273,7 @@ def test_worse_challenger_is_not_published(home: Path, planted: tuple[Path, Path
     assert summary(recae(home, "retrain"))["decision"] == "unchanged"
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("point", ["train", "publish"])
 def test_run_killed_during_training_or_publish_leaves_the_champion_serving(
         home: Path, planted: tuple[Path, Path], point: str) -> None:

@@ -13,6 +13,7 @@ from recae.matrix import RatingMatrix
 from recae.models import ModelConfig, model_config
 from recae.train import CHECKPOINT_FILE, TrainConfig, fit, load_config_file, validation_rmse
 from recae.batches import oriented_csr
+from tests.conftest import ML100K_U1_RMSE_BOUND
 from tests.synthetic import planted_low_rank
 
 
@@ -65,6 +66,7 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(("optimizer", "lr"), [("adam", 1e-2), ("rprop", 1e-2), ("lbfgs", 1.0)])
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
     small, tmp_path: Path, optimizer: str, lr: float  # type: ignore[no-untyped-def]
@@ -75,6 +77,8 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
             patience=100, batch_ratings=300, seed=3,
                            deterministic=True, threads=1)
     straight = fit(fit_part, val_part, config, settings)
+    # Exact: the same arithmetic on the same machine, once the resumed state sits in memory aligned like the
+    # uninterrupted run's (see the next test); no tolerance needed on any CPU.
 
     run_dir = tmp_path / "run"
     first = fit(fit_part, val_part, config, settings, run_dir=run_dir, stop_after=3)
@@ -85,6 +89,25 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
     for name, tensor in weights(straight.module).items():
         assert torch.equal(tensor, weights(resumed.module)[name]), name
     assert not any(p.name.endswith(".tmp") for p in run_dir.iterdir())
+
+
+@pytest.mark.faults
+def test_resumed_optimizer_state_is_aligned_like_fresh_tensors(small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """safetensors returns tensors at any 4-byte offset; BLAS dot products (L-BFGS's history) round differently on
+    unaligned data on some CPUs (MKL on AMD EPYC: the resume test above drifted in the 8th digit), so a resumed
+    optimizer's state is moved to memory aligned as PyTorch's allocator aligns a fresh tensor."""
+    from recae.train import TENSOR_ALIGNMENT, _load_checkpoint, _unflatten_optimizer
+
+    fit_part, val_part = small
+    settings = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=2, optimizer="lbfgs", lr=1.0, patience=100,
+                           threads=1)
+    fit(fit_part, val_part, model_config(hidden=(7,)), settings, run_dir=tmp_path)
+    tensors, _, described = _load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    assert any(t.data_ptr() % TENSOR_ALIGNMENT for t in tensors.values())  # what the file gives back
+    state = _unflatten_optimizer(tensors, described, torch.device("cpu"))["state"]
+    loaded = [v for entries in state.values() for value in entries.values()
+              for v in (value if isinstance(value, list) else [value]) if isinstance(v, torch.Tensor)]
+    assert len(loaded) > 5 and all(t.data_ptr() % TENSOR_ALIGNMENT == 0 for t in loaded)
 
 
 @pytest.mark.parametrize(("interval", "writes"), [(0.0, 6), (3600.0, 1)])
@@ -104,6 +127,7 @@ def test_checkpoints_are_written_at_most_every_interval_and_at_the_end(
     assert len(saved) == writes and saved[-1] == 6  # the finished state is always on disk
 
 
+@pytest.mark.faults
 def test_resume_refuses_a_checkpoint_of_other_settings(small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fit_part, val_part = small
     settings = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=2, threads=1, batch_ratings=1000)
@@ -122,6 +146,7 @@ def test_a_damaged_checkpoint_is_a_one_line_error(small, tmp_path: Path) -> None
         fit(fit_part, val_part, model_config(hidden=(8,)), settings, run_dir=tmp_path, resume=True)
 
 
+@pytest.mark.faults
 def test_an_ensemble_beats_or_matches_its_average_member_and_resumes(small, tmp_path: Path) -> None:
     fit_part, val_part = small
     settings = TrainConfig(ensemble=3, weight_decay_grid=(), epochs=30, lr=1e-2, weight_decay=1.0,
@@ -196,6 +221,10 @@ def test_greedy_pretraining_runs_before_fine_tuning(small) -> None:  # type: ign
 def test_config_file_reads_model_and_train_tables(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text('epochs = 7\n[model]\nhidden = [64, 16]\nactivation = "elu"\n[train]\nlr = 0.01\n')
+    assert load_config_file(path)[1]["lr"] == 0.01
+    path.write_text("[model]\nhidden = 64\n[train]\nlr = 1\nepochs = 7\n")  # an int where a float goes is fine
+    assert ModelConfig.from_json(load_config_file(path)[0]).hidden == (64,)
+    path.write_text('epochs = 7\n[model]\nhidden = [64, 16]\nactivation = "elu"\n[train]\nlr = 0.01\n')
     model_part, train_part = load_config_file(path)
     assert ModelConfig.from_json(model_part).hidden == (64, 16)
     assert TrainConfig.from_json(train_part) == TrainConfig(epochs=7, lr=0.01)
@@ -205,7 +234,12 @@ def test_config_file_reads_model_and_train_tables(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("[model]\nwidth = 3\n", "unknown key model.width"), ("epochs = [", "invalid TOML"), ("foo = 1", "foo")],
+    [("[model]\nwidth = 3\n", "unknown key model.width"), ("epochs = [", "invalid TOML"), ("foo = 1", "foo"),
+     ('[train]\nepochs = "x"\n', "epochs = 'x' is not a whole number"),
+     ("[train]\nlr = true\n", "lr = True is not a number"),
+     ('[model]\nhidden = ["wide"]\n', "hidden = \\['wide'\\] is not a list of numbers"),
+     ("[train]\ndeterministic = 1\n", "deterministic = 1 is not true or false"),
+     ("[model]\ndropout = [0.1]\n", r"dropout = \[0.1\] is not a number")],
 )
 def test_bad_config_files_name_the_file_and_the_problem(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
@@ -235,20 +269,20 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
     return matrix(base), matrix(test)
 
 
-#: The models issue's bound for the default model on ml-100k u1 (anchors: tuned SVD 0.9234, plain I-AutoRec
-#: 0.9028, GLocal-K 0.8889). Measured 0.8946 (seed 0): 4 item members 0.8999 blended with a user partner 0.983.
-ML100K_U1_RMSE_BOUND = 0.895
+# The default model on ml-100k u1 (anchors: tuned SVD 0.9234, plain I-AutoRec 0.9028, GLocal-K 0.8889). Measured
+# 0.8946 (seed 0): 4 item members 0.8999 blended with a user partner 0.983; the bound's spread is in conftest.
 
 
 @pytest.mark.slow
-def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path) -> None:
+@pytest.mark.parametrize("seed", [0, 4])  # 4: the worst of the seeds measured (0.8959), past the old bound 0.895
+def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, seed: int) -> None:
     from recae.splits import Split, SplitSpec
     from recae.train import DEFAULT_MODEL, train_split
 
     train, test = read_fold(ml100k, "u1")
     split = Split(SplitSpec("u1"), train, test)
     # One thread: on a shared 2-core runner two threads contend and run several times slower.
-    result = train_split(split, model_config(DEFAULT_MODEL), TrainConfig(seed=0, threads=1))
+    result = train_split(split, model_config(DEFAULT_MODEL), TrainConfig(seed=seed, threads=1))
     assert result.metrics["test_rmse"] <= ML100K_U1_RMSE_BOUND, result.metrics
     assert result.trained.partner is not None and 0.5 < result.metrics["blend_weight"] < 0.9  # measured 0.677
     # Validation came from the training ratings only and the model reads training ratings only.
