@@ -1086,8 +1086,9 @@ def serve_command(obj: Context, host: str, port: int, workers: int, cors_origins
         from recae.http import serve
     except ImportError as err:
         raise click.ClickException(f"recae serve needs FastAPI and uvicorn: pip install 'recae[serve]' ({err})")
-    serve(obj.paths().database_url, host=host, port=port, workers=workers, cors_origins=cors_origins,
-          log_level=log_level)
+    paths = obj.paths()
+    serve(paths.database_url, host=host, port=port, workers=workers, cors_origins=cors_origins,
+          log_level=log_level, models_dir=str(paths.models_dir))
 
 
 def main() -> None:

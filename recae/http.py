@@ -72,6 +72,7 @@ MAX_BODY_BYTES = 64 * 1024
 #: Environment that carries ``recae serve``'s settings into each uvicorn worker process.
 CORS_ENV = "RECAE_SERVE_CORS_ORIGINS"
 DATABASE_URL_ENV = "RECAE_SERVE_DATABASE_URL"
+MODELS_DIR_ENV = "RECAE_SERVE_MODELS_DIR"
 
 _STATUS = {UnknownUserError: 404, UnknownMovieError: 404, DataError: 422, ModelNotFoundError: 503,
            CorruptArtifactError: 503, StoreUnavailableError: 503, LockHeldError: 503}
@@ -154,12 +155,12 @@ def _records(recs: Sequence[RecommendedMovie]) -> list[dict[str, Any]]:
     return [asdict(r) for r in recs]
 
 
-def create_app(database_url: str, *, cors_origins: Sequence[str] = ()) -> FastAPI:
+def create_app(database_url: str, *, cors_origins: Sequence[str] = (), models_dir: str | None = None) -> FastAPI:
     """The ASGI application over the store at ``database_url`` (migrated on open)."""
     from recae.live_model import ModelCache
 
     engine = open_store(database_url)
-    models = ModelCache(engine)
+    models = ModelCache(engine, models_dir=models_dir)
     app = FastAPI(title="recae", version=__version__, docs_url=None, redoc_url=None,  # their pages load a CDN
                   description="Movie recommendations from autoencoders: precomputed lists, fold-in, similar films.")
     app.state.engine = engine
@@ -181,7 +182,8 @@ def app_from_env() -> FastAPI:
     url = os.environ.get(DATABASE_URL_ENV)
     if not url:
         raise RuntimeError(f"{DATABASE_URL_ENV} is not set; start the server with `recae serve`")
-    return create_app(url, cors_origins=json.loads(os.environ.get(CORS_ENV, "[]")))
+    return create_app(url, cors_origins=json.loads(os.environ.get(CORS_ENV, "[]")),
+                      models_dir=os.environ.get(MODELS_DIR_ENV) or None)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -324,12 +326,13 @@ def _explain(engine: Engine, trained: TrainedModel, fresh: dict[int, float], sco
 
 
 def serve(database_url: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          cors_origins: Sequence[str] = (), log_level: str = "info") -> None:
+          cors_origins: Sequence[str] = (), log_level: str = "info", models_dir: str | None = None) -> None:
     """Run uvicorn until interrupted; each worker builds its app with ``app_from_env``."""
     import uvicorn
 
     open_store(database_url).dispose()  # fail fast (bad URL, server down) and migrate once, before the workers
     os.environ[DATABASE_URL_ENV] = database_url
     os.environ[CORS_ENV] = json.dumps(list(cors_origins))
+    os.environ[MODELS_DIR_ENV] = models_dir or ""  # the home's models (a PostgreSQL store has no folder beside it)
     uvicorn.run("recae.http:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, server_header=False, access_log=log_level == "debug")

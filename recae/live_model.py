@@ -36,8 +36,9 @@ class ModelCache:
     """Loaded models by version, at most ``keep`` of them; thread-safe, one load at a time."""
 
     def __init__(self, engine: Engine, keep: int = DEFAULT_KEEP, threads: int = 1,
-                 concurrency: int = DEFAULT_CONCURRENCY) -> None:
+                 concurrency: int = DEFAULT_CONCURRENCY, models_dir: str | None = None) -> None:
         self._engine = engine
+        self._models_dir = models_dir  # None: the folder beside a SQLite store (recae.config.models_dir_of)
         self._keep = max(1, keep)
         self._threads = threads
         self._models: OrderedDict[str, TrainedModel] = OrderedDict()
@@ -67,7 +68,7 @@ class ModelCache:
         from recae.foldin import fold_in_scores
 
         torch.set_num_threads(self._threads)  # a worker serves many requests at once; workers bring parallelism
-        model = load_version(self._engine, version)
+        model = load_version(self._engine, version, self._models_dir)
         fold_in_scores(model, {}, None)  # warm: cache the movie features before the first visitor needs them
         release_free_memory()
         log.info("loaded model %s for serving", version)
