@@ -106,6 +106,9 @@ def covered_items(csr: sp.csr_matrix, max_items: int) -> np.ndarray:
     return np.sort(rated[order]).astype(np.int64)
 
 
+#: Largest Gram matrix kept across the lambda trials (a trial inverts a copy): 512 MB is 11,585 films; above it
+#: each trial recomputes the Gram, so the search never holds two films x films matrices at ML-25M shape.
+GRAM_CACHE_BYTES = 512 * 2**20
 #: Products summed per block of users in :func:`gram_matrix`: bounds the sparse intermediate (~12 bytes each).
 GRAM_BLOCK_PRODUCTS = 1 << 25
 
@@ -263,8 +266,11 @@ def train_ease(train: RatingMatrix, *, lam: float = 0.0, input: str = "value", m
     search: dict[str, Any] = {"input": input, "max_items": max_items}
     if lam <= 0:
         fit, val = holdout_validation(train, val_fraction, seed)
-        # one Gram matrix for every lambda tried: only the inverse changes (at ML-25M shape the Gram is half a fit)
-        fit_gram = gram_matrix(ranker_input(fit.csr, input, rating_max)[:, covered_items(fit.csr, max_items)])
+        # one Gram matrix for every lambda tried (only the inverse changes), when a second copy of it is cheap
+        fit_items = covered_items(fit.csr, max_items)
+        fit_gram = None
+        if 4 * fit_items.size**2 <= GRAM_CACHE_BYTES:
+            fit_gram = gram_matrix(ranker_input(fit.csr, input, rating_max)[:, fit_items])
 
         def score(candidate: float) -> float:
             ranker = fit_ease(fit.csr, candidate, input=input, rating_max=rating_max, max_items=max_items,

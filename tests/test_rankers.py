@@ -247,3 +247,15 @@ def test_the_lower_triangle_is_mirrored_in_bands(block: int) -> None:
     lower_only = np.asfortranarray(np.tril(full) + np.triu(rng.random((7, 7)), k=1).astype(np.float32))
     _mirror_lower(lower_only, block=block)
     assert np.array_equal(lower_only, full)
+
+
+def test_the_lambda_search_chooses_alike_with_and_without_the_cached_gram(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recae import rankers
+
+    ratings = planted_clusters(seed=7)
+    cached, cached_search = train_ease(ratings, seed=1)
+    monkeypatch.setattr(rankers, "GRAM_CACHE_BYTES", 0)  # a catalogue too big to keep a second Gram matrix
+    recomputed, search = train_ease(ratings, seed=1)
+    assert cached.lam == recomputed.lam
+    assert [t["lambda"] for t in search["trials"]] == [t["lambda"] for t in cached_search["trials"]]
+    assert np.allclose(cached.weights, recomputed.weights, atol=1e-6)
