@@ -111,13 +111,13 @@ def _fit_output_unit(
     if hasattr(module, "fold_in_unit"):  # the RBM for CF: softmax regression on the movies' hidden probabilities
         feats = trained._features(np.arange(trained.index.n_movies))
         return module.fold_in_unit(feats, cols, values, user_row, ridge).numpy()
-    feats = _double_features(trained)  # (n_movies, h_1)
+    feats = trained._features(np.arange(trained.index.n_movies))  # (n_movies, h_1) float32, cached per model
     if user_row is None:
         w0, b0 = module.w_out.mean(0).double(), module.b_out.mean().double()
     else:
         w0, b0 = module.w_out[user_row].double(), module.b_out[user_row].double()
     if cols.size:
-        x = feats[torch.from_numpy(cols)]  # (n_rated, h_1)
+        x = feats[torch.from_numpy(cols)].double()  # (n_rated, h_1): only the rated films in float64
         y = torch.from_numpy(values).double()  # (n_rated,)
         if trained.model_config.output_activation == "identity":
             w, b = _ridge_closed_form(x, y, w0, b0, ridge, bias_ridge)
@@ -125,14 +125,7 @@ def _fit_output_unit(
             w, b = _ridge_iterative(x, y, w0, b0, ridge, bias_ridge, module.out_act)
     else:
         w, b = w0, b0
-    return module.out_act((feats @ w + b).float()).numpy()
-
-
-def _double_features(trained: TrainedModel) -> torch.Tensor:
-    """Every movie's decoder features in float64, computed once per loaded model (a server folds in many users)."""
-    if "features64" not in trained._cache:
-        trained._cache["features64"] = trained._features(np.arange(trained.index.n_movies)).double()
-    return trained._cache["features64"]
+    return module.out_act(feats @ w.float() + b.float()).numpy()  # no float64 copy of every film's features
 
 
 def _ridge_closed_form(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, ridge: float,
