@@ -162,7 +162,8 @@ def _row_batches(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield rows[start : start + size]
 
 
-def _dense_flags(block_indptr: np.ndarray, block_indices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def dense_flags(block_indptr: np.ndarray, block_indices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(batch, n_movies) bool: True at the entries stored in a CSR block of users (rated, or relevant)."""
     flags = np.zeros(shape, dtype=bool)
     flags[np.repeat(np.arange(shape[0]), np.diff(block_indptr)), block_indices] = True
     return flags
@@ -260,9 +261,9 @@ def list_quality(
         if scores.shape != (rows.size, n_movies):
             raise ValueError(f"scores have shape {scores.shape}, expected {(rows.size, n_movies)}")
         seen_block = train.csr[rows]
-        seen = _dense_flags(seen_block.indptr, seen_block.indices, scores.shape)  # (batch, n_movies)
+        seen = dense_flags(seen_block.indptr, seen_block.indices, scores.shape)  # (batch, n_movies)
         rel_block = relevant_csr[rows]
-        relevant = _dense_flags(rel_block.indptr, rel_block.indices, scores.shape)  # (batch, n_movies)
+        relevant = dense_flags(rel_block.indptr, rel_block.indices, scores.shape)  # (batch, n_movies)
         top = top_k_unseen(scores, seen, depth)  # (batch, depth')
         hits_all = (top >= 0) & np.take_along_axis(relevant, np.maximum(top, 0), axis=1)
         n_rel = n_relevant_all[rows]

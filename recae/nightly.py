@@ -68,7 +68,8 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "retrain.lock"
 HOLDOUT_FILE = "holdout.safetensors"
 DEFAULT_MARGIN = 0.002
-#: NDCG@10 a challenger may give up and still be published (about one standard error on ml-1m's holdout users)
+#: NDCG@10 a challenger may give up and still be published: about two standard errors of a mean NDCG@10 over
+#: ml-1m's users (per-user sd 0.21 over 5,683 users of a 10% validation carve of the 90/10 training part: 0.0028)
 DEFAULT_NDCG_MARGIN = 0.005
 DEFAULT_KEEP = 5
 DEFAULT_WARM_EPOCHS = 10

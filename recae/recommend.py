@@ -19,14 +19,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from recae.db import Movie, Rating, Recommendation
 from recae.errors import DataError, ModelNotFoundError, UnknownGenreError, UnknownMovieError, UnknownUserError
-from recae.metrics import ranking_scores
+from recae.metrics import dense_flags, ranking_scores
 from recae.registry import current_champion
 
 if TYPE_CHECKING:
-    import scipy.sparse as sp
-
     from recae.artifacts import TrainedModel
-
     from recae.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
@@ -122,13 +119,6 @@ def top_unseen(scores: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
     return np.where(np.take_along_axis(seen, cols, axis=1), -1, cols).astype(np.int64)
 
 
-def _seen_flags(csr_block: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
-    """(batch, n_movies) bool: True where the block's users rated the film."""
-    flags = np.zeros(shape, dtype=bool)
-    flags[np.repeat(np.arange(shape[0]), np.diff(csr_block.indptr)), csr_block.indices] = True
-    return flags
-
-
 _COLUMNS = ("version", "user_id", "rank", "movie_id", "score", "predicted_rating")
 _Batch = dict[str, Iterable[object]]  # column name -> values of one batch of rows
 
@@ -193,7 +183,8 @@ def precompute_recommendations(
         scores = ranking_scores(scorer, rows)  # type: ignore[arg-type]  # (batch, n_movies)
         if scores.shape != (rows.size, index.n_movies):
             raise ValueError(f"the scorer returned shape {scores.shape}, expected {(rows.size, index.n_movies)}")
-        cols = top_unseen(scores, _seen_flags(csr[rows[0] : rows[-1] + 1], scores.shape), n)  # (batch, n)
+        block = csr[rows[0] : rows[-1] + 1]
+        cols = top_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), n)  # (batch, n)
         batch_pos, places = np.nonzero(cols >= 0)  # row-major: by user, then rank
         picked = cols[batch_pos, places]
         if picked.size:
