@@ -530,7 +530,9 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
               help="Held-out test ratings, stored with the model (u1..u5, ua, ub: canonical ml-100k folds).")
 @click.option("--test-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Share of ratings held out for test (generated splits only).")
-@click.option("--seed", type=int, help="Seed of the split and of training (default: the config's, else 0).")
+@click.option("--seed", type=int, help="Seed of the split and the validation carves (default: the config's, else 0).")
+@click.option("--init-seed", type=int,
+              help="Seed of initialisation, shuffles and dropout (default: --seed): spread over it on a fixed split.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Most epochs (default: the config's).")
 @click.option("--ensemble", type=click.IntRange(min=1), help="Members averaged into the model (default: config's).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -543,7 +545,8 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
               help="How to print the summary on stdout.")
 @pass_context
 def train_command(obj: Context, model_name: str | None, pretrain: str | None, orientation: str | None,
-                  split_name: str, test_fraction: float, seed: int | None, epochs: int | None, ensemble: int | None,
+                  split_name: str, test_fraction: float, seed: int | None, init_seed: int | None,
+                  epochs: int | None, ensemble: int | None,
                   config_file: str | None, deterministic: bool | None, device: str | None, resume: bool,
                   fmt: str) -> None:
     """Train an autoencoder on the store's ratings, evaluate it on the split's test part, and publish it.
@@ -555,6 +558,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     Examples:
       recae train                                   # defaults: denoising I-AutoRec, random 90/10 split
       recae train --split u1                        # the canonical ml-100k fold
+      recae train --split u1 --init-seed 3          # same split and carves, another initialisation
       recae train --split random --test-fraction 0.1 --seed 0 --epochs 50 --deterministic
       recae train --config run.toml --resume        # [model] hidden = [500], [train] lr = 0.002
       recae train --model rbm --split u1            # I-RBM (RBM for CF); --orientation user: U-RBM
@@ -575,7 +579,8 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
 
         model_part["pretrain"] = pretrain
         model_part["pretrain_epochs"] = model_part.get("pretrain_epochs") or DEFAULT_PRETRAIN_EPOCHS
-    flags = {"seed": seed, "epochs": epochs, "ensemble": ensemble, "deterministic": deterministic, "device": device}
+    flags = {"seed": seed, "init_seed": init_seed, "epochs": epochs, "ensemble": ensemble,
+             "deterministic": deterministic, "device": device}
     train_cfg = TrainConfig.from_json({**train_part, **{k: v for k, v in flags.items() if v is not None}})
     model_cfg = model_config(name, **model_part)
     model_cfg.validate()

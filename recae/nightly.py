@@ -638,7 +638,7 @@ def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatri
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     try:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.weights_seed)
         module.to(device)
         optimizer = _make_optimizer(module, cfg)
         full_batch = make_batch(data, data).to(device) if cfg.optimizer in FULL_BATCH else None

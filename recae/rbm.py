@@ -289,7 +289,8 @@ def pretrain_with_rbms(module: AutoEncoder, data: sp.csr_matrix, cfg: TrainConfi
     for layer in range(1, n_layers):
         below = _codes(module, data, layer - 1, cfg, device)  # (n_vectors, h_{l-1}) hidden probabilities
         rbm = RBM(sizes[layer - 1], sizes[layer]).to(device)
-        histories.append(train_rbm(rbm, below, settings, epochs, batch_size=100, seed=cfg.seed + 7919 * layer,
+        histories.append(train_rbm(rbm, below, settings, epochs, batch_size=100,
+                                   seed=cfg.weights_seed + 7919 * layer,
                                    on_epoch=(lambda s, layer=layer: on_epoch(layer + 1, s)) if on_epoch else None))
         enc, dec = module.encoder[layer - 1], module.decoder[n_layers - 1 - layer]
         with torch.no_grad():
@@ -321,7 +322,7 @@ def _train_observed(rbm: ObservedGaussianRBM, module: AutoEncoder, data: sp.csr_
         rbm.visible_bias.copy_(initial.to(device))  # Gaussian visibles start at each unit's mean input
     for epoch in range(1, epochs + 1):
         squared, count, free, n_vectors = 0.0, 0, 0.0, 0
-        for batch in iterate_batches(data, data, cfg.batch_ratings, seed=cfg.seed + 7919, epoch=epoch):
+        for batch in iterate_batches(data, data, cfg.batch_ratings, seed=cfg.weights_seed + 7919, epoch=epoch):
             rows = batch.inputs.to(device)
             rows = module.corrupt(rows)
             grad_w, grad_b, grad_c, error = rbm.cd_gradients(rows, settings.steps)

@@ -259,7 +259,7 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
     if not model_cfg.rating_levels:
         model_cfg = replace(model_cfg, rating_levels=rating_levels(data.data))
     scale = fit_ratings.rating_scale()
-    torch.manual_seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.weights_seed)
     module = RatingRBM(model_cfg, data.shape[1], data.shape[1])
     init_visible_bias(module, data)
     with torch.no_grad():
@@ -275,7 +275,7 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
         epoch += 1
         momentum = 0.5 if epoch <= 5 else model_cfg.cd_momentum
         squared, count, free = 0.0, 0, 0.0
-        for group in batch_plan(row_ratings, train_cfg.batch_ratings, seed=train_cfg.seed, epoch=epoch):
+        for group in batch_plan(row_ratings, train_cfg.batch_ratings, seed=train_cfg.weights_seed, epoch=epoch):
             rows = make_batch(data, data, group).inputs.to(device)
             grads = module.cd_gradients(rows, model_cfg.cd_steps)
             with torch.no_grad():

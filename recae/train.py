@@ -76,7 +76,8 @@ class TrainConfig:
     lr_decay: float = 1.0  # multiply the learning rate by this after each lr_decay_patience epochs without progress
     lr_decay_patience: int = 5
     val_fraction: float = 0.05  # share of the training ratings held out for early stopping and model choice
-    seed: int = 0  # seeds weights, shuffles, dropout and the validation carve
+    seed: int = 0  # seeds the validation carves (and the split, on the command line)
+    init_seed: int | None = None  # seeds weights, shuffles and dropout (None: the same as seed)
     deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
     ensemble: int = 4  # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net)
     # members of the other orientation (a user AE beside an item AE), blended in with a weight fitted on validation;
@@ -90,6 +91,11 @@ class TrainConfig:
     ranker_val_fraction: float = 0.1  # share of the training ratings carved to choose the ranker's lambda
     threads: int = 0  # CPU threads (0: auto, one below AUTO_ONE_THREAD_BELOW ratings, else torch's default)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed of initialisation, shuffles and dropout: ``init_seed``, else ``seed``."""
+        return self.seed if self.init_seed is None else self.init_seed
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -346,7 +352,7 @@ def _pretrain(module: AutoEncoder, data: sp.csr_matrix, cfg: TrainConfig, epochs
             params = [*enc.parameters(), *dec.parameters()]
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         for epoch in range(epochs):
-            for batch in iterate_batches(data, data, cfg.batch_ratings, seed=cfg.seed + 7919 * (layer + 1),
+            for batch in iterate_batches(data, data, cfg.batch_ratings, seed=cfg.weights_seed + 7919 * (layer + 1),
                                          epoch=epoch):
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
@@ -570,7 +576,9 @@ def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
         if on_progress:
             on_progress(label)
         result = _fit(*carve(seed_offset), model_cfg,
-                      replace(base, seed=train_cfg.seed + seed_offset, weight_decay=weight_decay), device,
+                      replace(base, seed=train_cfg.seed + seed_offset, weight_decay=weight_decay,
+                              init_seed=None if train_cfg.init_seed is None else train_cfg.init_seed + seed_offset),
+                      device,
                       run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress, stop_after)
         log.info("%s (%s): best epoch %d of %d, validation RMSE %.4f", label, model_cfg.orientation,
                  result.best_epoch, result.epochs_run, result.best_val_rmse)
@@ -645,7 +653,7 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
     val = oriented_csr(val_ratings, model_cfg.orientation) if val_ratings is not None else None
     scale = fit_ratings.rating_scale()
     n_units = data.shape[1]
-    torch.manual_seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.weights_seed)
     module = build_model(model_cfg, n_units, n_units)
     means = torch.from_numpy(unit_means(data, n_units))
     with torch.no_grad():
@@ -790,7 +798,7 @@ def _train_epoch(module: AutoEncoder, optimizer: torch.optim.Optimizer, data: sp
         return last["mse"]
     total, count = 0.0, 0
     row_ratings = np.diff(data.indptr)
-    for group in batch_plan(row_ratings, cfg.batch_ratings, seed=cfg.seed, epoch=epoch):
+    for group in batch_plan(row_ratings, cfg.batch_ratings, seed=cfg.weights_seed, epoch=epoch):
         batch = make_batch(data, data, distributed.shard(group, world)).to(device)
         optimizer.zero_grad(set_to_none=True)
         share = distributed.loss_scale(group, row_ratings, world)
