@@ -41,6 +41,7 @@ from recae.rankers import RANKER_INPUTS, EaseRanker, train_ease
 
 if TYPE_CHECKING:
     from recae.artifacts import TrainedModel
+    from recae.blend import FittedBlend
     from recae.splits import Split
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ AUTO_ONE_THREAD_BELOW = 2_000_000
 DEFAULT_MODEL = "denoising"  # chosen on validation (see the README's performance table)
 FULL_BATCH = ("rprop", "lbfgs")
 CHECKPOINT_FILE = "checkpoint.safetensors"
+BLEND_CARVE_SEED = 104_729  # offsets the blend carve's seed from the members' carves (seed + m)
 MEMBER_FILE = "member.safetensors"
 #: A killed run loses at most this much work; writing the checkpoint every epoch cost 2.3 s of ml-100k's 16.
 CHECKPOINT_INTERVAL_S = 30.0
@@ -80,9 +82,11 @@ class TrainConfig:
     init_seed: int | None = None  # seeds weights, shuffles and dropout (None: the same as seed)
     deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
     ensemble: int = 4  # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net)
-    # members of the other orientation (a user AE beside an item AE), blended in with a weight fitted on validation;
-    # on ml-100k u1 4 item members score 0.8999, blended with 1 user member 0.8946 (recae.blend)
+    # members of the other orientation (a user AE beside an item AE), blended in with a weight fitted on validation
     partner_members: int = 1
+    # share of the training ratings that no member and no partner trains or stops on: the blend weight of the shipped
+    # ensemble and partner is fitted there, and the reported validation RMSE is cross-fitted on its halves
+    blend_fraction: float = 0.02
     # the top-N model that orders recommendations (recae.rankers): "ease", or "none" to order by predicted rating
     ranker: str = "ease"
     ranker_lambda: float = 0.0  # EASE's lambda (0: chosen on a validation carve of the training ratings)
@@ -126,10 +130,9 @@ class TrainConfig:
             raise TrainingError("lr_decay must be in (0, 1] and lr_decay_patience positive")
         if self.epochs < 1 or self.batch_ratings < 0 or self.patience < 1 or self.ensemble < 1:
             raise TrainingError("epochs, patience and ensemble must be positive, batch_ratings not negative")
-        if not 0 <= self.partner_members <= self.ensemble:
-            raise TrainingError(f"partner_members must be between 0 and ensemble ({self.ensemble}), "
-                                f"got {self.partner_members}: the blend pairs each partner with the member sharing "
-                                "its validation carve")
+        if self.partner_members < 0 or not 0.0 < self.blend_fraction < 1.0:
+            raise TrainingError(f"partner_members must be >= 0 (got {self.partner_members}) and blend_fraction in "
+                                f"(0, 1) (got {self.blend_fraction})")
         if not 0.0 < self.val_fraction < 1.0:
             raise TrainingError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0 or self.weight_decay < 0 or any(w < 0 for w in self.weight_decay_grid):
@@ -251,8 +254,6 @@ class FitResult:
     history: list[EpochReport] = field(default_factory=list)
     members: list[FitResult] = field(default_factory=list)  # each member's figures (module None) when ensemble > 1
     weight_decay: float | None = None  # the lambda used (chosen on validation when a grid was given)
-    # clipped predictions at the validation ratings (in ``val_ratings.coo()`` order) and the ratings: for blending
-    val_predictions: tuple[np.ndarray, np.ndarray] | None = None
     module_file: Path | None = None  # where a finished ensemble member's weights wait for the merge
 
 
@@ -545,12 +546,9 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
         if model_cfg.name == "rbm":  # the RBM for CF: its own CD loop, early stopping on validation RMSE
             from recae.rbm_cf import fit_rating_rbm, single_network
 
-            result = fit_rating_rbm(*carve(0), model_cfg, single_network(train_cfg), device, on_epoch, on_progress)
-            return _with_val_predictions(result, *carve(0)) if train_cfg.partner_members else result
+            return fit_rating_rbm(*carve(0), model_cfg, single_network(train_cfg), device, on_epoch, on_progress)
         if train_cfg.ensemble == 1 and not train_cfg.weight_decay_grid:
-            result = _fit(*carve(0), model_cfg, train_cfg, device, run_dir, resume, on_epoch, on_progress,
-                          stop_after)
-            return _with_val_predictions(result, *carve(0)) if train_cfg.partner_members else result
+            return _fit(*carve(0), model_cfg, train_cfg, device, run_dir, resume, on_epoch, on_progress, stop_after)
         return _fit_ensemble(carve, shared_validation, model_cfg, train_cfg, device, run_dir, resume, on_epoch,
                              on_progress, stop_after)
     finally:
@@ -582,8 +580,6 @@ def _fit_ensemble(carve: Carve, shared_validation: bool, model_cfg: ModelConfig,
                       run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress, stop_after)
         log.info("%s (%s): best epoch %d of %d, validation RMSE %.4f", label, model_cfg.orientation,
                  result.best_epoch, result.epochs_run, result.best_val_rmse)
-        if seed_offset < train_cfg.partner_members:  # a partner member shares this carve
-            result = _with_val_predictions(result, *carve(seed_offset))
         return _park(result, run_dir / name if run_dir is not None else None)
 
     candidates = {wd: member(0, wd, f"member0-wd{wd:g}", f"lambda {wd:g}, member 1 of {train_cfg.ensemble}")
@@ -750,19 +746,6 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
     )
 
 
-def _with_val_predictions(result: FitResult, fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None) -> FitResult:
-    """``result`` with its (clipped predictions, ratings) at the validation entries in ``coo()`` order, the inputs
-    being the fit part: what a blend with a model of the other orientation is fitted on, since neither trained on
-    them. Only members a partner shares a carve with need it (one extra scoring pass each)."""
-    from recae.artifacts import TrainedModel
-
-    if val_ratings is None or not val_ratings.nnz:
-        return result
-    rows, cols, values = val_ratings.coo()
-    predicted = TrainedModel.from_fit(result.module, fit_ratings).predict(rows, cols)
-    return replace(result, val_predictions=(predicted, values.astype(np.float32)))
-
-
 def _data_parallel(module: AutoEncoder, world: distributed.World | None,
                    cfg: TrainConfig) -> torch.nn.Module | None:
     """The DistributedDataParallel wrapper of ``module`` when several processes train (minibatch optimisers only)."""
@@ -843,7 +826,8 @@ def train_split(
         from recae.rbm_cf import single_network
 
         train_cfg = single_network(train_cfg)
-    result = fit_cross_carved(split.train, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
+    fit_part, blend_part = blend_carve(split.train, train_cfg) if train_cfg.partner_members else (split.train, None)
+    result = fit_cross_carved(fit_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                               on_progress=on_progress)
     chosen = result.weight_decay if result.weight_decay is not None else train_cfg.weight_decay
     train_cfg = replace(train_cfg, weight_decay=chosen, weight_decay_grid=())
@@ -851,13 +835,15 @@ def train_split(
                                     split_spec=split.spec.to_json(), history=[asdict(h) for h in result.history])
     metrics: dict[str, float] = {"val_rmse": result.best_val_rmse, "weight_decay": chosen}
     fits = [result]
-    if train_cfg.partner_members:
-        partner = _fit_partner(split.train, model_cfg, train_cfg, run_dir=run_dir, resume=resume,
+    if blend_part is not None:
+        partner = _fit_partner(fit_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume,
                                on_epoch=on_epoch, on_progress=on_progress)
-        weight, blended_val = _fitted_blend(result, partner)
-        trained = replace(trained, partner=TrainedModel.from_fit(partner.module, split.train), blend_weight=weight)
-        metrics.update(main_val_rmse=result.best_val_rmse, partner_val_rmse=partner.best_val_rmse,
-                       val_rmse=blended_val, blend_weight=round(weight, 6))
+        fitted = _fitted_blend(result.module, partner.module, fit_part, blend_part, train_cfg.seed)
+        trained = replace(trained, partner=TrainedModel.from_fit(partner.module, split.train),
+                          blend_weight=fitted.weight)
+        metrics.update(main_val_rmse=fitted.main_rmse, partner_val_rmse=fitted.partner_rmse,
+                       val_rmse=fitted.cross_fitted_rmse, blend_weight=round(fitted.weight, 6),
+                       n_blend=blend_part.nnz)
         fits.append(partner)
     ranker_seconds = 0.0
     if train_cfg.ranker != "none":
@@ -890,7 +876,7 @@ def fit_ranker(train: RatingMatrix, cfg: TrainConfig) -> tuple[EaseRanker, dict[
 def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainConfig, *, run_dir: Path | None,
                  resume: bool, on_epoch: Callable[[EpochReport], None] | None,
                  on_progress: Callable[[str], None] | None) -> FitResult:
-    """``partner_members`` autoencoders of the other orientation on the main ensemble's first validation carves."""
+    """``partner_members`` autoencoders of the other orientation, cross-carved from the main ensemble's fit part."""
     other = "user" if model_cfg.orientation == "item" else "item"
     if on_progress:
         on_progress(f"{other}-based partner for the blend ({train_cfg.partner_members} member(s))")
@@ -900,22 +886,27 @@ def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainCo
                             on_epoch=on_epoch, on_progress=on_progress)
 
 
-def _fitted_blend(main: FitResult, partner: FitResult) -> tuple[float, float]:
-    """The blend weight fitted on the validation carves main and partner members share, and the blend's RMSE there.
+def blend_carve(train: RatingMatrix, cfg: TrainConfig) -> tuple[RatingMatrix, RatingMatrix]:
+    """(fit part, blend part): ``blend_fraction`` of the training ratings kept from every member and the partner.
 
-    Partner member m and main member m stopped early on the same carve and neither trained on it.
+    The shipped ensemble and partner predict the blend part out of fold, so the blend weight is fitted for the
+    model that ships (not for one member) and its validation RMSE is measured on ratings nothing else was fitted on.
     """
-    from recae.blend import blend, blend_weight
+    from recae.splits import holdout_validation
 
-    pairs = list(zip(main.members or [main], partner.members or [partner], strict=False))
-    if any(m.val_predictions is None or p.val_predictions is None for m, p in pairs):
-        return 1.0, main.best_val_rmse
-    ours = np.concatenate([m.val_predictions[0] for m, _ in pairs])  # type: ignore[index]
-    theirs = np.concatenate([p.val_predictions[0] for _, p in pairs])  # type: ignore[index]
-    truth = np.concatenate([m.val_predictions[1] for m, _ in pairs])  # type: ignore[index]
-    weight = blend_weight(ours, theirs, truth)
-    mixed = blend(ours, theirs, weight).astype(np.float64)
-    return weight, float(np.sqrt(np.mean((mixed - truth) ** 2)))
+    return holdout_validation(train, cfg.blend_fraction, cfg.seed + BLEND_CARVE_SEED)
+
+
+def _fitted_blend(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix, blend_part: RatingMatrix,
+                  seed: int) -> FittedBlend:
+    """The blend of the shipped main ensemble and partner, fitted on the blend part (the fit part as inputs)."""
+    from recae.artifacts import TrainedModel
+    from recae.blend import fit_blend
+
+    rows, cols, values = blend_part.coo()
+    ours = TrainedModel.from_fit(main, fit_part).predict(rows, cols)
+    theirs = TrainedModel.from_fit(partner, fit_part).predict(rows, cols)
+    return fit_blend(ours, theirs, values, seed=seed)
 
 
 def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:

@@ -51,7 +51,7 @@ def blended_run():  # type: ignore[no-untyped-def]
     observed = planted_low_rank(n_users=250, n_movies=150, density=0.3, noise=0.3, seed=5).observed
     split = random_split(observed, test_fraction=0.15, seed=0)
     cfg = TrainConfig(ensemble=2, partner_members=2, epochs=150, lr=2e-2, weight_decay=1.0, patience=10,
-                      batch_ratings=1000, val_fraction=0.1, threads=1)
+                      batch_ratings=1000, val_fraction=0.1, blend_fraction=0.1, threads=1)
     return split, train_split(split, model_config("denoising", hidden=(32,), input_dropout=0.2), cfg)
 
 
@@ -111,3 +111,47 @@ def test_fold_in_mixes_both_models_fold_ins(blended_run) -> None:  # type: ignor
     w = trained.blend_weight
     assert np.allclose(both, w * alone + (1 - w) * partner, atol=1e-5)
     assert not np.allclose(both, alone, atol=1e-3)
+
+
+def test_fit_blend_recovers_the_weight_and_scores_it_on_ratings_it_was_not_fitted_on() -> None:
+    from recae.blend import fit_blend
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(3, 1, 4000), rng.normal(3, 1, 4000)
+    truth = 0.7 * a + 0.3 * b + rng.normal(0, 0.1, 4000)
+    fitted = fit_blend(a, b, truth, seed=0)
+    assert fitted.weight == pytest.approx(0.7, abs=0.01)
+    assert fitted.main_rmse == pytest.approx(float(np.sqrt(np.mean((a - truth) ** 2))))
+    # each half scored with the other half's weight: the noise level, a little above the in-sample fit
+    in_sample = float(np.sqrt(np.mean((blend(a, b, fitted.weight) - truth) ** 2)))
+    assert 0.09 < fitted.cross_fitted_rmse < 0.11 and fitted.cross_fitted_rmse == pytest.approx(in_sample, rel=0.02)
+    assert fitted.cross_fitted_rmse < min(fitted.main_rmse, fitted.partner_rmse)
+
+
+def test_no_member_and_no_partner_trains_on_the_blend_carve() -> None:
+    """Changing only the blend carve's ratings moves the blend weight but no trained weight: the weight is fitted
+    out of fold for the ensemble that ships. Same process, deterministic kernels, one thread: exact comparison."""
+    import torch
+
+    from recae.matrix import RatingMatrix
+    from recae.splits import Split
+    from recae.train import blend_carve
+
+    observed = planted_low_rank(n_users=90, n_movies=60, density=0.3, noise=0.3, seed=8).observed
+    split = random_split(observed, test_fraction=0.1, seed=0)
+    cfg = TrainConfig(ensemble=2, partner_members=1, epochs=6, lr=2e-2, weight_decay=1.0, patience=10,
+                      batch_ratings=400, blend_fraction=0.15, threads=1, deterministic=True, ranker="none")
+    _, blend_part = blend_carve(split.train, cfg)
+    in_blend = np.isin(split.train.row_of_each_rating() * 1000 + split.train.csr.indices,
+                       blend_part.row_of_each_rating() * 1000 + blend_part.csr.indices)
+    values = split.train.csr.data.copy()
+    values[in_blend] = 6.0 - values[in_blend]  # the blend carve's ratings turned upside down
+    train = split.train
+    flipped = RatingMatrix._from_csr_parts(values, train.csr.indices, train.csr.indptr, train.timestamps, train.index)
+    config = model_config("denoising", hidden=(16,), input_dropout=0.2)
+    before = train_split(split, config, cfg).trained
+    after = train_split(Split(split.spec, flipped, split.test), config, cfg).trained
+    for ours, theirs in ((before.module, after.module), (before.partner.module, after.partner.module)):  # type: ignore[union-attr]
+        for name, tensor in ours.state_dict().items():
+            assert torch.equal(tensor, theirs.state_dict()[name]), name
+    assert before.blend_weight != after.blend_weight
