@@ -300,8 +300,10 @@ def standalone(tensor: torch.Tensor) -> torch.Tensor:
 
 def _module_from(tensors: dict[str, torch.Tensor], prefix: str, config: ModelConfig, index: IdIndex) -> AutoEncoder:
     n_units = index.n_users if config.orientation == "item" else index.n_movies
-    module = build_model(config, n_units, n_units)
-    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+    with torch.device("meta"):  # no throwaway random weights: the loaded tensors become the parameters
+        module = build_model(config, n_units, n_units)
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    module.load_state_dict(state, strict=True, assign=True)
     return module.eval()
 
 

@@ -26,9 +26,10 @@ class SimilarMovie:
 
 @torch.no_grad()
 def movie_embeddings(trained: TrainedModel) -> np.ndarray:
-    """(n_movies, h_1) latent representation of every movie of ``trained.index``."""
+    """(n_movies, h_1) latent representation of every movie of ``trained.index`` (a view of the model's own
+    arrays, not a copy: a serving worker asks for it on every similar-films request)."""
     if trained.orientation == "item":
-        return trained._features(np.arange(trained.index.n_movies)).numpy()
+        return trained._features_of_all_movies().numpy()
     return trained.module.w_out.detach().numpy()
 
 
@@ -38,9 +39,9 @@ def similar_movies(trained: TrainedModel, movie_id: int, n: int = 10) -> list[Si
     Raises UnknownMovieError naming the known range when the model has never seen ``movie_id``.
     """
     col = trained.index.movie_col(movie_id)
-    vectors = movie_embeddings(trained).astype(np.float64)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    similarity = vectors @ vectors[col]  # (n_movies,)
+    vectors = movie_embeddings(trained)  # float32, read in place: no (n_movies, h_1) temporaries
+    norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)), 1e-12)
+    similarity = (vectors @ vectors[col]).astype(np.float64) / (norms * norms[col])  # (n_movies,)
     similarity[col] = -np.inf
     k = min(n, similarity.size - 1)
     if k <= 0:
