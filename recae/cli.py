@@ -589,6 +589,8 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     from recae.splits import SplitSpec
     from recae.train import DEFAULT_MODEL, TrainConfig, load_config_file, model_config
 
+    if test_ratings is not None:
+        _refuse_with("--test-ratings", ("split_name", "--split"), ("test_fraction", "--test-fraction"))
     model_part, train_part = load_config_file(config_file) if config_file else ({}, {})
     name = model_name or model_part.pop("name", DEFAULT_MODEL)
     model_part.pop("name", None)
@@ -606,7 +608,6 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     model_cfg.validate()
     train_cfg.validate()
     if test_ratings is not None:
-        _refuse_with("--test-ratings", ("split_name", "--split"), ("test_fraction", "--test-fraction"))
         from recae.ingest import read_ratings_file
 
         spec = SplitSpec.of_file(read_ratings_file(test_ratings))
