@@ -440,34 +440,49 @@ def synth_command(n_users: int, n_movies: int, n_ratings: int, out: str, rank: i
 @click.option("--split", "split_name", help="Score on another split instead of the model's own (e.g. u2).")
 @click.option("--test-fraction", type=float, default=0.1, show_default=True, help="With --split: held-out share.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --split: the split's seed.")
+@click.option("--ratings", "ratings_file", type=click.Path(exists=True, dir_okay=False),
+              help="Score on this CSV user_id,movie_id,rating (the ingest --ratings format) of ratings the model "
+                   "never read, instead of its split's held-out part.")
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Ranking cut-off.")
 @format_option
 @pass_context
-def evaluate(obj: Context, version: str | None, split_name: str | None, test_fraction: float, seed: int, k: int,
-             fmt: str) -> None:
+def evaluate(obj: Context, version: str | None, split_name: str | None, test_fraction: float, seed: int,
+             ratings_file: str | None, k: int, fmt: str) -> None:
     """RMSE and MAE on the held-out ratings of the model's own split, beside the baselines.
 
     Predictions are clipped to the rating scale. Ranking quality (precision, recall, NDCG at k) counts held-out
     ratings >= 4 as relevant and never ranks films the model read in training. Baselines (global mean,
     user+item biases, truncated SVD) are fitted on the same training ratings.
 
+    With --ratings FILE the held-out ratings are the file's (they need not be in the store: last month's ratings
+    kept aside, a published test set); pairs whose user or film the model does not know are skipped and counted
+    (n_skipped); a pair the model read in training is refused (exit 65).
+
     \b
     Examples:
       recae evaluate
       recae evaluate --model 20261123-101500-stacked --format json
+      recae evaluate --ratings last-month.csv --format json
     """
     from recae.evaluate import evaluate_model
     from recae.output import render
     from recae.splits import SplitSpec
 
+    held = None
+    if ratings_file is not None:
+        _refuse_with("--ratings", ("split_name", "--split"), ("test_fraction", "--test-fraction"), ("seed", "--seed"))
+        from recae.ingest import read_ratings_file
+
+        held = read_ratings_file(ratings_file)
     spec = SplitSpec(split_name, test_fraction, seed) if split_name else None
-    report = evaluate_model(obj.engine(), version, spec, k=k, models_dir=obj.paths().models_dir)
+    report = evaluate_model(obj.engine(), version, spec, k=k, models_dir=obj.paths().models_dir, held=held)
     if report.note:
         echo_info(f"note: {report.note}")
     if fmt == "json":
         echo_data(render(report.to_json(), fmt))
     else:
-        echo_data(render(report.rows(), fmt, title=f"Held-out ratings of split {report.split} (n={report.n_test})"))
+        source = f"{held.label}" if held is not None else f"split {report.split}"
+        echo_data(render(report.rows(), fmt, title=f"Held-out ratings of {source} (n={report.n_test})"))
 
 
 @cli.command()
@@ -530,6 +545,9 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
               help="Held-out test ratings, stored with the model (u1..u5, ua, ub: canonical ml-100k folds).")
 @click.option("--test-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Share of ratings held out for test (generated splits only).")
+@click.option("--test-ratings", "test_ratings", type=click.Path(exists=True, dir_okay=False),
+              help="CSV user_id,movie_id,rating (the ingest --ratings format) of stored ratings to hold out as the "
+                   "test set instead of a --split; the model keeps the file's path and sha256.")
 @click.option("--seed", type=int, help="Seed of the split and the validation carves (default: the config's, else 0).")
 @click.option("--init-seed", type=int,
               help="Seed of initialisation, shuffles and dropout (default: --seed): spread over it on a fixed split.")
@@ -546,6 +564,7 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
 @pass_context
 def train_command(obj: Context, model_name: str | None, pretrain: str | None, orientation: str | None,
                   split_name: str, test_fraction: float, seed: int | None, init_seed: int | None,
+                  test_ratings: str | None,
                   epochs: int | None, ensemble: int | None,
                   config_file: str | None, deterministic: bool | None, device: str | None, resume: bool,
                   fmt: str) -> None:
@@ -559,6 +578,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
       recae train                                   # defaults: denoising I-AutoRec, random 90/10 split
       recae train --split u1                        # the canonical ml-100k fold
       recae train --split u1 --init-seed 3          # same split and carves, another initialisation
+      recae train --test-ratings heldout.csv        # these stored ratings are the test set, the rest trains
       recae train --split random --test-fraction 0.1 --seed 0 --epochs 50 --deterministic
       recae train --config run.toml --resume        # [model] hidden = [500], [train] lr = 0.002
       recae train --model rbm --split u1            # I-RBM (RBM for CF); --orientation user: U-RBM
@@ -569,6 +589,8 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     from recae.splits import SplitSpec
     from recae.train import DEFAULT_MODEL, TrainConfig, load_config_file, model_config
 
+    if test_ratings is not None:
+        _refuse_with("--test-ratings", ("split_name", "--split"), ("test_fraction", "--test-fraction"))
     model_part, train_part = load_config_file(config_file) if config_file else ({}, {})
     name = model_name or model_part.pop("name", DEFAULT_MODEL)
     model_part.pop("name", None)
@@ -585,11 +607,17 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     model_cfg = model_config(name, **model_part)
     model_cfg.validate()
     train_cfg.validate()
-    spec = SplitSpec(split_name, test_fraction=test_fraction, seed=train_cfg.seed)
+    if test_ratings is not None:
+        from recae.ingest import read_ratings_file
+
+        spec = SplitSpec.of_file(read_ratings_file(test_ratings))
+    else:
+        spec = SplitSpec(split_name, test_fraction=test_fraction, seed=train_cfg.seed)
+    held_out = f"the ratings of {os.path.basename(spec.path)}" if spec.is_file else f"{spec.name} split"
 
     def announce(split) -> None:  # type: ignore[no-untyped-def]
         echo_info(f"training {model_cfg.name} ({model_cfg.orientation}) on {split.train.nnz} ratings, "
-                  f"testing on {split.test.nnz} ({spec.name} split)")
+                  f"testing on {split.test.nnz} ({held_out})")
 
     secondary_rank = int(os.environ.get("RANK", "0")) > 0  # torchrun: only rank 0 reports and publishes
     with _train_progress(train_cfg.epochs, quiet=secondary_rank) as (on_epoch, on_progress):
@@ -609,6 +637,16 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     }
     echo_data(render(summary, fmt) if fmt == "json" else render(
         [{"field": k, "value": v} for k, v in summary.items()], "table", title="train"))
+
+
+def _refuse_with(flag: str, *others: tuple[str, str]) -> None:
+    """Usage error when any of ``others`` (parameter name, flag) was given on the command line beside ``flag``."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = [shown for name, shown in others if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"{flag} does not go with {given[0]}: the file is the test set")
 
 
 def _rmse_fields(report) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]

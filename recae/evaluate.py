@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recae.baselines import BiasBaseline, Biases, GlobalMean, TruncatedSVDBaseline, fit_biases
-from recae.errors import EmptyStoreError
+from recae.errors import DataError, EmptyStoreError
 from recae.matrix import RatingMatrix
 from recae.metrics import (
     DEFAULT_RELEVANCE_THRESHOLD,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
+    from recae.ingest import RatingsFile
     from recae.splits import SplitSpec
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "evaluate_baselines",
     "evaluate_model",
     "held_out_for_model",
+    "file_for_model",
     "evaluate_scorer",
     "fit_biases",
     "mae",
@@ -184,7 +186,10 @@ class ModelEvaluation:
     """A published model scored on its held-out ratings, beside the baselines fitted on the same training data.
 
     ``lists`` is the quality of the served ranking (the ranker's order when the model has one) at every k of
-    ``RANKING_KS``; ``ranking_baselines`` the most-popular and EASE lists measured the same way.
+    ``RANKING_KS``; ``ranking_baselines`` the most-popular and EASE lists measured the same way. ``test_file`` is
+    set when the held-out ratings came from a file (``evaluate --ratings``); ``n_skipped`` counts held-out pairs
+    not scored because the model does not know the user or the film (for a split rebuilt on a changed store, also
+    the pairs the model read).
     """
 
     version: str
@@ -197,6 +202,8 @@ class ModelEvaluation:
     ranking_baselines: dict[str, ListQuality]
     k: int = 10
     note: str | None = None
+    n_skipped: int = 0
+    test_file: str | None = None
 
     @property
     def ranking(self) -> RankingMetrics:
@@ -204,7 +211,8 @@ class ModelEvaluation:
         return self.lists.at[self.k]
 
     def to_json(self) -> dict[str, object]:
-        """Stable keys: ``rmse``, ``mae``, ``n_test``, ``ranking``, ``baselines`` (plus identity and a note)."""
+        """Stable keys: ``rmse``, ``mae``, ``n_test``, ``n_skipped``, ``ranking``, ``baselines`` (plus identity,
+        ``test_file`` and a note)."""
         baselines: dict[str, object] = {
             b.name: {"rmse": b.rating.rmse, "mae": b.rating.mae, "ranking": lists_json(_single(b.ranking))}
             for b in self.baselines.results()}
@@ -212,8 +220,8 @@ class ModelEvaluation:
                           for name, quality in self.ranking_baselines.items()})
         return {
             "version": self.version, "model": self.model, "split": self.split,
-            "rmse": self.rating.rmse, "mae": self.rating.mae, "n_test": self.n_test,
-            "ranking": lists_json(self.lists), "baselines": baselines, "note": self.note,
+            "test_file": self.test_file, "rmse": self.rating.rmse, "mae": self.rating.mae, "n_test": self.n_test,
+            "n_skipped": self.n_skipped, "ranking": lists_json(self.lists), "baselines": baselines, "note": self.note,
         }
 
     def rows(self) -> list[dict[str, object]]:
@@ -248,9 +256,40 @@ def held_out_for_model(test: RatingMatrix, model_inputs: RatingMatrix) -> tuple[
     nothing the model trained on can ever be scored as held out.
     """
     rows, cols, values = test.coo()
+    user_rows, movie_cols, known, seen = _on_model(test.index.user_ids[rows], test.index.movie_ids[cols],
+                                                   model_inputs)
+    keep = known & ~seen
+    mapped = RatingMatrix.from_positions(user_rows[keep], movie_cols[keep], values[keep],
+                                         test.timestamps[keep], model_inputs.index)
+    return mapped, int((~keep).sum())
+
+
+def file_for_model(held: RatingsFile, model_inputs: RatingMatrix) -> tuple[RatingMatrix, int]:
+    """The ratings of a held-out file on the model's IdIndex, and how many were skipped as unknown to the model.
+
+    Unlike a split, a file may list pairs the model cannot place (a user or film it never saw): those are
+    skipped and counted. A pair the model read in training is refused: a held-out file must be held out.
+
+    Raises:
+        DataError: naming the file, line and first pair the model read in training.
+    """
+    user_rows, movie_cols, known, seen = _on_model(held.user_ids, held.movie_ids, model_inputs)
+    if seen.any():
+        k = int(np.flatnonzero(seen)[0])
+        raise DataError(f"{held.where(k)} is a rating the model read in training ({int(seen.sum())} of the file's "
+                        f"{seen.size} pairs are); a held-out file must hold ratings the model never saw")
+    mapped = RatingMatrix.from_positions(user_rows[known], movie_cols[known], held.ratings[known], None,
+                                         model_inputs.index)
+    return mapped, int((~known).sum())
+
+
+def _on_model(user_ids: np.ndarray, movie_ids: np.ndarray,
+              model_inputs: RatingMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, known, seen) of (user_id, movie_id) pairs on the model's index: positions (-1 when unknown),
+    whether the model knows both ids, and whether the pair is one of its training inputs."""
     index = model_inputs.index
-    user_rows = index.lookup_users(test.index.user_ids[rows])
-    movie_cols = index.lookup_movies(test.index.movie_ids[cols])
+    user_rows = index.lookup_users(user_ids)
+    movie_cols = index.lookup_movies(movie_ids)
     known = (user_rows >= 0) & (movie_cols >= 0)
     n_movies = index.n_movies
     train_rows, train_cols, _ = model_inputs.coo()
@@ -258,37 +297,44 @@ def held_out_for_model(test: RatingMatrix, model_inputs: RatingMatrix) -> tuple[
     keys = user_rows * n_movies + movie_cols
     seen = np.zeros(keys.size, dtype=bool)
     seen[known] = np.isin(keys[known], seen_keys, assume_unique=False)
-    keep = known & ~seen
-    mapped = RatingMatrix.from_positions(user_rows[keep], movie_cols[keep], values[keep],
-                                         test.timestamps[keep], index)
-    return mapped, int((~keep).sum())
+    return user_rows, movie_cols, known, seen
 
 
 def evaluate_model(
     engine: Engine, version: str | None = None, split: SplitSpec | None = None, k: int = 10,
-    threshold: float = DEFAULT_RELEVANCE_THRESHOLD, models_dir: Path | None = None,
+    threshold: float = DEFAULT_RELEVANCE_THRESHOLD, models_dir: Path | None = None, held: RatingsFile | None = None,
 ) -> ModelEvaluation:
     """Score a published model (default: the champion) on the held-out ratings of the split it was trained on.
 
-    The split is rebuilt from the store by its stored name and seed; ``split`` overrides it. Baselines are fitted
-    on exactly the model's training ratings and measured on the same held-out ratings.
+    The split is rebuilt from the store by its stored name and seed; ``split`` overrides it, ``held`` (a ratings
+    file, see ``file_for_model``) replaces it. Baselines are fitted on exactly the model's training ratings and
+    measured on the same held-out ratings.
     """
     from recae.artifacts import load_champion, load_version
     from recae.registry import get_version
     from recae.splits import SplitSpec, split_from_store
 
+    if split is not None and held is not None:
+        raise ValueError("give a split or a held-out file, not both")
     info = get_version(engine, version)
     trained = load_version(engine, info.version, models_dir) if version else load_champion(engine, models_dir)
     spec = split or SplitSpec.from_json(trained.split_spec or {"name": info.split})
-    matrix = RatingMatrix.from_db(engine)
-    rebuilt = split_from_store(engine, matrix, spec)
-    test, dropped = held_out_for_model(rebuilt.test, trained.inputs)
     note = None
-    if rebuilt.train.ratings_fingerprint() != trained.inputs.ratings_fingerprint():  # a loaded model has no timestamps
-        note = (f"the store changed since {info.version} was trained (or another split was asked for); "
-                f"scored {test.nnz} held-out ratings, skipped {dropped} the model read or does not know")
-    if test.nnz == 0:
-        raise EmptyStoreError(f"split {spec.name!r} leaves no held-out ratings this model has not seen")
+    if held is not None:
+        test, dropped = file_for_model(held, trained.inputs)
+        if dropped:
+            note = (f"skipped {dropped} of {held.label}'s {held.user_ids.size} pairs: the model does not know the "
+                    "user or the film")
+        if test.nnz == 0:
+            raise DataError(f"{held.label}: none of its {held.user_ids.size} pairs has a user and film the model knows")
+    else:
+        rebuilt = split_from_store(engine, RatingMatrix.from_db(engine), spec)
+        test, dropped = held_out_for_model(rebuilt.test, trained.inputs)
+        if rebuilt.train.ratings_fingerprint() != trained.inputs.ratings_fingerprint():  # a loaded model: no stamps
+            note = (f"the store changed since {info.version} was trained (or another split was asked for); "
+                    f"scored {test.nnz} held-out ratings, skipped {dropped} the model read or does not know")
+        if test.nnz == 0:
+            raise EmptyStoreError(f"split {spec.name!r} leaves no held-out ratings this model has not seen")
     rating = rating_metrics(trained, test)
     ks = tuple(sorted({k, *RANKING_KS}))
     lists = list_quality(trained, trained.inputs, test, ks=ks, threshold=threshold)
@@ -296,4 +342,5 @@ def evaluate_model(
     seed = trained.train_config.seed if trained.train_config is not None else 0
     others = ranking_baselines(trained.inputs, test, ks=ks, threshold=threshold, seed=seed)
     return ModelEvaluation(version=info.version, model=info.model, split=spec.name, n_test=test.nnz,
-                           rating=rating, lists=lists, baselines=baselines, ranking_baselines=others, k=k, note=note)
+                           rating=rating, lists=lists, baselines=baselines, ranking_baselines=others, k=k, note=note,
+                           n_skipped=dropped, test_file=str(held.path) if held is not None else None)

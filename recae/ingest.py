@@ -147,6 +147,7 @@ class _Chunk:
     movie_id: np.ndarray  # (n,) int64
     rating: np.ndarray  # (n,) float64
     timestamp: np.ndarray  # (n,) float64, NaN = unknown
+    line: np.ndarray  # (n,) int64, the file line each rating came from (for messages about one rating)
 
     def rows(self) -> Iterator[tuple[int, int, float, int | None]]:
         """DBAPI tuples; timestamp None where unknown."""
@@ -244,6 +245,7 @@ def _check_line(line: str, layout: RatingsLayout) -> tuple[int, int, float, floa
 
 def _slow_block(lines: list[str], first_line: int, layout: RatingsLayout, rejects: _RejectLog) -> tuple[_Chunk, int]:
     values: list[tuple[int, int, float, float]] = []
+    numbers: list[int] = []
     n_read = 0
     for offset, line in enumerate(lines):
         if not line.strip():
@@ -254,8 +256,10 @@ def _slow_block(lines: list[str], first_line: int, layout: RatingsLayout, reject
             rejects.add(Reject(layout.label, first_line + offset, parsed))
         else:
             values.append(parsed)
+            numbers.append(first_line + offset)
     arr = np.array(values, dtype=np.float64).reshape(-1, 4)
-    return _Chunk(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], arr[:, 3]), n_read
+    return _Chunk(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], arr[:, 3],
+                  np.asarray(numbers, dtype=np.int64)), n_read
 
 
 def _fast_block(block: bytes, n_lines: int, layout: RatingsLayout) -> pd.DataFrame | None:
@@ -324,7 +328,7 @@ def read_ratings(stream: BinaryIO, layout: RatingsLayout, rejects: _RejectLog, *
                     rejects.add(Reject(layout.label, next_line + int(row), reason if isinstance(reason, str)
                                        else "value out of range"))
             ts = np.where(ts == 0, np.nan, ts)
-            yield _Chunk(user[ok], movie[ok], rating[ok], ts[ok]), n_lines
+            yield _Chunk(user[ok], movie[ok], rating[ok], ts[ok], next_line + np.flatnonzero(ok)), n_lines
         next_line += n_lines
 
 
@@ -784,6 +788,18 @@ def ingest_ratings_file(engine: Engine, path: str | Path, *, scale: tuple[float,
     Args:
         scale: allowed (low, high) ratings; ``step`` the allowed increment from ``low`` (None: any value).
     """
+    low, high = float(scale[0]), float(scale[1])
+    if not low < high:
+        raise DataError(f"rating scale {low:g}..{high:g} is empty; give LOW < HIGH")
+    file, layout = _plain_file(path, RatingScale(low, high, step))
+    plan = _Plan(dataset=PLAIN, source=str(file), sha256=sha256_file(file),
+                 open_ratings=lambda stack: stack.enter_context(open(file, "rb")),
+                 ratings_size=file.stat().st_size, layout=layout, header=None)
+    return _run(engine, plan, skip_bad, progress)
+
+
+def _plain_file(path: str | Path, scale: RatingScale) -> tuple[Path, RatingsLayout]:
+    """The file and its layout after a look at line 1: DataError unless it is a 3- or 4-field CSV."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"{file}: no such file")
@@ -795,11 +811,59 @@ def ingest_ratings_file(engine: Engine, path: str | Path, *, scale: tuple[float,
         raise DataError(f"{file.name} line 1: {err}") from None
     if n_fields not in (3, 4):
         raise DataError(f"{file.name} line 1: expected user_id,movie_id,rating[,timestamp], found {n_fields} fields")
-    low, high = float(scale[0]), float(scale[1])
-    if not low < high:
-        raise DataError(f"rating scale {low:g}..{high:g} is empty; give LOW < HIGH")
-    layout = RatingsLayout(file.name, ",", 4, RatingScale(low, high, step), timestamp_required=False)
-    plan = _Plan(dataset=PLAIN, source=str(file), sha256=sha256_file(file),
-                 open_ratings=lambda stack: stack.enter_context(open(file, "rb")),
-                 ratings_size=file.stat().st_size, layout=layout, header=None)
-    return _run(engine, plan, skip_bad, progress)
+    return file, RatingsLayout(file.name, ",", 4, scale, timestamp_required=False)
+
+
+#: Held-out files are compared with stored ratings or predictions, not stored: any finite rating parses.
+ANY_RATING = RatingScale(-float("inf"), float("inf"), None)
+
+
+@dataclass(frozen=True)
+class RatingsFile:
+    """A plain ratings CSV read whole but not stored (a held-out test set): one entry per rating, in file order."""
+
+    path: Path
+    sha256: str
+    user_ids: np.ndarray  # (n,) int64
+    movie_ids: np.ndarray  # (n,) int64
+    ratings: np.ndarray  # (n,) float64
+    lines: np.ndarray  # (n,) int64, the line each rating is on
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    def where(self, k: int) -> str:
+        """``FILE line N: user U movie M`` for entry ``k``: how a message names one pair."""
+        return f"{self.label} line {int(self.lines[k])}: user {int(self.user_ids[k])} movie {int(self.movie_ids[k])}"
+
+
+def read_ratings_file(path: str | Path) -> RatingsFile:
+    """Parse a ``user_id,movie_id,rating[,timestamp]`` CSV exactly as ``ingest --ratings`` does (header optional,
+    same checks), without storing it. Timestamps are read and dropped. A pair listed twice is refused: a test set
+    scores each pair once.
+
+    Raises:
+        DataError: the file is missing, a line is malformed, it holds no ratings, or it repeats a pair.
+    """
+    file, layout = _plain_file(path, ANY_RATING)
+    sha256 = sha256_file(file)
+    with open(file, "rb") as stream:
+        chunks = [chunk for chunk, _ in read_ratings(stream, layout, _RejectLog(skip_bad=False), header=None)]
+    users, movies, ratings, lines = (np.concatenate([getattr(c, name) for c in chunks]) if chunks
+                                     else np.zeros(0, dtype) for name, dtype in
+                                     (("user_id", np.int64), ("movie_id", np.int64), ("rating", np.float64),
+                                      ("line", np.int64)))
+    if users.size == 0:
+        raise DataError(f"{file.name}: no ratings in the file; expected lines user_id,movie_id,rating")
+    held = RatingsFile(path=file.resolve(), sha256=sha256, user_ids=users, movie_ids=movies, ratings=ratings,
+                       lines=lines)
+    order = np.lexsort((movies, users))
+    repeated = np.flatnonzero((users[order][1:] == users[order][:-1]) & (movies[order][1:] == movies[order][:-1]))
+    if repeated.size:
+        later = np.maximum(order[repeated], order[repeated + 1])
+        pick = int(np.argmin(later))  # the earliest line that repeats a pair
+        first, again = int(np.minimum(order[repeated], order[repeated + 1])[pick]), int(later[pick])
+        raise DataError(f"{held.where(again)} is listed twice (first on line {int(lines[first])}); "
+                        "a test set lists each pair once")
+    return held

@@ -11,6 +11,9 @@ Split names:
     temporal           one global time cut: the latest round(f * nnz) ratings by timestamp are the test set
     temporal-per-user  each user's latest round(f * n_u) ratings; a user with >= 2 ratings keeps >= 1
     u1..u5, ua, ub     the canonical ml-100k folds: test = the listed (user_id, movie_id) pairs
+    file               the pairs of a ratings CSV (``recae train --test-ratings``); each must be a stored rating
+                       with the same value. The spec keeps the file's absolute path and sha256: the split is
+                       rebuilt from that file, and refused (DataError) once the file is gone or changed.
 
 Timestamp 0 means "unknown": such a rating cannot be placed in time, so the temporal splits always keep it
 in train (and never count it as one of the latest).
@@ -30,39 +33,59 @@ from recae.matrix import RatingMatrix
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from recae.ingest import RatingsFile
+
 CANONICAL_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 GENERATED_SPLITS = ("random", "per-user", "temporal", "temporal-per-user")
-SPLIT_NAMES = GENERATED_SPLITS + CANONICAL_FOLDS
+FILE_SPLIT = "file"
+SPLIT_NAMES = GENERATED_SPLITS + CANONICAL_FOLDS + (FILE_SPLIT,)
 
 
 @dataclass(frozen=True)
 class SplitSpec:
     """How to split: a name from SPLIT_NAMES, the share of ratings for test, and the random seed.
 
-    ``test_fraction`` is ignored by the canonical folds (their test sets are fixed); ``seed`` by the temporal
-    splits and canonical folds (they are deterministic).
+    ``test_fraction`` is ignored by the canonical folds and file splits (their test sets are fixed); ``seed`` by
+    the temporal, canonical and file splits (they are deterministic). A file split also carries the test file's
+    absolute ``path`` and ``sha256``, so a stored spec names exactly which file held the test ratings.
     """
 
     name: str
     test_fraction: float = 0.1
     seed: int = 0
+    path: str = ""  # file split only: the test ratings file
+    sha256: str = ""  # file split only: its sha256 when the split was made
 
     def __post_init__(self) -> None:
         if self.name not in SPLIT_NAMES:
             raise ValueError(f"unknown split {self.name!r}; choose one of {', '.join(SPLIT_NAMES)}")
         _check_fraction(self.test_fraction, "test_fraction")
+        if self.is_file != bool(self.path and self.sha256):
+            raise ValueError("a file split needs the test file's path and sha256, and only a file split has them")
 
     @property
     def is_canonical(self) -> bool:
         return self.name in CANONICAL_FOLDS
 
+    @property
+    def is_file(self) -> bool:
+        return self.name == FILE_SPLIT
+
+    @classmethod
+    def of_file(cls, held: RatingsFile) -> SplitSpec:
+        """The spec of a split whose test set is ``held`` (see ``file_split``)."""
+        return cls(FILE_SPLIT, path=str(held.path), sha256=held.sha256)
+
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "test_fraction": self.test_fraction, "seed": self.seed}
+        data: dict[str, Any] = {"name": self.name, "test_fraction": self.test_fraction, "seed": self.seed}
+        if self.is_file:
+            data.update(path=self.path, sha256=self.sha256)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SplitSpec:
         return cls(name=str(data["name"]), test_fraction=float(data.get("test_fraction", 0.1)),
-                   seed=int(data.get("seed", 0)))
+                   seed=int(data.get("seed", 0)), path=str(data.get("path", "")), sha256=str(data.get("sha256", "")))
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,16 +245,7 @@ def canonical_split(
     movies = np.asarray(test_movie_ids, dtype=np.int64)
     if users.shape != movies.shape:
         raise ValueError("test_user_ids and test_movie_ids must have the same length")
-    index = matrix.index
-    rows = index.lookup_users(users)
-    cols = index.lookup_movies(movies)
-    rows_all, cols_all, _ = matrix.coo()
-    keys_all = rows_all * index.n_movies + cols_all  # ascending: CSR order is (row, col)
-    wanted = rows * index.n_movies + cols
-    found = np.minimum(np.searchsorted(keys_all, wanted), max(matrix.nnz - 1, 0))
-    missing = (rows < 0) | (cols < 0) | (matrix.nnz == 0)
-    if matrix.nnz:
-        missing |= keys_all[found] != wanted
+    found, missing = _stored_positions(matrix, users, movies)
     if missing.any():
         k = int(np.flatnonzero(missing)[0])
         raise DataError(
@@ -243,10 +257,58 @@ def canonical_split(
     return _split_by_mask(matrix, spec, mask)
 
 
+def _stored_positions(matrix: RatingMatrix, users: np.ndarray, movies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, missing) for (user_id, movie_id) pairs: each pair's position in CSR order, and True where the
+    matrix holds no such rating (``found`` is then meaningless). O((nnz + n) log nnz)."""
+    index = matrix.index
+    rows = index.lookup_users(users)
+    cols = index.lookup_movies(movies)
+    rows_all, cols_all, _ = matrix.coo()
+    keys_all = rows_all * index.n_movies + cols_all  # ascending: CSR order is (row, col)
+    wanted = rows * index.n_movies + cols
+    found = np.minimum(np.searchsorted(keys_all, wanted), max(matrix.nnz - 1, 0))
+    missing = (rows < 0) | (cols < 0) | (matrix.nnz == 0)
+    if matrix.nnz:
+        missing |= keys_all[found] != wanted
+    return found, missing
+
+
+def file_split(matrix: RatingMatrix, held: RatingsFile) -> Split:
+    """The ratings listed in ``held`` are the test set, every other rating is train.
+
+    The file only says which ratings to hold out; their values come from the store. A listed value that differs
+    from the stored one is refused rather than silently replaced: the file and the store disagree.
+
+    Raises:
+        DataError: naming the file, line and first pair that is not a stored rating or has another value.
+    """
+    found, missing = _stored_positions(matrix, held.user_ids, held.movie_ids)
+    if missing.any():
+        k = int(np.flatnonzero(missing)[0])
+        raise DataError(f"{held.where(k)} is not a stored rating ({int(missing.sum())} of the file's "
+                        f"{missing.size} pairs are not); --test-ratings lists ratings already in the store")
+    stored = matrix.csr.data[found].astype(np.float64)
+    differs = ~np.isclose(stored, held.ratings, rtol=0.0, atol=1e-6)
+    if differs.any():
+        k = int(np.flatnonzero(differs)[0])
+        raise DataError(f"{held.where(k)} is rated {held.ratings[k]:g} in the file but {stored[k]:g} in the store "
+                        f"({int(differs.sum())} pairs differ); re-ingest the file or fix it")
+    mask = np.zeros(matrix.nnz, dtype=bool)
+    mask[found] = True
+    return _split_by_mask(matrix, SplitSpec.of_file(held), mask)
+
+
 def make_split(
-    matrix: RatingMatrix, spec: SplitSpec, fold_pairs: tuple[np.ndarray, np.ndarray] | None = None
+    matrix: RatingMatrix, spec: SplitSpec, fold_pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    held: RatingsFile | None = None,
 ) -> Split:
-    """Dispatch on ``spec.name``; canonical folds need ``fold_pairs`` = (user_ids, movie_ids) of the test set."""
+    """Dispatch on ``spec.name``; canonical folds need ``fold_pairs`` = (user_ids, movie_ids) of the test set,
+    file splits the test file ``held`` (read by ``recae.ingest.read_ratings_file``; use split_from_store)."""
+    if spec.is_file:
+        if held is None:
+            raise ValueError("a file split needs its test file: use split_from_store or read_ratings_file")
+        split = file_split(matrix, held)
+        return Split(spec=spec, train=split.train, test=split.test)
     if spec.is_canonical:
         if fold_pairs is None:
             raise ValueError(f"fold {spec.name} needs its test pairs: use split_from_store or load_fold_pairs")
@@ -316,7 +378,29 @@ def load_fold_pairs(engine: Engine, name: str) -> tuple[np.ndarray, np.ndarray]:
     return pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
+def load_test_file(spec: SplitSpec) -> RatingsFile:
+    """The test file of a file split, read again from its recorded path; the same file or a DataError.
+
+    A file split is only reproducible from the very file it was made with, so a moved or edited file is refused
+    (not silently re-read): ``recae evaluate --ratings FILE`` scores a model on any file instead.
+    """
+    from pathlib import Path
+
+    from recae.ingest import read_ratings_file
+
+    if not Path(spec.path).is_file():
+        raise DataError(f"the test ratings file {spec.path} of this split is gone (sha256 {spec.sha256[:12]}...); "
+                        "put it back, or score the model with `recae evaluate --ratings FILE`")
+    held = read_ratings_file(spec.path)
+    if held.sha256 != spec.sha256:
+        raise DataError(f"the test ratings file {spec.path} changed since the split was made (sha256 "
+                        f"{spec.sha256[:12]}... then, {held.sha256[:12]}... now); restore it, or score the model "
+                        "with `recae evaluate --ratings FILE`")
+    return held
+
+
 def split_from_store(engine: Engine, matrix: RatingMatrix, spec: SplitSpec) -> Split:
-    """``make_split``, reading a canonical fold's test pairs from the store when the spec names one."""
+    """``make_split``, reading a canonical fold's test pairs from the store, or a file split's test file."""
     pairs = load_fold_pairs(engine, spec.name) if spec.is_canonical else None
-    return make_split(matrix, spec, pairs)
+    held = load_test_file(spec) if spec.is_file else None
+    return make_split(matrix, spec, pairs, held)
