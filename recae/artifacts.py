@@ -72,6 +72,7 @@ class TrainedModel:
     # the top-N model that orders recommendations (recae.rankers); None: order by predicted rating
     ranker: EaseRanker | None = None
     ranker_search: dict[str, Any] = field(default_factory=dict)  # how the ranker's settings were chosen
+    tune_search: dict[str, Any] = field(default_factory=dict)  # `train --tune`'s trials and choice (recae.tune)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -275,6 +276,7 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         "partner": None if trained.partner is None else {
             "model_config": trained.partner.model_config.to_json(), "blend_weight": trained.blend_weight},
         "ranker": None if trained.ranker is None else {**trained.ranker.describe(), "search": trained.ranker_search},
+        "tune": trained.tune_search or None,
         "versions": software_versions(),
         "created_at": (created_at or utcnow()).isoformat(),
         "files": {WEIGHTS_FILE: file_record(weights)},
@@ -378,7 +380,8 @@ def load_model(path: str | Path) -> TrainedModel:
     return TrainedModel(module=module, model_config=model_cfg, inputs=inputs, rating_scale=scale,
                         train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}),
                         history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight,
-                        ranker=ranker, ranker_search=dict((ranker_meta or {}).get("search") or {}))
+                        ranker=ranker, ranker_search=dict((ranker_meta or {}).get("search") or {}),
+                        tune_search=dict(meta.get("tune") or {}))
 
 
 def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> EaseRanker:
@@ -435,7 +438,7 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
     seed = trained.train_config.seed if trained.train_config is not None else 0
     config = {"model": trained.model_config.to_json(),
               "train": trained.train_config.to_json() if trained.train_config is not None else None,
-              "split": trained.split_spec, "ranker": meta["ranker"]}
+              "split": trained.split_spec, "ranker": meta["ranker"], "tune": meta["tune"]}
     row = ModelVersion(
         version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
         seed=seed, path=stored_path(version), data_fingerprint=meta["data_fingerprint"],

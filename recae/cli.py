@@ -288,8 +288,13 @@ def models_show(obj: Context, version: str | None, fmt: str) -> None:
     info = replace(info, path=str(version_folder(info.path, obj.paths().models_dir)))
     record = asdict(info)
     if fmt != "json":
-        record = {**info.summary(), "path": info.path, "metrics": info.metrics, "config": info.config}
+        config = {k: v for k, v in info.config.items() if k != "tune"}
+        record = {**info.summary(), "path": info.path, "metrics": info.metrics, "config": config}
+        if info.config.get("tune"):
+            record["tune"] = tune_summary(info.config["tune"])
     echo_data(render(record, fmt, title=f"Model {info.version}"))
+    if fmt == "table" and info.config.get("tune"):
+        echo_data(tune_tables(info.config["tune"]))
 
 
 @models.command("use")
@@ -559,6 +564,11 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
               help="Deterministic algorithms and a fixed thread count (reproducible weights).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train (default auto).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings and data.")
+@click.option("--tune", is_flag=True,
+              help="First search lambda, hidden units, noise, learning rate, members and the ranker's settings on "
+                   "carves of the training part, then train the best; the search is kept with the model.")
+@click.option("--budget", type=click.FloatRange(0.0, min_open=True), metavar="MINUTES",
+              help="With --tune: minutes for the search and the final training together (default 10).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="How to print the summary on stdout.")
 @pass_context
@@ -567,7 +577,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
                   test_ratings: str | None,
                   epochs: int | None, ensemble: int | None,
                   config_file: str | None, deterministic: bool | None, device: str | None, resume: bool,
-                  fmt: str) -> None:
+                  tune: bool, budget: float | None, fmt: str) -> None:
     """Train an autoencoder on the store's ratings, evaluate it on the split's test part, and publish it.
 
     Validation for early stopping is carved from the training part, never the test part. The new version
@@ -583,6 +593,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
       recae train --config run.toml --resume        # [model] hidden = [500], [train] lr = 0.002
       recae train --model rbm --split u1            # I-RBM (RBM for CF); --orientation user: U-RBM
       recae train --model stacked --pretrain rbm    # deep AE pretrained as a stack of RBMs, then fine-tuned
+      recae train --tune --budget 20                # settings searched on validation carves, 20 minutes in all
     """
     from recae.output import render
     from recae.pipeline import train_and_publish
@@ -591,6 +602,13 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
 
     if test_ratings is not None:
         _refuse_with("--test-ratings", ("split_name", "--split"), ("test_fraction", "--test-fraction"))
+    if budget is not None and not tune:
+        raise click.UsageError("--budget sets the time of --tune; add --tune")
+    if tune and resume:
+        raise click.UsageError("--resume continues one run's training; a --tune run searches again: drop one")
+    if tune and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise click.UsageError("--tune runs in one process (its search follows the clock); tune first, then "
+                               "train the chosen settings under torchrun")
     model_part, train_part = load_config_file(config_file) if config_file else ({}, {})
     name = model_name or model_part.pop("name", DEFAULT_MODEL)
     model_part.pop("name", None)
@@ -620,10 +638,16 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
                   f"testing on {split.test.nnz} ({held_out})")
 
     secondary_rank = int(os.environ.get("RANK", "0")) > 0  # torchrun: only rank 0 reports and publishes
-    with _train_progress(train_cfg.epochs, quiet=secondary_rank) as (on_epoch, on_progress):
+    from recae.tune import DEFAULT_BUDGET_MINUTES
+
+    budget_s = 60.0 * (budget or DEFAULT_BUDGET_MINUTES) if tune else None
+    progress = _train_progress(train_cfg.epochs, quiet=secondary_rank)
+    with progress as (on_epoch, on_progress):
+        on_tune_step = progress.budget_bar(budget_s) if budget_s is not None else None
         run = train_and_publish(obj.engine(), obj.paths().models_dir, spec, model_cfg, train_cfg, resume=resume,
                                 on_epoch=on_epoch, on_progress=on_progress,
-                                on_split=None if secondary_rank else announce)
+                                on_split=None if secondary_rank else announce, tune_budget_s=budget_s,
+                                on_tune_step=on_tune_step)
     if run is None:
         return
     published, result = run.published, run.result
@@ -635,6 +659,8 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
         "test_ndcg@10": metrics.get("test_ndcg@10"), "ranker_lambda": metrics.get("ranker_lambda"),
         "seconds": metrics.get("seconds"), "champion": published.is_champion,
     }
+    if result.trained.tune_search:
+        summary["tuned"] = tune_summary(result.trained.tune_search)
     echo_data(render(summary, fmt) if fmt == "json" else render(
         [{"field": k, "value": v} for k, v in summary.items()], "table", title="train"))
 
@@ -647,6 +673,28 @@ def _refuse_with(flag: str, *others: tuple[str, str]) -> None:
     given = [shown for name, shown in others if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
     if given:
         raise click.UsageError(f"{flag} does not go with {given[0]}: the file is the test set")
+def tune_summary(record: dict[str, Any]) -> str:
+    """One line on a --tune search: trials, time, why it stopped, and the chosen setting."""
+    chosen = {k: v for k, v in record.get("chosen", {}).items() if k not in ("trial", "val_rmse")}
+    settings = ", ".join(f"{k} {v}" for k, v in chosen.items())
+    return (f"{len(record.get('trials', []))} trials in {record.get('search_seconds')} s of a "
+            f"{record.get('budget_s')} s budget ({record.get('stopped')}); chose trial "
+            f"{record.get('chosen', {}).get('trial')} (validation RMSE {record.get('chosen', {}).get('val_rmse')}): "
+            f"{settings}")
+
+
+def tune_tables(record: dict[str, Any]) -> str:
+    """The --tune search as tables: every trial (settings, validation RMSE, seconds), then the ranker's lambdas."""
+    from recae.output import render
+
+    trials = [{k: (" x ".join(map(str, v)) if isinstance(v, list) else v) for k, v in trial.items()}
+              for trial in record.get("trials", [])]
+    ranker = [{"input": search["input"], "lambda": t["lambda"], "ndcg@10": t["ndcg@10"]}
+              for search in record.get("ranker_trials", []) for t in search.get("trials", [])]
+    parts = [render(trials, "table", title=f"Tuning trials (members: {record.get('members')})")]
+    if ranker:
+        parts.append(render(ranker, "table", title="Ranker trials (EASE lambda, NDCG@10 on its carve)"))
+    return "\n".join(parts)
 
 
 def _rmse_fields(report) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
@@ -668,13 +716,14 @@ class _train_progress:  # noqa: N801 - used as a context manager factory
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.fields[unit]} {task.completed:.0f}/{task.total:.0f}"),
             TextColumn(f"loss {{task.fields[loss]}}  {self.metric} {{task.fields[val]}}  best {{task.fields[best]}}"),
             TimeElapsedColumn(), console=Console(stderr=True), disable=self.quiet or not sys.stderr.isatty(),
             transient=False,
         )
         self.progress.__enter__()
-        self.task = self.progress.add_task(self.label, total=self.epochs, loss="-", val="-", best="-")
+        self.task = self.progress.add_task(self.label, total=self.epochs, loss="-", val="-", best="-", unit="epoch")
 
         def on_epoch(report) -> None:  # type: ignore[no-untyped-def]
             loss, val, best = self.fields(report)
@@ -684,6 +733,16 @@ class _train_progress:  # noqa: N801 - used as a context manager factory
             self.progress.update(self.task, description=message, completed=0)
 
         return on_epoch, on_progress
+
+    def budget_bar(self, budget_s: float) -> Callable[[str, float, float | None], None]:
+        """A bar over a time budget (``train --tune``): ``on_step(message, elapsed seconds, best val RMSE)``."""
+        task = self.progress.add_task("tuning", total=budget_s, loss="-", val="-", best="-", unit="s")
+
+        def on_step(message: str, elapsed_s: float, best: float | None) -> None:
+            self.progress.update(task, description=message, completed=min(elapsed_s, budget_s),
+                                 best="-" if best is None else f"{best:.4f}")
+
+        return on_step
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy.engine import Connection, Engine
@@ -74,22 +75,38 @@ def train_and_publish(
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_split: Callable[[Split], None] | None = None,
+    tune_budget_s: float | None = None,
+    on_tune_step: Callable[[str, float, float | None], None] | None = None,
 ) -> TrainingRun | None:
     """Build the split from the store, train (checkpointing as it goes), publish and, by default, promote.
 
     Promotion happens in the publish transaction: the version row, its precomputed recommendations and the
     champion pointer commit together. The run's checkpoint folder is removed once the model is published.
     Under torchrun every rank trains its share; only rank 0 publishes, the others return None.
+    With ``tune_budget_s``, the settings are first searched on carves of the training part (recae.tune) within
+    that many seconds, counted from here and covering the final training; the search is stored with the model.
     """
+    started = time.perf_counter()
     matrix = RatingMatrix.from_db(engine)
     split = split_from_store(engine, matrix, spec)
     if on_split is not None:
         on_split(split)
+    tuned = None
+    if tune_budget_s is not None:
+        from recae.tune import tune
+
+        tuned = tune(split.train, model_cfg, train_cfg, budget_s=tune_budget_s, spent_s=time.perf_counter() - started,
+                     on_step=on_tune_step)  # only the training part: the test ratings never reach the search
+        model_cfg, train_cfg = tuned.model_config, tuned.train_config
     run_dir = run_dir or run_folder(models_dir, spec, model_cfg, train_cfg, matrix)
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
+    final_started = time.perf_counter()
     result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                          on_progress=on_progress)
+    if tuned is not None:
+        record = {**tuned.record, "final_seconds": round(time.perf_counter() - final_started, 1)}
+        result = replace(result, trained=replace(result.trained, tune_search=record))
     world = distributed.current()
     if world is not None and not world.primary:
         return None

@@ -256,38 +256,52 @@ def train_ease(train: RatingMatrix, *, lam: float = 0.0, input: str = "value", m
                on_trial: Callable[[LambdaTrial], None] | None = None) -> tuple[EaseRanker, dict[str, Any]]:
     """EASE on every training rating, with lambda chosen on a validation carve of them unless ``lam`` > 0.
 
+    See :func:`search_ease_lambda` for the choice. Returns the ranker refitted on all of ``train`` and the search
+    record for meta.json.
+    """
+    search: dict[str, Any] = {"input": input, "max_items": max_items}
+    if lam <= 0:
+        search = search_ease_lambda(train, input=input, max_items=max_items, val_fraction=val_fraction, seed=seed,
+                                    on_trial=on_trial)
+        lam = search["lambda"]
+    search["lambda"] = lam
+    return fit_ease(train.csr, lam, input=input, rating_max=train.rating_scale()[1], max_items=max_items), search
+
+
+def search_ease_lambda(train: RatingMatrix, *, input: str = "value", max_items: int = DEFAULT_MAX_ITEMS,
+                       val_fraction: float = 0.1, seed: int = 0,
+                       on_trial: Callable[[LambdaTrial], None] | None = None) -> dict[str, Any]:
+    """EASE's lambda chosen on a validation carve of ``train``: the search record, ``lambda`` the winner.
+
     The carve (``val_fraction`` of ``train``, seed ``seed``) is split off, EASE is fitted on the rest for each
     lambda tried, and NDCG@10 on the carve decides (held-out ratings >= 4 relevant, as ``recae evaluate`` counts).
-    Returns the ranker refitted on all of ``train`` and the search record for meta.json.
+    ``ndcg@10`` is the winner's figure, so searches with other inputs compare on the same carve.
     """
     from recae.metrics import RowScores, ranking_metrics
     from recae.splits import holdout_validation
 
     rating_max = train.rating_scale()[1]
-    search: dict[str, Any] = {"input": input, "max_items": max_items}
-    if lam <= 0:
-        fit, val = holdout_validation(train, val_fraction, seed)
-        # one Gram matrix for every lambda tried (only the inverse changes), when a second copy of it is cheap
-        fit_items = covered_items(fit.csr, max_items)
-        fit_gram = None
-        if 4 * fit_items.size**2 <= GRAM_CACHE_BYTES:
-            fit_gram = gram_matrix(ranker_input(fit.csr, input, rating_max)[:, fit_items])
+    fit, val = holdout_validation(train, val_fraction, seed)
+    # one Gram matrix for every lambda tried (only the inverse changes), when a second copy of it is cheap
+    fit_items = covered_items(fit.csr, max_items)
+    fit_gram = None
+    if 4 * fit_items.size**2 <= GRAM_CACHE_BYTES:
+        fit_gram = gram_matrix(ranker_input(fit.csr, input, rating_max)[:, fit_items])
 
-        def score(candidate: float) -> float:
-            ranker = fit_ease(fit.csr, candidate, input=input, rating_max=rating_max, max_items=max_items,
-                              gram=fit_gram)
-            carve_scores = RowScores(lambda rows: ranker.score_rows(fit.csr[rows]))
-            ndcg = ranking_metrics(carve_scores, fit, val, k=10).ndcg
-            trial = LambdaTrial(candidate, -math.inf if math.isnan(ndcg) else ndcg)
-            if on_trial is not None:
-                on_trial(trial)
-            return trial.ndcg
+    def score(candidate: float) -> float:
+        ranker = fit_ease(fit.csr, candidate, input=input, rating_max=rating_max, max_items=max_items,
+                          gram=fit_gram)
+        carve_scores = RowScores(lambda rows: ranker.score_rows(fit.csr[rows]))
+        ndcg = ranking_metrics(carve_scores, fit, val, k=10).ndcg
+        trial = LambdaTrial(candidate, -math.inf if math.isnan(ndcg) else ndcg)
+        if on_trial is not None:
+            on_trial(trial)
+        return trial.ndcg
 
-        trials = choose_ease_lambda(score, start_lambda(fit.csr, input, rating_max))
-        del fit_gram
-        lam = best_trial(trials).lam
-        search.update(val_fraction=val_fraction, seed=seed, metric="ndcg@10",
-                      trials=[{"lambda": t.lam, "ndcg@10": round(t.ndcg, 6)} for t in trials])
-        log.info("EASE lambda %g chosen on validation (NDCG@10 %.4f)", lam, best_trial(trials).ndcg)
-    search["lambda"] = lam
-    return fit_ease(train.csr, lam, input=input, rating_max=rating_max, max_items=max_items), search
+    trials = choose_ease_lambda(score, start_lambda(fit.csr, input, rating_max))
+    del fit_gram
+    best = best_trial(trials)
+    log.info("EASE lambda %g chosen on validation (NDCG@10 %.4f, %s input)", best.lam, best.ndcg, input)
+    return {"input": input, "max_items": max_items, "val_fraction": val_fraction, "seed": seed, "metric": "ndcg@10",
+            "trials": [{"lambda": t.lam, "ndcg@10": round(t.ndcg, 6)} for t in trials], "lambda": best.lam,
+            "ndcg@10": round(best.ndcg, 6)}
