@@ -61,7 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", default="u1", help="u1..u5 (ml-100k) or ml-1m (random 90/10, seed 0)")
     parser.add_argument("--variant", action="append", default=[], help='settings, e.g. "hidden=[500],lr=0.001"')
-    parser.add_argument("--init-seeds", type=int, default=2)
+    parser.add_argument("--init-seeds", type=int, default=2, help="init seeds 0..N-1")
+    parser.add_argument("--seeds", help="these init seeds instead, e.g. 2,3")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/recae-bench"))
     args = parser.parse_args()
     from dataclasses import replace
@@ -77,7 +78,8 @@ def main() -> None:
         model_part, train_part = parse_variant(text)
         model_cfg, train_cfg = default_configs(**model_part)
         scores = []
-        for init_seed in range(args.init_seeds):
+        seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else range(args.init_seeds)
+        for init_seed in seeds:
             started = time.perf_counter()
             metrics = train_split(inner, model_cfg, replace(train_cfg, **train_part, init_seed=init_seed)).metrics
             scores.append((metrics["test_rmse"], metrics.get("test_ndcg@10", float("nan"))))
