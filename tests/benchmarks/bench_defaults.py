@@ -9,6 +9,7 @@ test part is never read. This is how the README's "Development protocol" table w
     python tests/benchmarks/bench_defaults.py --split u1 --variant "" --variant "blend_fraction=0.01"
     python tests/benchmarks/bench_defaults.py --split u1 --variant "partner_members=0" --variant "hidden=[500]"
     python tests/benchmarks/bench_defaults.py --split ml-1m --init-seeds 1 --variant "" --variant "ensemble=2"
+    python tests/benchmarks/bench_defaults.py --split u1 --compare-carving    # cross-carved vs one shared carve
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--init-seeds", type=int, default=2, help="init seeds 0..N-1")
     parser.add_argument("--seeds", help="these init seeds instead, e.g. 2,3")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/recae-bench"))
+    parser.add_argument("--compare-carving", action="store_true",
+                        help="the item ensemble alone (no partner, no ranker), cross-carved vs one shared carve")
     args = parser.parse_args()
     from dataclasses import replace
 
@@ -74,6 +77,9 @@ def main() -> None:
     split = load_split(args.split, args.cache)
     fit_part, development = holdout_validation(split.train, 0.1, DEVELOPMENT_CARVE_SEED)
     inner = Split(split.spec, fit_part, development)  # the test part of `split` is not used below
+    if args.compare_carving:
+        compare_carving(fit_part, development, args)
+        return
     for text in args.variant or [""]:
         model_part, train_part = parse_variant(text)
         model_cfg, train_cfg = default_configs(**model_part)
@@ -90,6 +96,27 @@ def main() -> None:
         spread = f" ± {statistics.stdev(rmse):.4f}" if len(rmse) > 1 else ""
         print(f"# {args.split} {text or 'defaults'}: development-carve RMSE {statistics.mean(rmse):.4f}{spread}, "
               f"NDCG@10 {statistics.mean(s[1] for s in scores):.4f}", flush=True)
+
+
+def compare_carving(fit_part, development, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """Members each stopping on their own carve (the default) against members sharing one carve."""
+    from dataclasses import replace
+
+    from recae.artifacts import TrainedModel
+    from recae.splits import holdout_validation
+    from recae.train import default_configs, fit, fit_cross_carved, test_metrics
+
+    model_cfg, train_cfg = default_configs()
+    train_cfg = replace(train_cfg, partner_members=0, ranker="none")
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else range(args.init_seeds)
+    for init_seed in seeds:
+        cfg = replace(train_cfg, init_seed=init_seed)
+        cross = fit_cross_carved(fit_part, model_cfg, cfg).module
+        shared = fit(*holdout_validation(fit_part, cfg.val_fraction, cfg.seed), model_cfg, cfg).module
+        scores = {name: test_metrics(TrainedModel.from_fit(module, fit_part), development)["test_rmse"]
+                  for name, module in (("cross_carved", cross), ("shared_carve", shared))}
+        print(json.dumps({"split": args.split, "init_seed": init_seed, **{k: round(v, 5) for k, v in scores.items()}}),
+              flush=True)
 
 
 if __name__ == "__main__":
