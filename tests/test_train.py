@@ -270,21 +270,21 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
 
 
 # The default model on ml-100k u1 (anchors: tuned SVD 0.9234, plain I-AutoRec 0.9028, GLocal-K 0.8889). Measured
-# 0.8946 (seed 0): 4 item members 0.8999 blended with a user partner 0.983; the bound's spread is in conftest.
+# 0.8961 ± 0.0006 over init seeds 0..4; the bound and its spread are in conftest.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 4])  # 4: the worst of the seeds measured (0.8959), past the old bound 0.895
-def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, seed: int) -> None:
+@pytest.mark.parametrize("init_seed", [0, 1])  # 1: the worst of the five init seeds measured (0.89657)
+def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int) -> None:
     from recae.splits import Split, SplitSpec
     from recae.train import DEFAULT_MODEL, train_split
 
     train, test = read_fold(ml100k, "u1")
     split = Split(SplitSpec("u1"), train, test)
     # One thread: on a shared 2-core runner two threads contend and run several times slower.
-    result = train_split(split, model_config(DEFAULT_MODEL), TrainConfig(seed=seed, threads=1))
+    result = train_split(split, model_config(DEFAULT_MODEL), TrainConfig(init_seed=init_seed, threads=1))
     assert result.metrics["test_rmse"] <= ML100K_U1_RMSE_BOUND, result.metrics
-    assert result.trained.partner is not None and 0.5 < result.metrics["blend_weight"] < 0.9  # measured 0.677
+    assert result.trained.partner is not None and 0.5 < result.metrics["blend_weight"] < 0.9  # measured 0.67-0.69
     # Validation came from the training ratings only and the model reads training ratings only.
     assert result.trained.inputs.nnz == train.nnz
 
