@@ -223,12 +223,11 @@ class RatingRBM(nn.Module):
         return -visible - F.softplus(self.hidden_input(rows, rated=rated)).sum(1)
 
     @torch.no_grad()
-    def cd_gradients(self, rows: SparseRows, steps: int, rated: SparseRows | None = None,
-                     mean_field: bool = False) -> tuple[list[Tensor], float]:
+    def cd_gradients(self, rows: SparseRows, steps: int,
+                     rated: SparseRows | None = None) -> tuple[list[Tensor], float]:
         """CD-``steps`` estimates of (dW, db, dc[, dD]) = <.>_data - <.>_T averaged over the batch's vectors (in
         :meth:`cd_parameters` order), and the squared error of the reconstruction's expected ratings (summed over
-        the observed ratings). ``rated`` (default: the rows' pattern) is r of the conditional RBM; ``mean_field``
-        drives the visibles with hidden probabilities instead of sampled states."""
+        the observed ratings). ``rated`` (default: the rows' pattern) is r of the conditional RBM."""
         n = max(rows.n_rows, 1)
         k_levels, f = self.weight.shape[0], self.weight.shape[2]
         data_index = self.one_hot_index(rows)
@@ -238,7 +237,7 @@ class RatingRBM(nn.Module):
         h = h_data
         probs = None
         for step in range(steps):
-            h_sample = h if mean_field else torch.bernoulli(h)
+            h_sample = torch.bernoulli(h)
             probs = torch.softmax(self.visible_logits(h_sample, rows), dim=1)  # (nnz, K)
             if step < steps - 1:
                 sampled = self.one_hot_index(rows, torch.multinomial(probs, 1)[:, 0])
@@ -298,8 +297,8 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
     """Train a RatingRBM by CD with momentum and weight decay; keep the epoch with the best validation RMSE.
 
     ``train_cfg`` gives epochs, patience, seed and the batch budget in ratings; the CD settings (``cd_lr``,
-    ``cd_momentum``, ``cd_weight_decay``, ``cd_steps``) come from ``model_cfg``. Momentum starts at 0.5 for the
-    first 5 epochs, as the practical guide advises, then takes ``cd_momentum``.
+    ``cd_momentum``, ``cd_weight_decay``, ``cd_steps``, ``cd_steps_every``, ``conditional``) come from ``model_cfg``.
+    Momentum starts at 0.5 for the first 5 epochs, as the practical guide advises, then takes ``cd_momentum``.
 
     ``rated`` (conditional RBM only): pairs known to be rated whose values the model must not read (values
     ignored); r is then the fit pairs plus these, in training and in validation. Without it r is the fit pairs.
@@ -334,23 +333,20 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
     history: list[EpochReport] = []
     row_ratings = np.diff(data.indptr)
     epoch = 0
-    lr = model_cfg.cd_lr
     while epoch < train_cfg.epochs:
         epoch += 1
         momentum = 0.5 if epoch <= 5 else model_cfg.cd_momentum
-        if epoch > 6:
-            lr *= model_cfg.cd_lr_decay
         steps = cd_steps_at(model_cfg, epoch)
         squared, count, free = 0.0, 0, 0.0
         for group in batch_plan(row_ratings, train_cfg.batch_ratings, seed=train_cfg.weights_seed, epoch=epoch):
             rows = make_batch(data, data, group).inputs.to(device)
             rated_rows = sparse_rows(pattern, group).to(device) if pattern is not None else None
-            grads, error = module.cd_gradients(rows, steps, rated_rows, model_cfg.cd_mean_field)
+            grads, error = module.cd_gradients(rows, steps, rated_rows)
             with torch.no_grad():
                 for param, speed, grad in zip(params, velocity, grads, strict=True):
                     decayed = param is module.weight or (module.conditional and param is module.cond_weight)
                     decay = model_cfg.cd_weight_decay * param if decayed else 0.0
-                    speed.mul_(momentum).add_(lr * (grad - decay))
+                    speed.mul_(momentum).add_(model_cfg.cd_lr * (grad - decay))
                     param.add_(speed)
                 free += float(module.free_energy(rows, rated_rows).sum())
             squared += error

@@ -196,3 +196,12 @@ def test_rated_pairs_need_a_conditional_rbm_and_conditional_needs_the_rbm() -> N
                        rated=matrix)
     with pytest.raises(TrainingError, match="conditional applies to the rbm model only"):
         model_config("stacked", conditional=True).validate()
+
+
+def test_gibbs_steps_rise_along_the_papers_schedule() -> None:
+    from recae.rbm_cf import cd_steps_at
+
+    every_3 = model_config("rbm", cd_steps_every=3)
+    assert [cd_steps_at(every_3, e) for e in range(1, 14)] == [1, 1, 1, 3, 3, 3, 5, 5, 5, 9, 9, 9, 9]
+    assert [cd_steps_at(model_config("rbm", cd_steps=3, cd_steps_every=2), e) for e in (1, 3, 5, 9)] == [3, 5, 9, 9]
+    assert {cd_steps_at(model_config("rbm", cd_steps=2), e) for e in range(1, 50)} == {2}
