@@ -110,9 +110,10 @@ def test_cd_statistics_touch_only_units_the_batch_rated() -> None:
     cfg = model_config("rbm", hidden=(4,), rating_levels=(1.0, 2.0, 4.0, 5.0))
     rbm = RatingRBM(cfg, data.shape[1], data.shape[1])
     rows = sparse_rows(data, np.array([0]))
-    (grad_w, grad_b, _), _ = rbm.cd_gradients(rows, steps=2)
+    (grad_w, grad_b, _, grad_d), _ = rbm.cd_gradients(rows, steps=2)  # the default rbm is conditional
     unrated = np.setdiff1d(np.arange(data.shape[1]), data[0].indices)
     assert torch.all(grad_w[:, unrated] == 0) and torch.all(grad_b[:, unrated] == 0)
+    assert torch.all(grad_d[unrated] == 0) and grad_d[data[0].indices].abs().max() > 0
 
 
 def test_conditional_hidden_input_adds_d_of_every_rated_unit() -> None:
@@ -192,8 +193,8 @@ def test_rated_pairs_need_a_conditional_rbm_and_conditional_needs_the_rbm() -> N
 
     matrix = planted_taste(n_users=20, n_movies=10)
     with pytest.raises(TrainingError, match="conditional"):
-        fit_rating_rbm(matrix, None, model_config("rbm", hidden=(4,)), TrainConfig(epochs=1), torch.device("cpu"),
-                       rated=matrix)
+        fit_rating_rbm(matrix, None, model_config("rbm", hidden=(4,), conditional=False), TrainConfig(epochs=1),
+                       torch.device("cpu"), rated=matrix)
     with pytest.raises(TrainingError, match="conditional applies to the rbm model only"):
         model_config("stacked", conditional=True).validate()
 
