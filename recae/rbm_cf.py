@@ -55,18 +55,22 @@ log = logging.getLogger(__name__)
 
 #: More distinct rating values than this is not a discrete scale a softmax should model.
 MAX_LEVELS = 20
-#: Batch budget when ``batch_ratings`` is 0 (auto): about AUTO_BATCHES_PER_EPOCH batches an epoch, within these
-#: bounds. Chosen on validation carves (README, RBM section): on ml-1m's I-RBM 8192 / 27k / 54k / 108k ratings a
-#: batch (116 / 34 / 17 / 8 batches an epoch) reached 0.875 / 0.866 / 0.860 / 0.857, while ml-100k u1 was flat
-#: from 10 to 5 batches an epoch and, at 4 or fewer, stopped early before it had learned anything.
+#: Batch budget when ``batch_ratings`` is 0 (auto): the ratings of about AUTO_BATCH_VECTORS average vectors, but at
+#: least AUTO_BATCHES_PER_EPOCH batches an epoch, within AUTO_BATCH_BOUNDS. Chosen on validation carves (README, RBM
+#: section): ml-1m's I-RBM at 8192 / 27k / 54k / 108k / 216k ratings a batch (116 / 34 / 17 / 8 / 4 batches an
+#: epoch; 108k ~ 440 films) reached 0.875 / 0.866 / 0.860 / 0.857 / 0.867 (still falling slowly at epoch 26); its
+#: U-RBM at 8192 / 16k / 54k (~360 users) / 107k (~720 users) 0.887 / 0.884 / 0.877 / 0.893 (epoch 50, slow);
+#: ml-100k u1 was flat from 10 to 5 batches an epoch and, at 4 or fewer, stopped early before it had learned.
+AUTO_BATCH_VECTORS = 400
 AUTO_BATCHES_PER_EPOCH = 8
 AUTO_BATCH_BOUNDS = (8192, 131_072)  # the cap bounds the (batch ratings, F) temporaries of a CD step
 
 
-def auto_batch_ratings(nnz: int) -> int:
-    """The batch budget in ratings for ``nnz`` training ratings: nnz / 8, at least 8192 and at most 131072."""
+def auto_batch_ratings(nnz: int, n_vectors: int) -> int:
+    """The batch budget in ratings: min(400 vectors' worth, nnz / 8), within 8192..131072."""
     low, high = AUTO_BATCH_BOUNDS
-    return int(min(max(low, math.ceil(nnz / AUTO_BATCHES_PER_EPOCH)), high))
+    wanted = min(AUTO_BATCH_VECTORS * nnz / max(n_vectors, 1), nnz / AUTO_BATCHES_PER_EPOCH)
+    return int(min(max(low, math.ceil(wanted)), high))
 
 
 def rating_levels(values: np.ndarray) -> tuple[float, ...]:
@@ -318,8 +322,9 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
     started = time.perf_counter()
     if fit_ratings.nnz == 0:
         raise TrainingError("no training ratings to fit")
-    train_cfg = replace(train_cfg, batch_ratings=train_cfg.batch_ratings or auto_batch_ratings(fit_ratings.nnz))
     data = oriented_csr(fit_ratings, model_cfg.orientation)  # (n_vectors, n_units)
+    with_ratings = int(np.count_nonzero(np.diff(data.indptr)))
+    train_cfg = replace(train_cfg, batch_ratings=train_cfg.batch_ratings or auto_batch_ratings(data.nnz, with_ratings))
     val = oriented_csr(val_ratings, model_cfg.orientation) if val_ratings is not None else None
     if not model_cfg.rating_levels:
         model_cfg = replace(model_cfg, rating_levels=rating_levels(data.data))

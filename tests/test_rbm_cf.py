@@ -206,3 +206,12 @@ def test_gibbs_steps_rise_along_the_papers_schedule() -> None:
     assert [cd_steps_at(every_3, e) for e in range(1, 14)] == [1, 1, 1, 3, 3, 3, 5, 5, 5, 9, 9, 9, 9]
     assert [cd_steps_at(model_config("rbm", cd_steps=3, cd_steps_every=2), e) for e in (1, 3, 5, 9)] == [3, 5, 9, 9]
     assert {cd_steps_at(model_config("rbm", cd_steps=2), e) for e in range(1, 50)} == {2}
+
+
+def test_the_auto_batch_holds_about_400_vectors_and_at_least_8_batches_an_epoch() -> None:
+    from recae.rbm_cf import auto_batch_ratings
+
+    assert auto_batch_ratings(855_000, 6_000) == 57_000  # 400 users' worth: 15 batches an epoch
+    assert auto_batch_ratings(855_000, 3_700) == 92_433  # 400 films' worth: 9.25 batches an epoch
+    assert auto_batch_ratings(76_000, 943) == 9_500  # 400 users would be 32k: at least 8 batches an epoch
+    assert auto_batch_ratings(500, 20) == 8_192 and auto_batch_ratings(10**9, 10**5) == 131_072
