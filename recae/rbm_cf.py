@@ -230,7 +230,7 @@ class RatingRBM(nn.Module):
         return [self.weight, self.visible_bias, self.hidden_bias, *([self.cond_weight] if self.conditional else [])]
 
     def free_energy(self, rows: SparseRows, rated: SparseRows | None = None) -> Tensor:
-        """(batch,) ``F(V) = -sum_u b[r_u, u] - sum_f softplus(c_f + sum_u W[r_u, u, f])``."""
+        """(batch,) ``F(V) = -sum_u b[r_u, u] - sum_f softplus(c_f + sum_u W[r_u, u, f] (+ (D . r)_f))``."""
         index = self.one_hot_index(rows)
         visible = torch.zeros(rows.n_rows, dtype=self.weight.dtype, device=self.weight.device)
         visible.index_add_(0, rows.row_of, self.visible_bias.reshape(-1)[index])
@@ -287,9 +287,9 @@ def cd_steps_at(config: ModelConfig, epoch: int) -> int:
     """Gibbs steps T at ``epoch`` (1-based): ``cd_steps``, raised every ``cd_steps_every`` epochs along 1, 3, 5, 9."""
     if config.cd_steps_every <= 0:
         return config.cd_steps
-    later = [t for t in STEP_SCHEDULE if t > config.cd_steps]
+    schedule = [config.cd_steps, *(t for t in STEP_SCHEDULE if t > config.cd_steps)]
     stage = (epoch - 1) // config.cd_steps_every
-    return config.cd_steps if stage == 0 else later[min(stage, len(later)) - 1] if later else config.cd_steps
+    return schedule[min(stage, len(schedule) - 1)]
 
 
 def init_visible_bias(module: RatingRBM, data: sp.csr_matrix) -> None:
