@@ -94,6 +94,8 @@ class ModelConfig:
     cd_lr: float = 0.05  # rbm and RBM pretraining: learning rate of the CD updates (per vector of a batch)
     cd_momentum: float = 0.9  # momentum after the first 5 epochs (0.5 before, as Hinton's guide advises)
     cd_weight_decay: float = 0.001  # L2 weight decay of the CD updates: dW -= cd_lr * cd_weight_decay * W
+    conditional: bool = False  # rbm: hidden units also receive D . r, r = which units the vector has rated (ICML 2007)
+    cd_steps_every: int = 0  # rbm: > 0 raises T every that many epochs along 1, 3, 5, 9 (ICML 2007), from cd_steps
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -145,6 +147,10 @@ class ModelConfig:
             raise TrainingError("RBM pretraining gives sigmoid hidden units; set activation = 'sigmoid'")
         if self.cd_steps < 1 or self.cd_lr <= 0 or not 0.0 <= self.cd_momentum < 1.0 or self.cd_weight_decay < 0:
             raise TrainingError("cd_steps must be >= 1, cd_lr positive, cd_momentum in [0, 1), cd_weight_decay >= 0")
+        if self.cd_steps_every < 0:
+            raise TrainingError(f"cd_steps_every must be >= 0, got {self.cd_steps_every}")
+        if self.conditional and self.name != "rbm":
+            raise TrainingError(f"conditional applies to the rbm model only; set conditional = false for {self.name}")
         if self.name == "rbm" and (self.kernel_dim > 0 or self.pretrain_epochs > 0):
             raise TrainingError("the rbm model takes neither local kernels nor pretraining; set kernel_dim and "
                                 "pretrain_epochs to 0")

@@ -1,5 +1,5 @@
 """`recae train --model rbm` and `--pretrain rbm` end to end on a tiny real store: train, recommend (known user and
-fold-in), evaluate, a TOML-configured U-RBM, and the nightly retrain of an RBM champion."""
+fold-in), evaluate, a TOML-configured conditional U-RBM, and the nightly retrain of an RBM champion."""
 
 from __future__ import annotations
 
@@ -69,10 +69,12 @@ def test_rbm_and_rbm_pretraining_train_recommend_evaluate_and_retrain(tmp_path: 
 
     toml_rbm = tmp_path / "urbm.toml"
     toml_rbm.write_text(rbm_config.read_text().replace("[model]", '[model]\nname = "rbm"\norientation = "user"\n'
-                                                                  "cd_steps = 2"))
+                                                                  "cd_steps = 2\nconditional = true"))
     code, out, err = run(home, "train", "--config", str(toml_rbm), "--format", "json")
     assert code == 0, err
     assert json.loads(out)["model"] == "rbm" and json.loads(out)["orientation"] == "user"
+    code, out, err = run(home, "recommend", "--rate", "1=5", "--rate", "2=1", "--format", "json")  # conditional fold-in
+    assert code == 0 and len(json.loads(out)) == 10, err
 
     code, out, err = run(home, "train", "--model", "stacked", "--pretrain", "rbm", "--config", str(config),
                          "--format", "json")

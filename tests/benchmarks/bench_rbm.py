@@ -62,7 +62,8 @@ def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-
     from recae.train import TrainConfig, fit_cross_carved
 
     given = {"hidden": (args.hidden,) if args.hidden else None, "cd_lr": args.cd_lr, "cd_momentum": args.cd_momentum,
-             "cd_weight_decay": args.cd_weight_decay, "cd_steps": args.cd_steps}
+             "cd_weight_decay": args.cd_weight_decay, "cd_steps": args.cd_steps, "cd_steps_every": args.cd_steps_every,
+             "conditional": args.conditional}
     model_cfg = model_config("rbm", orientation=args.orientation,  # unset flags: the model's own defaults
                              **{k: v for k, v in given.items() if v is not None})
     train_cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, ensemble=1,
@@ -72,7 +73,8 @@ def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-
     seconds = time.perf_counter() - started
     trained = TrainedModel.from_fit(fit.module, split.train)
     name = (f"{'I' if args.orientation == 'item' else 'U'}-RBM F={model_cfg.hidden[0]} lr={model_cfg.cd_lr} "
-            f"wd={model_cfg.cd_weight_decay}")
+            f"wd={model_cfg.cd_weight_decay} T={model_cfg.cd_steps} every={model_cfg.cd_steps_every} "
+            f"cond={model_cfg.conditional} batch={args.batch_ratings}")
     report(name, split, trained, fit, seconds, not args.no_test)
 
 
@@ -128,6 +130,9 @@ def main() -> None:
     parser.add_argument("--cd-momentum", type=float)
     parser.add_argument("--cd-weight-decay", type=float)
     parser.add_argument("--cd-steps", type=int)
+    parser.add_argument("--cd-steps-every", type=int, help="cf: raise T every N epochs along 1, 3, 5, 9")
+    parser.add_argument("--conditional", action=argparse.BooleanOptionalAction,
+                        help="cf: conditional RBM (D . r, r = rated units); unset: the model's default")
     parser.add_argument("--batch-ratings", type=int, default=0)
     parser.add_argument("--layers", default="500,250,500", help="deep: hidden sizes of the stacked AE")
     parser.add_argument("--init", choices=["random", "rbm", "autoencoder"], default="rbm")
