@@ -22,27 +22,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def load_split(dataset: str, seed: int, cache: Path):  # type: ignore[no-untyped-def]
     """The split `recae train` would use: ml-100k u1, or ml-1m random 90/10 with ``seed``."""
-    from recae.db import open_store
-    from recae.ingest import ingest_dataset
-    from recae.matrix import RatingMatrix
-    from recae.splits import SplitSpec, split_from_store
+    from tests.benchmarks.bench_seeds import load_split as named_split
 
-    cache.mkdir(parents=True, exist_ok=True)
-    db = cache / f"{dataset}.db"
-    fresh = not db.exists()
-    engine = open_store(f"sqlite:///{db}")
-    if fresh:
-        ingest_dataset(engine, dataset, DATA / dataset, downloads_dir=cache / "dl")
-    matrix = RatingMatrix.from_db(engine)
-    spec = SplitSpec("u1") if dataset == "ml-100k" else SplitSpec("random", test_fraction=0.1, seed=seed)
-    split = split_from_store(engine, matrix, spec)
-    engine.dispose()
-    return split
+    return named_split("u1" if dataset == "ml-100k" else dataset, cache, seed)
 
 
 def report(name: str, split, trained, fit, seconds: float, test: bool) -> dict:  # type: ignore[no-untyped-def]
@@ -99,18 +85,12 @@ def run_deep(args: argparse.Namespace, split) -> None:  # type: ignore[no-untype
 
 
 def run_baselines(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
-    from recae import baselines
+    from recae.evaluate import evaluate_baselines
 
-    print(json.dumps({"baselines": str(baselines.__doc__).splitlines()[0]}))
-    for name in getattr(baselines, "BASELINES", {}):
-        started = time.perf_counter()
-        model = baselines.BASELINES[name](split.train)
-        rows, cols, values = split.test.coo()
-        import numpy as np
-
-        error = model.predict(rows, cols) - values
-        print(json.dumps({"model": name, "test_rmse": round(float(np.sqrt(np.mean(error**2))), 4),
-                          "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+    started = time.perf_counter()
+    for result in evaluate_baselines(split.train, split.test).results():
+        print(json.dumps({"model": result.name, "test_rmse": round(result.rating.rmse, 4)}), flush=True)
+    print(json.dumps({"seconds": round(time.perf_counter() - started, 1)}))
 
 
 def _print_epoch(report) -> None:  # type: ignore[no-untyped-def]
@@ -149,4 +129,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
     main()

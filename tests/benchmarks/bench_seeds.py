@@ -30,8 +30,9 @@ DATA = ROOT.parent / "shared" / "data"
 FOLDS = ("u1", "u2", "u3", "u4", "u5")
 
 
-def load_split(name: str, cache: Path):  # type: ignore[no-untyped-def]
-    """The split `recae train --split NAME` would use (ml-1m: random 90/10, seed 0), from a store under ``cache``."""
+def load_split(name: str, cache: Path, seed: int = 0):  # type: ignore[no-untyped-def]
+    """The split `recae train --split NAME` would use (ml-1m: random 90/10 with ``seed``), from a store under
+    ``cache`` (ingested by recae.ingest on first use)."""
     from recae.db import open_store
     from recae.ingest import ingest_dataset
     from recae.matrix import RatingMatrix
@@ -47,7 +48,7 @@ def load_split(name: str, cache: Path):  # type: ignore[no-untyped-def]
     if fresh:
         ingest_dataset(engine, dataset, DATA / dataset, downloads_dir=cache / "dl")
     matrix = RatingMatrix.from_db(engine)
-    spec = SplitSpec("random", test_fraction=0.1, seed=0) if name == "ml-1m" else SplitSpec(name)
+    spec = SplitSpec("random", test_fraction=0.1, seed=seed) if name == "ml-1m" else SplitSpec(name)
     split = split_from_store(engine, matrix, spec)
     engine.dispose()
     return split
