@@ -169,10 +169,7 @@ class TrainedModel:
         if self.orientation == "item":
             feats = self._features_of_all_movies()  # (n_movies, h_1), cached, not copied
             picked = torch.from_numpy(rows)
-            # (batch, n_movies) by one addmm, row-major, no transposed copies; a model with its own output layer
-            # (the RBM for CF: a softmax over rating values) scores its units itself
-            scores = (module.unit_scores(feats, picked) if hasattr(module, "unit_scores") else
-                      module.out_act(torch.addmm(module.b_out[picked][:, None], module.w_out[picked], feats.t())))
+            scores = module.unit_scores(feats, picked)  # (batch, n_movies)
             empty = self._empty_movies()
             if empty is not None:
                 scores = torch.where(empty[None, :], module.fallback[picked][:, None], scores)

@@ -366,6 +366,11 @@ class AutoEncoder(nn.Module):
         """(batch, n_outputs) every output unit: the dense path, for small data and tests."""
         return self.out_act(feats @ self.output_weight().t() + self.b_out)
 
+    def unit_scores(self, feats: Tensor, units: Tensor) -> Tensor:
+        """(len(units), n_vectors) output units ``units`` for every vector of ``feats`` (item orientation: those
+        users over all movies), by one addmm, row-major, with no transposed copies. The RBM for CF has its own."""
+        return self.out_act(torch.addmm(self.b_out[units][:, None], self.output_weight()[units], feats.t()))
+
     def penalty(self, encoded: Encoded) -> Tensor | float:
         """The model's own regulariser on this batch (0 for the plain stack)."""
         return 0.0
