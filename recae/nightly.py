@@ -11,7 +11,8 @@ One run (``recae retrain``, from cron or a systemd timer):
    start at zero; the ranker is refitted, lambda chosen on a validation carve), scores both on the same fixed
    holdout, and publishes the challenger only when its RMSE is lower by at least ``margin`` and its NDCG@10 is not
    lower than the champion's by more than ``ndcg_margin``: weights and meta first, then the precomputed
-   recommendations and the champion pointer in one transaction (``pipeline.promote``). Versions beyond the newest ``keep`` (never the champion) are pruned;
+   recommendations and the champion pointer in one transaction (``pipeline.promote``). Versions beyond the newest
+   ``keep`` (never the champion) are pruned;
 5. records the run in ``retrain_runs`` and returns its summary (the CLI prints it as one JSON line).
 
 With no champion yet, the first run trains one with the default (or ``--config``) configuration and publishes it.

@@ -342,7 +342,8 @@ def tune(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     """Search settings on carves of ``train`` (the training part: never pass test ratings) within ``budget_s``.
 
     ``budget_s`` covers this search and the final training of the returned configuration (estimated), ``spent_s``
-    of it already gone (reading the store); see the module docstring for the protocol. Raises TrainingError for a model the search does not cover.
+    of it already gone (reading the store); see the module docstring for the protocol. Raises TrainingError for a
+    model the search does not cover.
     """
     if model_cfg.name == "rbm":
         raise TrainingError("--tune searches the autoencoders' settings; --model rbm is trained by contrastive "

@@ -151,7 +151,8 @@ def test_no_member_and_no_partner_trains_on_the_blend_carve() -> None:
     config = model_config("denoising", hidden=(16,), input_dropout=0.2)
     before = train_split(split, config, cfg).trained
     after = train_split(Split(split.spec, flipped, split.test), config, cfg).trained
-    for ours, theirs in ((before.module, after.module), (before.partner.module, after.partner.module)):  # type: ignore[union-attr]
+    pairs = ((before.module, after.module), (before.partner.module, after.partner.module))  # type: ignore[union-attr]
+    for ours, theirs in pairs:
         for name, tensor in ours.state_dict().items():
             assert torch.equal(tensor, theirs.state_dict()[name]), name
     assert before.blend_weight != after.blend_weight

@@ -103,12 +103,7 @@ def summary(rows: list[dict]) -> str:  # type: ignore[type-arg]
              "|---|---|---|---|" + "---|" * len(names)]
     for split in splits:
         ours = [r for r in models if r["split"] == split]
-        cells = []
-        for name in names:
-            base = next((r for r in rows if r["split"] == split and r["model"] == name), None)
-            value = None if base is None else (base["test_rmse"] if base["test_rmse"] is not None
-                                               else base["test_ndcg@10"])
-            cells.append("-" if value is None else f"{value:.4f}" + ("" if base["test_rmse"] is not None else " (NDCG)"))
+        cells = [_baseline_cell([r for r in rows if r["split"] == split and r["model"] == name]) for name in names]
         lines.append(f"| {split} | {len(ours)} | {mean_sd([r['test_rmse'] for r in ours])} | "
                      f"{mean_sd([r['test_ndcg@10'] for r in ours])} | " + " | ".join(cells) + " |")
     seeds = sorted({r["init_seed"] for r in models if r["split"] in FOLDS})
@@ -119,13 +114,14 @@ def summary(rows: list[dict]) -> str:  # type: ignore[type-arg]
         per_seed_ndcg = [statistics.mean(r["test_ndcg@10"] for r in models if r["split"] in FOLDS
                                          and r["init_seed"] == s) for s in complete]
         lines.append(f"| ml-100k 5-fold mean | {len(complete)} | {mean_sd(per_seed)} | {mean_sd(per_seed_ndcg)} | "
-                     + " | ".join(_fold_mean(rows, n) for n in names) + " |")
+                     + " | ".join(_baseline_cell([r for r in rows if r["model"] == n and r["split"] in FOLDS],
+                                                 len(FOLDS)) for n in names) + " |")
     return "\n".join(lines)
 
 
-def _fold_mean(rows: list[dict], name: str) -> str:  # type: ignore[type-arg]
-    found = [r for r in rows if r["model"] == name and r["split"] in FOLDS]
-    if len(found) < len(FOLDS):
+def _baseline_cell(found: list[dict], needed: int = 1) -> str:  # type: ignore[type-arg]
+    """A baseline's RMSE (its NDCG@10 for the list baselines), the mean when several splits are given."""
+    if len(found) < needed or not found:
         return "-"
     key = "test_rmse" if found[0]["test_rmse"] is not None else "test_ndcg@10"
     return f"{statistics.mean(r[key] for r in found):.4f}" + ("" if key == "test_rmse" else " (NDCG)")
