@@ -11,11 +11,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "recae.artifacts",
-    "TrainedModel": "recae.artifacts",
-    "RatingMatrix": "recae.matrix",
-    "ingest_dataset": "recae.ingest",
-    "ingest_ratings_file": "recae.ingest",
+    "load_model": "recae.serving.artifacts",
+    "TrainedModel": "recae.serving.artifacts",
+    "RatingMatrix": "recae.store.matrix",
+    "ingest_dataset": "recae.store.ingest",
+    "ingest_ratings_file": "recae.store.ingest",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recae.matrix import RatingMatrix
+from recae.store.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from recae.baselines import BiasBaseline, Biases, GlobalMean, TruncatedSVDBaseline, fit_biases
 from recae.errors import DataError, EmptyStoreError
-from recae.matrix import RatingMatrix
+from recae.store.matrix import RatingMatrix
 from recae.metrics import (
     DEFAULT_RELEVANCE_THRESHOLD,
     ListQuality,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
-    from recae.ingest import RatingsFile
+    from recae.store.ingest import RatingsFile
     from recae.splits import SplitSpec
 
 __all__ = [
@@ -156,7 +156,7 @@ def ranking_baselines(
 ) -> dict[str, ListQuality]:
     """The two lists a top-N model must beat, measured like it on ``test``: ``most_popular`` (films by training
     rating count) and ``ease`` (Steck 2019 on the binary "has rated" matrix, lambda chosen on a carve of ``train``)."""
-    from recae.rankers import train_ease
+    from recae.models.rankers import train_ease
 
     counts = np.bincount(train.csr.indices, minlength=train.shape[1]).astype(np.float32)  # (n_movies,)
     popular = RowScores(lambda rows: np.broadcast_to(counts, (rows.size, counts.size)))
@@ -310,8 +310,8 @@ def evaluate_model(
     file, see ``file_for_model``) replaces it. Baselines are fitted on exactly the model's training ratings and
     measured on the same held-out ratings.
     """
-    from recae.artifacts import load_champion, load_version
-    from recae.registry import get_version
+    from recae.serving.artifacts import load_champion, load_version
+    from recae.serving.registry import get_version
     from recae.splits import SplitSpec, split_from_store
 
     if split is not None and held is not None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from recae.matrix import RatingMatrix
+    from recae.store.matrix import RatingMatrix
 
 #: Held-out ratings at or above this value count as relevant (liked) in ranking metrics.
 DEFAULT_RELEVANCE_THRESHOLD = 4.0

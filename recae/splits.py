@@ -28,12 +28,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from recae.errors import DataError
-from recae.matrix import RatingMatrix
+from recae.store.matrix import RatingMatrix
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from recae.ingest import RatingsFile
+    from recae.store.ingest import RatingsFile
 
 CANONICAL_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 GENERATED_SPLITS = ("random", "per-user", "temporal", "temporal-per-user")
@@ -303,7 +303,7 @@ def make_split(
     held: RatingsFile | None = None,
 ) -> Split:
     """Dispatch on ``spec.name``; canonical folds need ``fold_pairs`` = (user_ids, movie_ids) of the test set,
-    file splits the test file ``held`` (read by ``recae.ingest.read_ratings_file``; use split_from_store)."""
+    file splits the test file ``held`` (read by ``recae.store.ingest.read_ratings_file``; use split_from_store)."""
     if spec.is_file:
         if held is None:
             raise ValueError("a file split needs its test file: use split_from_store or read_ratings_file")
@@ -358,7 +358,7 @@ def load_fold_pairs(engine: Engine, name: str) -> tuple[np.ndarray, np.ndarray]:
     """
     from sqlalchemy import select
 
-    from recae.db import FoldTest
+    from recae.store.db import FoldTest
 
     with engine.connect() as conn:
         rows = conn.execute(
@@ -386,7 +386,7 @@ def load_test_file(spec: SplitSpec) -> RatingsFile:
     """
     from pathlib import Path
 
-    from recae.ingest import read_ratings_file
+    from recae.store.ingest import read_ratings_file
 
     if not Path(spec.path).is_file():
         raise DataError(f"the test ratings file {spec.path} of this split is gone (sha256 {spec.sha256[:12]}...); "

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from recae.db import open_store
+from recae.store.db import open_store
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
-from recae.db import Movie, open_store
+from recae.store.db import Movie, open_store
 from tests.synthetic import planted_low_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def movie_title(movie_id: int) -> str:
 
 def build_home(path: Path) -> Home:
     """Ingest planted ratings through the real ingest, title the catalogue, and publish a small champion."""
-    from recae.ingest import ingest_ratings_file
+    from recae.store.ingest import ingest_ratings_file
 
     path.mkdir(parents=True, exist_ok=True)
     data = planted_low_rank(N_USERS, N_MOVIES, rank=3, density=0.3, seed=1)
@@ -67,9 +67,9 @@ def build_home(path: Path) -> Home:
 
 def publish_champion(engine: Engine, home: Path, seed: int) -> str:
     """Train a small model (3 epochs, one member) and make it the champion, as `recae train` does."""
-    from recae.pipeline import train_and_publish
+    from recae.serving.publish import train_and_publish
     from recae.splits import SplitSpec
-    from recae.train import TrainConfig, model_config
+    from recae.training.train import TrainConfig, model_config
 
     run = train_and_publish(
         engine, home / "models", SplitSpec("random", test_fraction=0.1, seed=seed),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recae.matrix import IdIndex, RatingMatrix
+from recae.store.matrix import IdIndex, RatingMatrix
 
 
 @dataclass(frozen=True)

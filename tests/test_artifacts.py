@@ -11,7 +11,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from recae.artifacts import (
+from recae.serving.artifacts import (
     META_FILE,
     WEIGHTS_FILE,
     TrainedModel,
@@ -20,11 +20,11 @@ from recae.artifacts import (
     publish,
     save_model,
 )
-from recae.db import Champion, ModelVersion, make_engine
+from recae.store.db import Champion, ModelVersion, make_engine
 from recae.errors import CorruptArtifactError, ModelNotFoundError
-from recae.matrix import RatingMatrix
-from recae.models import model_config
-from recae.train import TrainConfig, fit
+from recae.store.matrix import RatingMatrix
+from recae.models.autoencoders import model_config
+from recae.training.train import TrainConfig, fit
 from tests.synthetic import planted_low_rank
 
 
@@ -42,7 +42,7 @@ def trained_model(orientation: str, seed: int = 0, name: str = "stacked") -> Tra
 
 def add_cold_movie(matrix: RatingMatrix) -> RatingMatrix:
     """A copy with one more movie that nobody rated (the model must fall back, not crash)."""
-    from recae.matrix import IdIndex
+    from recae.store.matrix import IdIndex
 
     index = IdIndex(matrix.index.user_ids, np.append(matrix.index.movie_ids, matrix.index.movie_ids[-1] + 1))
     rows, cols, values = matrix.coo()
@@ -177,7 +177,7 @@ def test_a_failed_publish_leaves_store_folder_and_champion_as_they_were(engine, 
 
 
 def test_scoring_chunks_bound_both_vectors_and_their_ratings() -> None:
-    from recae.artifacts import _chunks
+    from recae.serving.artifacts import _chunks
 
     lengths = np.array([5, 5, 20, 1, 1, 1])
     chunks = _chunks(lengths, max_items=2, max_total=10)

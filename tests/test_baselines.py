@@ -11,7 +11,7 @@ from scipy.sparse.linalg import lsqr
 
 from recae.baselines import BiasBaseline, GlobalMean, TruncatedSVDBaseline, fit_biases
 from recae.errors import EmptyStoreError
-from recae.matrix import IdIndex, RatingMatrix
+from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import Scorer, rating_metrics
 from tests.synthetic import planted_low_rank
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recae.artifacts import load_model, save_model
-from recae.blend import blend, blend_weight
-from recae.foldin import fold_in_scores
-from recae.models import model_config
+from recae.serving.artifacts import load_model, save_model
+from recae.training.blend import blend, blend_weight
+from recae.serving.foldin import fold_in_scores
+from recae.models.autoencoders import model_config
 from recae.splits import random_split
-from recae.train import TrainConfig, train_split
+from recae.training.train import TrainConfig, train_split
 from tests.synthetic import planted_low_rank
 
 
@@ -114,7 +114,7 @@ def test_fold_in_mixes_both_models_fold_ins(blended_run) -> None:  # type: ignor
 
 
 def test_fit_blend_recovers_the_weight_and_scores_it_on_ratings_it_was_not_fitted_on() -> None:
-    from recae.blend import fit_blend
+    from recae.training.blend import fit_blend
 
     rng = np.random.default_rng(3)
     a, b = rng.normal(3, 1, 4000), rng.normal(3, 1, 4000)
@@ -133,9 +133,9 @@ def test_no_member_and_no_partner_trains_on_the_blend_carve() -> None:
     out of fold for the ensemble that ships. Same process, deterministic kernels, one thread: exact comparison."""
     import torch
 
-    from recae.matrix import RatingMatrix
+    from recae.store.matrix import RatingMatrix
     from recae.splits import Split
-    from recae.train import blend_carve
+    from recae.training.train import blend_carve
 
     observed = planted_low_rank(n_users=90, n_movies=60, density=0.3, noise=0.3, seed=8).observed
     split = random_split(observed, test_fraction=0.1, seed=0)

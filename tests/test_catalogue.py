@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import insert
 
-from recae.catalogue import MAX_RESULTS, like_literal, search_titles
-from recae.db import Movie
+from recae.serving.catalogue import MAX_RESULTS, like_literal, search_titles
+from recae.store.db import Movie
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")  # LIKE, lower() and ESCAPE on both dialects
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from recae import datasets
-from recae.datasets import DataSource, check_member_name, fetch, get_format
+from recae.store import datasets
+from recae.store.datasets import DataSource, check_member_name, fetch, get_format
 from recae.errors import DataError, DownloadError
 
 

@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from recae.db import (
+from recae.store.db import (
     SCHEMA_HEAD,
     Base,
     StoreUnavailableError,
@@ -100,7 +100,7 @@ def test_plain_postgresql_url_uses_psycopg(store_url: str) -> None:
 @pytest.mark.backends("postgresql")
 def test_concurrent_first_use_migrates_once(store_url: str) -> None:
     """Two processes opening a blank PostgreSQL store at once: one migrates, the other waits and finds it done."""
-    code = ("import sys; from recae.db import open_store, current_revision;"
+    code = ("import sys; from recae.store.db import open_store, current_revision;"
             " print(current_revision(open_store(sys.argv[1])))")
     procs = [subprocess.Popen([sys.executable, "-c", code, store_url], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from sqlalchemy import select
 
-from recae.config import resolve_paths
-from recae.db import ModelVersion, open_store
-from recae.ingest import ingest_ratings_file
+from recae.paths import resolve_paths
+from recae.store.db import ModelVersion, open_store
+from recae.store.ingest import ingest_ratings_file
 from tests.synthetic import planted_low_rank
 
 REPO = Path(__file__).resolve().parents[1]

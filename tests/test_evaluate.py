@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from recae.evaluate import BASELINES, BaselineReport, evaluate_baselines
-from recae.matrix import IdIndex, RatingMatrix
+from recae.store.matrix import IdIndex, RatingMatrix
 from tests.synthetic import planted_low_rank
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from recae.explain import MAX_EXPLAINED, leave_one_out
+from recae.serving.explain import MAX_EXPLAINED, leave_one_out
 
 
 class AdditiveScorer:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recae.artifacts import TrainedModel
-from recae.foldin import fold_in_scores
-from recae.matrix import IdIndex, RatingMatrix
-from recae.models import model_config
-from recae.train import TrainConfig, fit
+from recae.serving.artifacts import TrainedModel
+from recae.serving.foldin import fold_in_scores
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.models.autoencoders import model_config
+from recae.training.train import TrainConfig, fit
 from tests.synthetic import planted_low_rank
 
 N_TRAIN_USERS = 160
@@ -83,7 +83,7 @@ def test_movies_unknown_to_the_model_are_ignored_and_scores_stay_on_scale(plante
 def test_the_ridge_solution_is_the_normal_equations_in_both_forms(n_rated: int) -> None:
     import torch
 
-    from recae.foldin import _ridge_closed_form
+    from recae.serving.foldin import _ridge_closed_form
 
     rng = np.random.default_rng(n_rated)
     x = torch.from_numpy(rng.normal(size=(n_rated, 12)))

@@ -77,7 +77,7 @@ def champion_json(home: Path) -> dict:  # type: ignore[type-arg]
 
 def test_a_held_out_file_is_read_like_ingest_reads_it_and_keeps_each_ratings_line(tmp_path: Path) -> None:
     from recae.errors import DataError
-    from recae.ingest import read_ratings_file
+    from recae.store.ingest import read_ratings_file
 
     path = tmp_path / "held.csv"
     path.write_bytes(b"\xef\xbb\xbfuser_id,movie_id,rating,timestamp\r\n3,7,4.5,0\r\n\r\n2,9,1,1000\r\n")  # BOM, CRLF, blank
@@ -94,10 +94,10 @@ def test_a_held_out_file_is_read_like_ingest_reads_it_and_keeps_each_ratings_lin
 
 
 def test_the_files_ratings_are_the_test_set_and_the_spec_names_the_file(built: Built) -> None:
-    from recae.artifacts import load_champion
-    from recae.config import resolve_paths
-    from recae.db import open_store
-    from recae.ingest import read_ratings_file
+    from recae.serving.artifacts import load_champion
+    from recae.paths import resolve_paths
+    from recae.store.db import open_store
+    from recae.store.ingest import read_ratings_file
     from recae.splits import SplitSpec
 
     assert built.summary["split"] == "file"

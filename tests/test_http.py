@@ -16,13 +16,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from recae.db import Rating, Recommendation, open_store
-from recae.recommend import Filters, recommend_from_store, recommend_live
-from recae.registry import champion_of
+from recae.store.db import Rating, Recommendation, open_store
+from recae.serving.recommend import Filters, recommend_from_store, recommend_live
+from recae.serving.registry import champion_of
 from tests.serving import NAMED, Home, Server, build_home, publish_champion, running_server
 
 pytest.importorskip("fastapi", reason="recae serve needs the serve extra: pip install -e '.[serve]'")
-from recae.api_schemas import RecommendationList  # noqa: E402 - pydantic comes with the serve extra
+from recae.serving.api_schemas import RecommendationList  # noqa: E402 - pydantic comes with the serve extra
 
 pytestmark = pytest.mark.slow  # a trained home and a server process: ~10 s for the module
 
@@ -318,7 +318,7 @@ def test_a_store_that_stops_answering_is_503_not_a_traceback(tmp_path: Path) -> 
     """In-process (the failure is made by hand): the champion table vanishes under a running app."""
     import asyncio
 
-    from recae.http import create_app
+    from recae.serving.http import create_app
 
     url = f"sqlite:///{tmp_path / 'recae.db'}"
     app = create_app(url)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recae.errors import TrainingError
-from recae.implicit import (
+from recae.clicks import (
     HeldOutUsers,
     binarize,
     evaluate_top_n,
@@ -21,7 +21,7 @@ from recae.implicit import (
     split_heldout_users,
     truncated_recall_at_k,
 )
-from recae.matrix import IdIndex, RatingMatrix
+from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import recall_at_k
 
 

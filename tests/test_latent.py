@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recae.artifacts import TrainedModel
-from recae.batches import oriented_csr, sparse_rows
+from recae.serving.artifacts import TrainedModel
+from recae.models.batches import oriented_csr, sparse_rows
 from recae.errors import RecaeError
-from recae.latent import (
+from recae.insight.latent import (
     colouring,
     genre_labels,
     knn_accuracy,
@@ -25,9 +25,9 @@ from recae.latent import (
     silhouette,
     to_plane,
 )
-from recae.matrix import IdIndex, RatingMatrix
-from recae.models import ModelConfig, model_config
-from recae.train import TrainConfig, fit
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.models.autoencoders import ModelConfig, model_config
+from recae.training.train import TrainConfig, fit
 
 # --- shared helpers --------------------------------------------------------------------------------------------
 
@@ -85,10 +85,10 @@ def publish_planted(home: Path, matrix: RatingMatrix, model_cfg: ModelConfig, tr
     """A recae home whose store holds ``matrix`` (ingested from CSV) and a champion trained on a random split."""
     from sqlalchemy import update
 
-    from recae.config import resolve_paths
-    from recae.db import Movie, open_store
-    from recae.ingest import ingest_ratings_file
-    from recae.pipeline import train_and_publish
+    from recae.paths import resolve_paths
+    from recae.store.db import Movie, open_store
+    from recae.store.ingest import ingest_ratings_file
+    from recae.serving.publish import train_and_publish
     from recae.splits import SplitSpec
 
     home.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recae.batches import make_batch
-from recae.losses import (
+from recae.models.batches import make_batch
+from recae.models.losses import (
     contractive_penalty,
     dense_masked_mse,
     kl_sparsity,
@@ -18,7 +18,7 @@ from recae.losses import (
     l2_penalty,
     masked_mse,
 )
-from recae.models import MODELS, build_model, model_config
+from recae.models.autoencoders import MODELS, build_model, model_config
 
 
 def random_ratings(seed: int, n_rows: int, n_cols: int, density: float) -> sp.csr_matrix:

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert
 
-from recae.db import Rating
+from recae.store.db import Rating
 from recae.errors import EmptyStoreError, UnknownMovieError, UnknownUserError
-from recae.matrix import (
+from recae.store.matrix import (
     IdIndex,
     RatingMatrix,
     _matrix_from_sorted_columns,
@@ -206,7 +206,7 @@ def test_postgresql_fast_and_generic_paths_agree_on_unusual_values(  # type: ign
     engine, monkeypatch
 ) -> None:
     """Off-grid ratings, extreme and negative 32-bit ids, pre-1970 and huge timestamps, unknown ones."""
-    import recae.matrix as matrix_module
+    import recae.store.matrix as matrix_module
 
     monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 2)  # several ranges, spread over both readers
     users = [1, 1, 2, 2**31 - 1, -3, -(2**31), 7]
@@ -239,7 +239,7 @@ def test_postgresql_readers_share_one_snapshot(engine, store_url, monkeypatch) -
     """A commit landing between the first reader's start and the others' must be invisible to all of them."""
     from sqlalchemy import create_engine, text
 
-    import recae.matrix as matrix_module
+    import recae.store.matrix as matrix_module
 
     monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 5)
     planted = planted_low_rank(n_users=40, n_movies=10, seed=5).observed
@@ -270,7 +270,7 @@ def test_postgresql_readers_share_one_snapshot(engine, store_url, monkeypatch) -
 @BOTH
 def test_from_db_reads_many_ranges(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Small chunks force many user-id ranges, including empty ones; nothing may be lost or repeated."""
-    import recae.matrix as matrix_module
+    import recae.store.matrix as matrix_module
 
     monkeypatch.setattr(matrix_module, "_SQLITE_CHUNK_ROWS", 7)
     monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 7)
@@ -315,7 +315,7 @@ def test_from_db_while_another_connection_holds_the_write_lock(  # type: ignore[
     """A writer mid-transaction must neither block the load for long nor leak its uncommitted rows into it."""
     import sqlite3
 
-    import recae.matrix as matrix_module
+    import recae.store.matrix as matrix_module
 
     monkeypatch.setattr(matrix_module, "_SNAPSHOT_LOCK_WAIT_MS", 50)
     _insert_ratings(engine, [1, 1, 2], [10, 20, 10], [4.0, 3.5, 2.0], [1, 2, 3])
@@ -331,7 +331,7 @@ def test_from_db_while_another_connection_holds_the_write_lock(  # type: ignore[
 
 
 def test_from_db_on_an_in_memory_store_takes_the_generic_path() -> None:
-    from recae.db import open_store
+    from recae.store.db import open_store
 
     engine = open_store("sqlite://")
     try:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from recae.matrix import IdIndex, RatingMatrix
+from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import (
     RankingMetrics,
     Scorer,

@@ -14,12 +14,12 @@ import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
 
-from recae.batches import sparse_rows
+from recae.models.batches import sparse_rows
 from recae.cli import cli
 from recae.errors import EXIT_ERROR, CorruptArtifactError, RecaeError, UnknownMovieError
-from recae.implicit import evaluate_top_n, popularity_scorer, split_heldout_users
-from recae.matrix import IdIndex, RatingMatrix
-from recae.multvae import (
+from recae.clicks import evaluate_top_n, popularity_scorer, split_heldout_users
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.models.multvae import (
     MultVAE,
     MultVAEConfig,
     MultVAERun,

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from recae.errors import EXIT_LOCKED
-from recae.nightly import Comparison, inherited_partition, matrix_keys, seeded_uniform, verdict
+from recae.retrain.job import Comparison, inherited_partition, matrix_keys, seeded_uniform, verdict
 from tests.synthetic import planted_low_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +85,13 @@ def home(tmp_path: Path, planted: tuple[Path, Path]) -> Path:
 
 
 def champion(home: Path) -> str:
-    from recae.registry import champion_of
+    from recae.serving.registry import champion_of
 
     return str(champion_of(engine(home)))
 
 
 def engine(home: Path):  # type: ignore[no-untyped-def]
-    from recae.db import open_store
+    from recae.store.db import open_store
 
     return open_store(f"sqlite:///{home / 'recae.db'}")
 
@@ -167,7 +167,7 @@ def test_second_run_while_the_lock_is_held_exits_75_at_once(tmp_path: Path) -> N
 
 @pytest.mark.faults
 def test_inbox_ingests_the_good_file_and_rejects_the_malformed_one(home: Path, planted: tuple[Path, Path]) -> None:
-    from recae.db import count_ratings
+    from recae.store.db import count_ratings
 
     before = count_ratings(engine(home))
     drop_in_inbox(home, planted[1], "good.csv")
@@ -196,8 +196,8 @@ def test_inbox_ingests_the_good_file_and_rejects_the_malformed_one(home: Path, p
 def test_unparsable_inbox_files_are_rejected_with_their_reason_and_the_rest_goes_on(tmp_path: Path) -> None:
     """A poisoned file (bare-CR line endings, a field past csv's 131,072-character limit, no line break at all)
     once crashed the parser and so every nightly run; now each is rejected with its reason like any bad file."""
-    from recae.db import count_ratings, open_store
-    from recae.nightly import ingest_inbox
+    from recae.store.db import count_ratings, open_store
+    from recae.retrain.job import ingest_inbox
 
     store = open_store(f"sqlite:///{tmp_path / 'recae.db'}")
     inbox = tmp_path / "inbox"
@@ -277,8 +277,8 @@ def test_worse_challenger_is_not_published(home: Path, planted: tuple[Path, Path
 @pytest.mark.parametrize("point", ["train", "publish"])
 def test_run_killed_during_training_or_publish_leaves_the_champion_serving(
         home: Path, planted: tuple[Path, Path], point: str) -> None:
-    from recae.artifacts import load_champion
-    from recae.db import RetrainRun
+    from recae.serving.artifacts import load_champion
+    from recae.store.db import RetrainRun
 
     old = champion(home)
     recs_before = recae(home, "recommend", "--user", "1", "--format", "json")
@@ -321,7 +321,7 @@ def test_help_has_examples() -> None:
 
 def test_cold_challenger_trains_from_scratch_with_the_champions_configuration(
         home: Path, planted: tuple[Path, Path]) -> None:
-    from recae.artifacts import load_champion, load_version
+    from recae.serving.artifacts import load_champion, load_version
 
     drop_in_inbox(home, planted[1])
     report = summary(recae(home, "retrain", "--cold", "--margin", "0"))
@@ -337,12 +337,12 @@ def test_cold_challenger_trains_from_scratch_with_the_champions_configuration(
 def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutral() -> None:
     """On the champion's own ratings, the warm-started module predicts exactly as the champion does, even though
     its index has extra users (rows moved); a new user's rows are zero, so they change no movie's code."""
-    from recae.artifacts import TrainedModel
-    from recae.matrix import IdIndex, RatingMatrix
-    from recae.models import model_config
-    from recae.nightly import warm_start_module
+    from recae.serving.artifacts import TrainedModel
+    from recae.store.matrix import IdIndex, RatingMatrix
+    from recae.models.autoencoders import model_config
+    from recae.retrain.job import warm_start_module
     from recae.splits import random_split
-    from recae.train import TrainConfig, train_split
+    from recae.training.train import TrainConfig, train_split
 
     data = planted_low_rank(60, 40, density=0.4, seed=4, user_id_offset=10).observed
     champion = train_split(random_split(data, 0.1, 0), model_config("stacked", hidden=(8,)),
@@ -366,7 +366,7 @@ def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutr
 
 def test_champion_from_recae_train_gets_a_holdout_record_and_no_new_data_trains_nothing(
         tmp_path: Path, planted: tuple[Path, Path]) -> None:
-    from recae.nightly import HOLDOUT_FILE, read_holdout
+    from recae.retrain.job import HOLDOUT_FILE, read_holdout
 
     home = tmp_path / "home"
     config = tmp_path / "small.toml"
@@ -380,8 +380,8 @@ def test_champion_from_recae_train_gets_a_holdout_record_and_no_new_data_trains_
     folder = home / "models" / old
     record = read_holdout(folder)
     assert record is not None and (folder / HOLDOUT_FILE).is_file()
-    from recae.artifacts import load_champion
-    from recae.db import count_ratings
+    from recae.serving.artifacts import load_champion
+    from recae.store.db import count_ratings
 
     inputs = load_champion(engine(home)).inputs
     assert record.test.size + inputs.nnz == count_ratings(engine(home))  # held out = every rating it did not read

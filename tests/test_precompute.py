@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sqlalchemy import insert, select
 
-from recae.db import ModelVersion, Recommendation
-from recae.matrix import IdIndex, RatingMatrix
+from recae.store.db import ModelVersion, Recommendation
+from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import top_k_unseen
-from recae.recommend import (
+from recae.serving.recommend import (
     _columns,
     _insert_mappings,
     _insert_positional,
@@ -195,9 +195,9 @@ def test_invalid_sizes_are_refused(engine) -> None:
 
 @pytest.mark.parametrize("orientation", ["item", "user"])
 def test_a_trained_autoencoder_gets_its_own_best_unrated_scores(engine, orientation: str) -> None:
-    from recae.artifacts import TrainedModel
-    from recae.models import model_config
-    from recae.train import TrainConfig, fit
+    from recae.serving.artifacts import TrainedModel
+    from recae.models.autoencoders import model_config
+    from recae.training.train import TrainConfig, fit
 
     rated = planted_low_rank(n_users=45, n_movies=31, seed=5, user_id_offset=7).observed
     settings = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=3, lr=1e-2, batch_ratings=300, threads=1)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recae.artifacts import TrainedModel, load_model, save_model
-from recae.foldin import fold_in
-from recae.matrix import IdIndex, RatingMatrix
+from recae.serving.artifacts import TrainedModel, load_model, save_model
+from recae.serving.foldin import fold_in
+from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import RowScores, list_quality, ranking_metrics
-from recae.models import model_config
-from recae.rankers import (
+from recae.models.autoencoders import model_config
+from recae.models.rankers import (
     LambdaTrial,
     best_trial,
     choose_ease_lambda,
@@ -27,7 +27,7 @@ from recae.rankers import (
     train_ease,
 )
 from recae.splits import Split, SplitSpec
-from recae.train import TrainConfig, train_split
+from recae.training.train import TrainConfig, train_split
 from tests.synthetic import planted_low_rank
 
 N_CLUSTERS, FILMS_PER_CLUSTER, USERS_PER_CLUSTER = 3, 12, 40
@@ -199,8 +199,8 @@ def test_precomputed_lists_follow_the_ranker_and_show_the_predicted_rating(
         trained_with_ranker: TrainedModel, engine) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from recae.db import Recommendation
-    from recae.recommend import precompute_recommendations
+    from recae.store.db import Recommendation
+    from recae.serving.recommend import precompute_recommendations
     from tests.test_precompute import add_version
 
     trained = trained_with_ranker
@@ -227,8 +227,8 @@ def test_precomputed_lists_follow_the_ranker_and_show_the_predicted_rating(
 @pytest.mark.parametrize("kernel", ["scipy", "numpy"])
 def test_the_gram_matrix_summed_over_user_blocks_is_xtx(block_products: int, kernel: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from recae import rankers
-    from recae.rankers import gram_matrix
+    from recae.models import rankers
+    from recae.models.rankers import gram_matrix
 
     if kernel == "numpy":
         monkeypatch.setattr(rankers, "_csr_todense", None)
@@ -239,7 +239,7 @@ def test_the_gram_matrix_summed_over_user_blocks_is_xtx(block_products: int, ker
 
 @pytest.mark.parametrize("block", [1, 3, 7, 64])
 def test_the_lower_triangle_is_mirrored_in_bands(block: int) -> None:
-    from recae.rankers import _mirror_lower
+    from recae.models.rankers import _mirror_lower
 
     rng = np.random.default_rng(block)
     full = rng.random((7, 7)).astype(np.float32)
@@ -250,7 +250,7 @@ def test_the_lower_triangle_is_mirrored_in_bands(block: int) -> None:
 
 
 def test_the_lambda_search_chooses_alike_with_and_without_the_cached_gram(monkeypatch: pytest.MonkeyPatch) -> None:
-    from recae import rankers
+    from recae.models import rankers
 
     ratings = planted_clusters(seed=7)
     cached, cached_search = train_ease(ratings, seed=1)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from recae.batches import oriented_csr, sparse_rows
+from recae.models.batches import oriented_csr, sparse_rows
 from recae.errors import TrainingError
-from recae.models import build_model, model_config
-from recae.rbm import (
+from recae.models.autoencoders import build_model, model_config
+from recae.models.rbm import (
     RBM,
     CDSettings,
     ObservedGaussianRBM,
@@ -18,7 +18,7 @@ from recae.rbm import (
     pretrain_with_rbms,
     train_rbm,
 )
-from recae.train import TrainConfig
+from recae.training.train import TrainConfig
 from tests.synthetic import planted_low_rank
 
 #: Six binary vectors over 3 units: two planted modes ({1,2} and {3}) and two odd ones.

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from recae.artifacts import TrainedModel, load_model, save_model
+from recae.serving.artifacts import TrainedModel, load_model, save_model
 from recae.baselines import GlobalMean
-from recae.batches import oriented_csr, sparse_rows
+from recae.models.batches import oriented_csr, sparse_rows
 from recae.errors import TrainingError
-from recae.foldin import fold_in_scores
-from recae.matrix import IdIndex, RatingMatrix
-from recae.models import model_config
-from recae.rbm_cf import RatingRBM, rating_levels
+from recae.serving.foldin import fold_in_scores
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.models.autoencoders import model_config
+from recae.models.rbm_cf import RatingRBM, rating_levels
 from recae.splits import holdout_validation
-from recae.train import TrainConfig, fit, test_metrics
+from recae.training.train import TrainConfig, fit, test_metrics
 
 
 def planted_taste(n_users: int = 120, n_movies: int = 60, density: float = 0.35, seed: int = 0) -> RatingMatrix:
@@ -161,7 +161,7 @@ def planted_rated_kinds(seed: int) -> RatingMatrix:
 
 
 def _rated_pairs_rmse(seed: int, conditional: bool) -> float:
-    from recae.rbm_cf import fit_rating_rbm
+    from recae.models.rbm_cf import fit_rating_rbm
 
     known, asked = holdout_validation(planted_rated_kinds(seed), 0.6, seed + 100)  # asked: rated, values unknown
     fit_part, val_part = holdout_validation(known, 0.1, seed)
@@ -189,7 +189,7 @@ def test_conditional_rbm_reads_which_pairs_were_rated() -> None:
 
 
 def test_rated_pairs_need_a_conditional_rbm_and_conditional_needs_the_rbm() -> None:
-    from recae.rbm_cf import fit_rating_rbm
+    from recae.models.rbm_cf import fit_rating_rbm
 
     matrix = planted_taste(n_users=20, n_movies=10)
     with pytest.raises(TrainingError, match="conditional"):
@@ -200,7 +200,7 @@ def test_rated_pairs_need_a_conditional_rbm_and_conditional_needs_the_rbm() -> N
 
 
 def test_gibbs_steps_rise_along_the_papers_schedule() -> None:
-    from recae.rbm_cf import cd_steps_at
+    from recae.models.rbm_cf import cd_steps_at
 
     every_3 = model_config("rbm", cd_steps_every=3)
     assert [cd_steps_at(every_3, e) for e in range(1, 14)] == [1, 1, 1, 3, 3, 3, 5, 5, 5, 9, 9, 9, 9]
@@ -209,7 +209,7 @@ def test_gibbs_steps_rise_along_the_papers_schedule() -> None:
 
 
 def test_the_auto_batch_holds_about_400_vectors_and_at_least_8_batches_an_epoch() -> None:
-    from recae.rbm_cf import auto_batch_ratings
+    from recae.models.rbm_cf import auto_batch_ratings
 
     assert auto_batch_ratings(855_000, 6_000) == 57_000  # 400 users' worth: 15 batches an epoch
     assert auto_batch_ratings(855_000, 3_700) == 92_433  # 400 films' worth: 9.25 batches an epoch

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from sqlalchemy import insert
 
-from recae.db import Champion, Movie, ModelVersion, Rating
+from recae.store.db import Champion, Movie, ModelVersion, Rating
 from recae.errors import ModelNotFoundError, UnknownUserError
-from recae.matrix import IdIndex, RatingMatrix
-from recae.recommend import Filters, precompute_recommendations, recommend_from_store
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.serving.recommend import Filters, precompute_recommendations, recommend_from_store
 
 GENRES = ("Comedy", "Drama", "Horror")
 
@@ -95,7 +95,7 @@ def test_no_model_says_what_to_run(engine) -> None:  # type: ignore[no-untyped-d
 
 
 def test_serving_does_not_import_torch() -> None:
-    code = "import recae.recommend, recae.cli, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import recae.serving.recommend, recae.cli, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

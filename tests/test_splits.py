@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert
 
-from recae.db import FoldTest, Rating
+from recae.store.db import FoldTest, Rating
 from recae.errors import DataError
-from recae.matrix import IdIndex, RatingMatrix
+from recae.store.matrix import IdIndex, RatingMatrix
 from recae.splits import (
     CANONICAL_FOLDS,
     GENERATED_SPLITS,

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from recae.baselines import BiasBaseline, GlobalMean
 from recae.cli import cli
-from recae.matrix import RatingMatrix
+from recae.store.matrix import RatingMatrix
 from recae.synth import (
     HEADER,
     InvalidSpec,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from recae.errors import DataError, TrainingError
-from recae.matrix import RatingMatrix
-from recae.models import ModelConfig, model_config
-from recae.train import CHECKPOINT_FILE, TrainConfig, fit, load_config_file, validation_rmse
-from recae.batches import oriented_csr
+from recae.store.matrix import RatingMatrix
+from recae.models.autoencoders import ModelConfig, model_config
+from recae.training.train import CHECKPOINT_FILE, TrainConfig, fit, load_config_file, validation_rmse
+from recae.models.batches import oriented_csr
 from tests.conftest import ML100K_U1_RMSE_BOUND
 from tests.synthetic import planted_low_rank
 
@@ -96,7 +96,7 @@ def test_resumed_optimizer_state_is_aligned_like_fresh_tensors(small, tmp_path: 
     """safetensors returns tensors at any 4-byte offset; BLAS dot products (L-BFGS's history) round differently on
     unaligned data on some CPUs (MKL on AMD EPYC: the resume test above drifted in the 8th digit), so a resumed
     optimizer's state is moved to memory aligned as PyTorch's allocator aligns a fresh tensor."""
-    from recae.train import TENSOR_ALIGNMENT, _load_checkpoint, _unflatten_optimizer
+    from recae.training.train import TENSOR_ALIGNMENT, _load_checkpoint, _unflatten_optimizer
 
     fit_part, val_part = small
     settings = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=2, optimizer="lbfgs", lr=1.0, patience=100,
@@ -114,7 +114,7 @@ def test_resumed_optimizer_state_is_aligned_like_fresh_tensors(small, tmp_path: 
 def test_checkpoints_are_written_at_most_every_interval_and_at_the_end(
     small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float, writes: int  # type: ignore[no-untyped-def]
 ) -> None:
-    import recae.train as train
+    import recae.training.train as train
 
     saved: list[int] = []
     real = train._save_checkpoint
@@ -162,7 +162,7 @@ def test_an_ensemble_beats_or_matches_its_average_member_and_resumes(small, tmp_
 
 def test_cross_carved_members_validate_on_ratings_they_never_read_and_together_read_them_all() -> None:
     from recae.splits import holdout_validation
-    from recae.train import fit_cross_carved
+    from recae.training.train import fit_cross_carved
 
     train = planted_low_rank(n_users=80, n_movies=50, seed=11).observed
     settings = TrainConfig(ensemble=3, weight_decay_grid=(), epochs=20, lr=1e-2, weight_decay=1.0, patience=5,
@@ -253,7 +253,7 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
     """u1.base / u1.test of ml-100k as RatingMatrix objects on one shared IdIndex (no ingest needed)."""
     import pandas as pd
 
-    from recae.matrix import IdIndex
+    from recae.store.matrix import IdIndex
 
     names = ["user_id", "movie_id", "rating", "timestamp"]
     base = pd.read_csv(folder / f"{fold}.base", sep="\t", names=names)
@@ -277,7 +277,7 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("init_seed", [0, 1])  # 1: the worst of the five init seeds measured (0.89657)
 def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int) -> None:
     from recae.splits import Split, SplitSpec
-    from recae.train import DEFAULT_MODEL, train_split
+    from recae.training.train import DEFAULT_MODEL, train_split
 
     train, test = read_fold(ml100k, "u1")
     split = Split(SplitSpec("u1"), train, test)
@@ -307,7 +307,7 @@ def test_small_data_trains_on_one_thread_and_the_thread_count_is_restored(small)
 
 
 def test_ensemble_members_wait_for_the_merge_on_disk_and_merge_the_same(small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from recae.train import MEMBER_FILE
+    from recae.training.train import MEMBER_FILE
 
     fit_part, val_part = small
     settings = TrainConfig(ensemble=3, epochs=4, patience=10, batch_ratings=300, threads=1, deterministic=True)
@@ -322,7 +322,7 @@ def test_ensemble_members_wait_for_the_merge_on_disk_and_merge_the_same(small, t
 
 def test_init_seed_seeds_the_weights_and_defaults_to_seed(small) -> None:  # type: ignore[no-untyped-def]
     """--seed picks the split and the carves, --init-seed the weights: spread over initialisation on fixed data."""
-    from recae.train import fit_cross_carved
+    from recae.training.train import fit_cross_carved
 
     fit_part, _ = small
     config = model_config("denoising", hidden=(12,), dropout=0.1)

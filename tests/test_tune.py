@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from recae import tune as tune_module
+from recae.training import tune as tune_module
 from recae.cli import cli
 from recae.errors import EXIT_USAGE
-from recae.matrix import IdIndex, RatingMatrix
-from recae.train import TrainConfig, model_config
-from recae.tune import start_setting, tune
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.training.train import TrainConfig, model_config
+from recae.training.tune import start_setting, tune
 from tests.synthetic import planted_low_rank
 
 SMALL = """
@@ -60,10 +60,10 @@ def run(home: Path, *args: str) -> tuple[int, str, str]:
 def test_the_search_never_reads_test_ratings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two stores that differ only in the test ratings of a random split: the same trials and the same choice,
     while the final test scores differ (the changed ratings are really the test set)."""
-    from recae.config import resolve_paths
-    from recae.db import open_store
-    from recae.ingest import ingest_ratings_file
-    from recae.pipeline import train_and_publish
+    from recae.paths import resolve_paths
+    from recae.store.db import open_store
+    from recae.store.ingest import ingest_ratings_file
+    from recae.serving.publish import train_and_publish
     from recae.splits import SplitSpec, random_split
 
     monkeypatch.setattr(tune_module, "MAX_TRIALS", FEW_TRIALS)
@@ -138,9 +138,9 @@ def test_tune_refuses_the_rbm_with_one_line() -> None:
 def test_cli_tune_on_half_stars_keeps_a_tiny_budget_and_shows_the_search(tmp_path: Path) -> None:
     """`train --tune --budget` end to end on a half-star store: a budget below the final training's estimate stops
     after the first trial, trains fewer members, and the trials reach meta.json, the store and `models show`."""
-    from recae.config import resolve_paths
-    from recae.db import open_store
-    from recae.artifacts import load_champion
+    from recae.paths import resolve_paths
+    from recae.store.db import open_store
+    from recae.serving.artifacts import load_champion
 
     matrix = half_stars(planted_low_rank(n_users=70, n_movies=50, density=0.3, seed=5).observed)
     home = tmp_path / "home"

@@ -86,8 +86,8 @@ def main() -> None:
         print(f"generated {csv_path} ({csv_path.stat().st_size / 2**20:.0f} MiB) in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
 
-    from recae.db import count_ratings, open_store
-    from recae.ingest import ingest_ratings_file
+    from recae.store.db import count_ratings, open_store
+    from recae.store.ingest import ingest_ratings_file
 
     db_file = args.cache / "bench.db"
     for leftover in args.cache.glob("bench.db*"):

@@ -79,7 +79,7 @@ def synthetic_ratings(n_rows: int, n_users: int, n_movies: int, seed: int = 0): 
 
 def fill_store(path: Path, n_rows: int) -> int:
     """Create the schema with Alembic, then bulk-insert the synthetic ratings; returns the number written."""
-    from recae.db import open_store
+    from recae.store.db import open_store
 
     open_store(f"sqlite:///{path}").dispose()
     conn = sqlite3.connect(path)
@@ -97,8 +97,8 @@ def fill_store(path: Path, n_rows: int) -> int:
 
 
 def _load(path: str, queue: mp.Queue, with_splits: bool) -> None:  # type: ignore[type-arg]
-    from recae.db import open_store
-    from recae.matrix import RatingMatrix
+    from recae.store.db import open_store
+    from recae.store.matrix import RatingMatrix
 
     engine = open_store(f"sqlite:///{path}")
     before = resource.getrusage(resource.RUSAGE_SELF)

@@ -6,7 +6,7 @@ validation and 600 test users are drawn with the seed, the items are those the r
 of each held-out user's clicks are hidden and ranked from the other 80%. The model is the paper's
 [I -> 600 -> 200 -> 600 -> I] with dropout 0.5, Adam 1e-3, batches of 500 users, beta annealed to 0.2 over
 --anneal-steps updates, early stopping on the validation users' NDCG@100. ml-1m is ingested from
-../shared/data/ml-1m into a temporary store with recae.ingest (the real path `recae vae` reads).
+../shared/data/ml-1m into a temporary store with recae.store.ingest (the real path `recae vae` reads).
 
     python tests/benchmarks/bench_multvae.py
     python tests/benchmarks/bench_multvae.py --epochs 100 --patience 20 --threads 2 --seed 1
@@ -39,11 +39,11 @@ def main() -> None:
 
     import torch
 
-    from recae.db import open_store
-    from recae.ingest import ingest_dataset
-    from recae.matrix import RatingMatrix
-    from recae.multvae import MultVAETrainConfig, train_and_evaluate
-    from recae.output import render
+    from recae.store.db import open_store
+    from recae.store.ingest import ingest_dataset
+    from recae.store.matrix import RatingMatrix
+    from recae.models.multvae import MultVAETrainConfig, train_and_evaluate
+    from recae.cli.output import render
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

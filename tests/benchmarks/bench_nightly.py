@@ -43,8 +43,8 @@ def recae(home: Path, *args: str, env: dict[str, str]) -> tuple[float, str]:
 
 def fresh_ratings(home: Path, share: float, seed: int = 0) -> np.ndarray:
     """(n, 3) user_id, movie_id, rating: new pairs from the store's activity, popularity and bias structure."""
-    from recae.db import open_store
-    from recae.matrix import RatingMatrix
+    from recae.store.db import open_store
+    from recae.store.matrix import RatingMatrix
 
     matrix = RatingMatrix.from_db(open_store(f"sqlite:///{home / 'recae.db'}"))
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@
 
 Synthetic ratings from ``recae.synth`` (ML-25M's shape: 162,541 users x 59,047 films, 25,000,095 ratings, a long
 popularity tail). EASE covers the ``--max-items`` most-rated films (default: the shipped 20,000). Scoring is
-batched like ``recae.recommend.precompute_recommendations`` (the same top-N selection), without the store writes.
+batched like ``recae.serving.recommend.precompute_recommendations`` (the same top-N selection), without the store writes.
 Targets: peak <= 6 GB; top-100 for every user <= 5 min (the whole precompute also scores the rating model).
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from recae.metrics import dense_flags
-from recae.rankers import DEFAULT_MAX_ITEMS, fit_ease
-from recae.recommend import precompute_batch_users, top_unseen
+from recae.models.rankers import DEFAULT_MAX_ITEMS, fit_ease
+from recae.serving.recommend import precompute_batch_users, top_unseen
 from recae.synth import SynthSpec, generate
 
 

@@ -1,6 +1,6 @@
 """RBMs on MovieLens: the I-RBM / U-RBM for CF, and RBM pretraining of a deep stacked autoencoder.
 
-Data is ingested with recae.ingest into a store under --cache (reused on later runs) and split as `recae train`
+Data is ingested with recae.store.ingest into a store under --cache (reused on later runs) and split as `recae train`
 does: ml-1m random 90/10 (--seed), ml-100k the canonical u1 fold. Every choice is made on a validation carve of
 the training part (train_cfg.val_fraction, the trainer's own); the test part is scored once, at the end.
 
@@ -32,7 +32,7 @@ def load_split(dataset: str, seed: int, cache: Path):  # type: ignore[no-untyped
 
 
 def report(name: str, split, trained, fit, seconds: float, test: bool) -> dict:  # type: ignore[no-untyped-def]
-    from recae.train import test_metrics
+    from recae.training.train import test_metrics
 
     row = {"model": name, "val_rmse": round(fit.best_val_rmse, 4), "best_epoch": fit.best_epoch,
            "epochs": fit.epochs_run, "seconds": round(seconds, 1)}
@@ -43,9 +43,9 @@ def report(name: str, split, trained, fit, seconds: float, test: bool) -> dict: 
 
 
 def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
-    from recae.artifacts import TrainedModel
-    from recae.models import model_config
-    from recae.train import TrainConfig, fit_cross_carved
+    from recae.serving.artifacts import TrainedModel
+    from recae.models.autoencoders import model_config
+    from recae.training.train import TrainConfig, fit_cross_carved
 
     given = {"hidden": (args.hidden,) if args.hidden else None, "cd_lr": args.cd_lr, "cd_momentum": args.cd_momentum,
              "cd_weight_decay": args.cd_weight_decay, "cd_steps": args.cd_steps, "cd_steps_every": args.cd_steps_every,
@@ -65,9 +65,9 @@ def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-
 
 
 def run_deep(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
-    from recae.artifacts import TrainedModel
-    from recae.models import model_config
-    from recae.train import TrainConfig, fit_cross_carved
+    from recae.serving.artifacts import TrainedModel
+    from recae.models.autoencoders import model_config
+    from recae.training.train import TrainConfig, fit_cross_carved
 
     hidden = tuple(int(h) for h in args.layers.split(","))
     pretrain = {"random": {}, "rbm": {"pretrain": "rbm", "pretrain_epochs": args.pretrain_epochs},
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["ml-100k", "ml-1m"], default="ml-1m")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--orientation", choices=["item", "user"], default="item")
-    # unset CD flags take the model's own defaults (recae.rbm_cf.RatingRBM.defaults; ModelConfig for pretraining)
+    # unset CD flags take the model's own defaults (recae.models.rbm_cf.RatingRBM.defaults; ModelConfig for pretraining)
     parser.add_argument("--hidden", type=int, help="cf: hidden units F")
     parser.add_argument("--cd-lr", type=float)
     parser.add_argument("--cd-momentum", type=float)

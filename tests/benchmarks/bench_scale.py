@@ -6,14 +6,14 @@
 
 Stages (in this order; --stages picks some, the ones after ``synth`` reuse what earlier runs left in --work):
   synth       `recae synth` writes the CSV (162,541 users x 59,047 films at 25M; users scale with --ratings)
-  ingest      recae.ingest.ingest_ratings_file into a fresh SQLite store
+  ingest      recae.store.ingest.ingest_ratings_file into a fresh SQLite store
   matrix      RatingMatrix.from_db (CSR + IdIndex)
-  train-item  one epoch of the default model (recae.train.default_configs(), e.g. denoising I-AutoRec),
+  train-item  one epoch of the default model (recae.training.train.default_configs(), e.g. denoising I-AutoRec),
               item orientation, ensemble 1, one weight decay (no grid), 5% validation as in `recae train`;
               the model is saved in --work for the precompute stage
   train-user  the same in user orientation
   precompute  top-N (--top, default 10) of every user from the train-item model, written into the store in one
-              transaction together with the champion switch (recae.pipeline.promote)
+              transaction together with the champion switch (recae.serving.publish.promote)
   cli         optional: the real `recae train` end to end in one process (split, 1 epoch, test metrics, publish,
               top-100 precompute): the honest overall peak of a training run; ensemble 1 and one weight decay
               unless --cli-defaults
@@ -91,7 +91,7 @@ def _say(message: str) -> None:
 
 
 def _open(shape: Shape):  # type: ignore[no-untyped-def]
-    from recae.db import count_ratings, open_store
+    from recae.store.db import count_ratings, open_store
 
     if not shape.db.exists():
         raise SystemExit(f"no store at {shape.db}: run the ingest stage first (--stages ingest)")
@@ -102,8 +102,8 @@ def _open(shape: Shape):  # type: ignore[no-untyped-def]
 
 
 def stage_ingest(shape: Shape, args: argparse.Namespace) -> dict[str, object]:
-    from recae.db import count_ratings, open_store
-    from recae.ingest import ingest_ratings_file
+    from recae.store.db import count_ratings, open_store
+    from recae.store.ingest import ingest_ratings_file
 
     if not shape.csv.exists():
         raise SystemExit(f"no CSV at {shape.csv}: run the synth stage first")
@@ -119,7 +119,7 @@ def stage_ingest(shape: Shape, args: argparse.Namespace) -> dict[str, object]:
 
 
 def stage_matrix(shape: Shape, args: argparse.Namespace) -> dict[str, object]:
-    from recae.matrix import RatingMatrix
+    from recae.store.matrix import RatingMatrix
 
     engine = _open(shape)
     started = time.perf_counter()
@@ -130,10 +130,10 @@ def stage_matrix(shape: Shape, args: argparse.Namespace) -> dict[str, object]:
 
 
 def _train(shape: Shape, args: argparse.Namespace, orientation: str) -> dict[str, object]:
-    from recae.artifacts import TrainedModel, save_model
-    from recae.matrix import RatingMatrix
+    from recae.serving.artifacts import TrainedModel, save_model
+    from recae.store.matrix import RatingMatrix
     from recae.splits import holdout_validation
-    from recae.train import default_configs, fit
+    from recae.training.train import default_configs, fit
 
     engine = _open(shape)
     matrix = RatingMatrix.from_db(engine)
@@ -177,11 +177,11 @@ def stage_precompute(shape: Shape, args: argparse.Namespace) -> dict[str, object
     import torch
     from sqlalchemy import delete, func, insert, select
 
-    from recae.artifacts import load_model
-    from recae.db import Champion, ModelVersion, Recommendation, utcnow
-    from recae.matrix import RatingMatrix
-    from recae.pipeline import promote
-    from recae.recommend import precompute_batch_users
+    from recae.serving.artifacts import load_model
+    from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
+    from recae.store.matrix import RatingMatrix
+    from recae.serving.publish import promote
+    from recae.serving.recommend import precompute_batch_users
 
     if args.threads:
         torch.set_num_threads(args.threads)

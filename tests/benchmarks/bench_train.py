@@ -26,7 +26,7 @@ def synthetic(n_users: int, n_movies: int, n_ratings: int, seed: int = 0):  # ty
     """Distinct (user, movie) pairs with long-tailed popularity (Zipf-like), ratings 1..5 from a rank-8 model."""
     import numpy as np
 
-    from recae.matrix import IdIndex, RatingMatrix
+    from recae.store.matrix import IdIndex, RatingMatrix
 
     rng = np.random.default_rng(seed)
     user_weight = 1.0 / np.arange(1, n_users + 1) ** 0.6
@@ -50,9 +50,9 @@ def child(args: argparse.Namespace) -> None:
     """One measured case, in this process: print a JSON line."""
     import torch
 
-    from recae.batches import iterate_batches, oriented_csr
-    from recae.models import model_config
-    from recae.train import TrainConfig, _make_optimizer, _objective, build_model, unit_means
+    from recae.models.batches import iterate_batches, oriented_csr
+    from recae.models.autoencoders import model_config
+    from recae.training.train import TrainConfig, _make_optimizer, _objective, build_model, unit_means
 
     torch.set_num_threads(args.threads)
     matrix = synthetic(args.users, args.movies, args.ratings)

@@ -5,7 +5,7 @@
 
 Split: random 90/10, seed 0 (``--seed``), the same for every model. The tuned autoencoder comes from the real
 command (`recae train --tune --budget B`, a subprocess on a fresh home, wall time measured around it). The
-baselines are tuned on the very carve `--tune` scores its trials on (``recae.tune``'s outer carve of the training
+baselines are tuned on the very carve `--tune` scores its trials on (``recae.training.tune``'s outer carve of the training
 part): biased MF by its regulariser, the Soft-Impute SVD by rank and shrinkage; each is then refitted on the whole
 training part with its chosen setting and scored once on the test part, as the tuned model is.
 Target (issue 13): the tuned model's test RMSE beats the tuned baselines'; --tune keeps its budget.
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from recae.baselines import BiasBaseline, TruncatedSVDBaseline
-from recae.matrix import RatingMatrix
+from recae.store.matrix import RatingMatrix
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-latest-small"
 BIAS_REGS = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0)
@@ -48,7 +48,7 @@ def recae(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def tuned_baselines(train: RatingMatrix, test: RatingMatrix, seed: int) -> list[dict[str, object]]:
     """Each baseline's setting chosen on --tune's outer carve of ``train``, then refitted on all of it."""
     from recae.splits import holdout_validation
-    from recae.tune import OUTER_SEED_OFFSET, TUNE_VAL_FRACTION
+    from recae.training.tune import OUTER_SEED_OFFSET, TUNE_VAL_FRACTION
 
     rest, carve = holdout_validation(train, TUNE_VAL_FRACTION, seed + OUTER_SEED_OFFSET)
     results = []
@@ -104,11 +104,11 @@ def main() -> None:
     shown = json.loads(recae(home, "models", "show", "--format", "json").stdout)
     record = shown["config"]["tune"]
     for line in trained.stderr.splitlines():
-        if "recae.tune" in line:
-            print(line.split("recae.tune: ", 1)[-1])
+        if "recae.training.tune" in line:
+            print(line.split("recae.training.tune: ", 1)[-1])
 
-    from recae.config import resolve_paths
-    from recae.db import open_store
+    from recae.paths import resolve_paths
+    from recae.store.db import open_store
     from recae.splits import random_split
 
     engine = open_store(resolve_paths(home).database_url)

@@ -1,0 +1,1 @@
+"""Looking inside a model: latent maps, plots, anomalies and exported codes."""

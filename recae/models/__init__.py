@@ -1,0 +1,1 @@
+"""The networks: autoencoders, their losses and batches, rankers (EASE), Mult-VAE and RBMs."""

@@ -1,0 +1,1 @@
+"""Published models: the version registry, the scorer, recommendations, fold-in, similar films and HTTP."""

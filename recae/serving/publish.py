@@ -1,0 +1,131 @@
+"""Train on a named split of the store, publish, and promote: the steps `train`, `quickstart` and `retrain` share.
+
+Promotion is the one step serving sees: the challenger's recommendations are precomputed and the champion pointer
+switched in a single transaction, so a reader sees either the old champion with its list or the new one with its.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sqlalchemy.engine import Connection, Engine
+
+from recae.training import distributed
+from recae.serving.artifacts import TrainedModel, publish
+from recae.store.db import is_lock_timeout
+from recae.errors import STORE_BUSY, StoreBusyError
+from recae.store.matrix import RatingMatrix
+from recae.models.autoencoders import ModelConfig
+from recae.serving.recommend import DEFAULT_PRECOMPUTED, precompute_recommendations
+from recae.serving.registry import VersionInfo, set_champion
+from recae.splits import Split, SplitSpec, split_from_store
+from recae.training.train import EpochReport, TrainConfig, TrainResult, run_fingerprint, train_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What one training produced: the published version, its metrics and the trained model."""
+
+    published: VersionInfo
+    result: TrainResult
+    promoted: bool
+
+
+def promote(
+    engine: Engine, version: str, trained: TrainedModel, rated: RatingMatrix, n_precomputed: int = DEFAULT_PRECOMPUTED,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Precompute ``version``'s top-N for every user it knows and make it the champion, in one transaction.
+
+    ``rated`` must share the model's IdIndex; every film in it is excluded from each user's list.
+    Returns the number of recommendation rows written.
+    """
+    with engine.begin() as conn:
+        written = precompute_recommendations(conn, version, trained, rated, n=n_precomputed, on_batch=on_batch)
+        set_champion(conn, version)
+    log.info("model %s now serves (%d precomputed recommendations)", version, written)
+    return written
+
+
+def run_folder(models_dir: Path, spec: SplitSpec, model_cfg: ModelConfig, train_cfg: TrainConfig,
+               matrix: RatingMatrix) -> Path:
+    """Checkpoint folder of one training run: the same settings and data find the same folder (``--resume``)."""
+    fingerprint = run_fingerprint(model_cfg, train_cfg, matrix.fingerprint(), json.dumps(spec.to_json(), sort_keys=True))
+    return models_dir / ".runs" / fingerprint
+
+
+def train_and_publish(
+    engine: Engine,
+    models_dir: Path,
+    spec: SplitSpec,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    make_champion: bool = True,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    on_split: Callable[[Split], None] | None = None,
+    tune_budget_s: float | None = None,
+    on_tune_step: Callable[[str, float, float | None], None] | None = None,
+) -> TrainingRun | None:
+    """Build the split from the store, train (checkpointing as it goes), publish and, by default, promote.
+
+    Promotion happens in the publish transaction: the version row, its precomputed recommendations and the
+    champion pointer commit together. The run's checkpoint folder is removed once the model is published.
+    Under torchrun every rank trains its share; only rank 0 publishes, the others return None.
+    With ``tune_budget_s``, the settings are first searched on carves of the training part (recae.training.tune) within
+    that many seconds, counted from here and covering the final training; the search is stored with the model.
+    """
+    started = time.perf_counter()
+    matrix = RatingMatrix.from_db(engine)
+    split = split_from_store(engine, matrix, spec)
+    if on_split is not None:
+        on_split(split)
+    tuned = None
+    if tune_budget_s is not None:
+        from recae.training.tune import tune
+
+        tuned = tune(split.train, model_cfg, train_cfg, budget_s=tune_budget_s, spent_s=time.perf_counter() - started,
+                     on_step=on_tune_step)  # only the training part: the test ratings never reach the search
+        model_cfg, train_cfg = tuned.model_config, tuned.train_config
+    run_dir = run_dir or run_folder(models_dir, spec, model_cfg, train_cfg, matrix)
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    final_started = time.perf_counter()
+    result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
+                         on_progress=on_progress)
+    if tuned is not None:
+        record = {**tuned.record, "final_seconds": round(time.perf_counter() - final_started, 1)}
+        result = replace(result, trained=replace(result.trained, tune_search=record))
+    world = distributed.current()
+    if world is not None and not world.primary:
+        return None
+    if make_champion and on_progress is not None:
+        on_progress("precomputing recommendations")
+
+    def precompute(conn: Connection, version: str) -> None:
+        # Films a user rated anywhere (train or test) are never recommended to them.
+        precompute_recommendations(conn, version, result.trained, matrix)
+
+    try:
+        published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
+                            make_champion=make_champion, in_transaction=precompute if make_champion else None)
+    except Exception as err:
+        if not is_lock_timeout(err):
+            raise
+        # The finished run's checkpoint stays in run_dir: a rerun with resume publishes it without training.
+        raise StoreBusyError(f"{STORE_BUSY}; nothing was published, the trained model is kept in {run_dir}: run "
+                             "the same command with --resume when it finishes to publish it without retraining"
+                             ) from None
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return TrainingRun(published=published, result=result, promoted=make_champion)

@@ -1,0 +1,51 @@
+"""Films near each other in what the model learned: cosine similarity of their latent representations.
+
+A movie's representation is the decoder feature its rating vector encodes to (item orientation, as in
+I-AutoRec) or its row of output weights (user orientation): in both, films that the same people rate alike end
+up close together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recae.serving.artifacts import TrainedModel
+
+
+@dataclass(frozen=True)
+class SimilarMovie:
+    """A neighbour of the query film with its cosine similarity in [-1, 1]."""
+
+    rank: int
+    movie_id: int
+    similarity: float
+
+
+@torch.no_grad()
+def movie_embeddings(trained: TrainedModel) -> np.ndarray:
+    """(n_movies, h_1) latent representation of every movie of ``trained.index`` (a view of the model's own
+    arrays, not a copy: a serving worker asks for it on every similar-films request)."""
+    if trained.orientation == "item":
+        return trained._features_of_all_movies().numpy()
+    return trained.module.w_out.detach().numpy()
+
+
+def similar_movies(trained: TrainedModel, movie_id: int, n: int = 10) -> list[SimilarMovie]:
+    """The ``n`` films closest to ``movie_id`` by cosine similarity, the film itself excluded.
+
+    Raises UnknownMovieError naming the known range when the model has never seen ``movie_id``.
+    """
+    col = trained.index.movie_col(movie_id)
+    vectors = movie_embeddings(trained)  # float32, read in place: no (n_movies, h_1) temporaries
+    norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)), 1e-12)
+    similarity = (vectors @ vectors[col]).astype(np.float64) / (norms * norms[col])  # (n_movies,)
+    similarity[col] = -np.inf
+    k = min(n, similarity.size - 1)
+    if k <= 0:
+        return []
+    top = np.argpartition(-similarity, k - 1)[:k]
+    top = top[np.argsort(-similarity[top], kind="stable")]
+    return [SimilarMovie(i + 1, int(trained.index.movie_ids[c]), float(similarity[c])) for i, c in enumerate(top)]

@@ -1,0 +1,1 @@
+"""Fitting models: configuration, the training loop, ensembles and blends, tuning, distributed runs."""
