@@ -33,8 +33,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from recae.errors import TrainingError
-from recae.store.matrix import RatingMatrix
 from recae.metrics import ndcg_at_k, top_k_unseen
+from recae.store.matrix import RatingMatrix
 
 DEFAULT_THRESHOLD = 3.5  # keep ratings strictly above this (MovieLens: 4 and 5 stars)
 DEFAULT_HIDDEN_FRACTION = 0.2  # share of each held-out user's clicks hidden and ranked

@@ -16,7 +16,6 @@ import numpy as np
 
 from recae.baselines import BiasBaseline, Biases, GlobalMean, TruncatedSVDBaseline, fit_biases
 from recae.errors import DataError, EmptyStoreError
-from recae.store.matrix import RatingMatrix
 from recae.metrics import (
     DEFAULT_RELEVANCE_THRESHOLD,
     ListQuality,
@@ -24,24 +23,25 @@ from recae.metrics import (
     RatingMetrics,
     RowScores,
     Scorer,
+    list_quality,
     mae,
     ndcg_at_k,
     precision_at_k,
-    list_quality,
     ranking_metrics,
     rating_metrics,
     recall_at_k,
     rmse,
     top_k_unseen,
 )
+from recae.store.matrix import RatingMatrix
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from sqlalchemy.engine import Engine
 
-    from recae.store.ingest import RatingsFile
     from recae.splits import SplitSpec
+    from recae.store.ingest import RatingsFile
 
 __all__ = [
     "BASELINES",

@@ -16,10 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 from safetensors.torch import save_file  # noqa: E402
 
-from recae.training import distributed  # noqa: E402
 from recae.models.autoencoders import model_config  # noqa: E402
 from recae.splits import holdout_validation  # noqa: E402
-from recae.training.train import TrainConfig, fit  # noqa: E402
+from recae.training import distributed  # noqa: E402
+from recae.training.config import TrainConfig
+from recae.training.train import fit
 from tests.synthetic import planted_low_rank  # noqa: E402
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from recae.insight.anomalies import find_anomalies, reconstruction_errors
-from recae.serving.artifacts import TrainedModel
 from recae.cli import cli
 from recae.errors import RecaeError
-from recae.store.matrix import IdIndex, RatingMatrix
+from recae.insight.anomalies import find_anomalies, reconstruction_errors
 from recae.models.autoencoders import model_config
-from recae.training.train import TrainConfig
+from recae.serving.artifacts import TrainedModel
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.training.config import TrainConfig
 from tests.synthetic import planted_low_rank
 from tests.test_latent import publish_planted, train_small
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from recae.errors import CorruptArtifactError, ModelNotFoundError
+from recae.models.autoencoders import model_config
 from recae.serving.artifacts import (
     META_FILE,
     WEIGHTS_FILE,
@@ -21,10 +23,9 @@ from recae.serving.artifacts import (
     save_model,
 )
 from recae.store.db import Champion, ModelVersion, make_engine
-from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.store.matrix import RatingMatrix
-from recae.models.autoencoders import model_config
-from recae.training.train import TrainConfig, fit
+from recae.training.config import TrainConfig
+from recae.training.train import fit
 from tests.synthetic import planted_low_rank
 
 

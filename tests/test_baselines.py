@@ -11,8 +11,8 @@ from scipy.sparse.linalg import lsqr
 
 from recae.baselines import BiasBaseline, GlobalMean, TruncatedSVDBaseline, fit_biases
 from recae.errors import EmptyStoreError
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import Scorer, rating_metrics
+from recae.store.matrix import IdIndex, RatingMatrix
 from tests.synthetic import planted_low_rank
 
 BASELINE_FACTORIES: dict[str, Callable[[], GlobalMean | BiasBaseline | TruncatedSVDBaseline]] = {

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recae.serving.artifacts import load_model, save_model
-from recae.training.blend import blend, blend_weight
-from recae.serving.foldin import fold_in_scores
 from recae.models.autoencoders import model_config
+from recae.serving.artifacts import load_model, save_model
+from recae.serving.foldin import fold_in_scores
 from recae.splits import random_split
-from recae.training.train import TrainConfig, train_split
+from recae.training.blend import blend, blend_weight
+from recae.training.config import TrainConfig
+from recae.training.train import train_split
 from tests.synthetic import planted_low_rank
 
 
@@ -133,8 +134,8 @@ def test_no_member_and_no_partner_trains_on_the_blend_carve() -> None:
     out of fold for the ensemble that ships. Same process, deterministic kernels, one thread: exact comparison."""
     import torch
 
-    from recae.store.matrix import RatingMatrix
     from recae.splits import Split
+    from recae.store.matrix import RatingMatrix
     from recae.training.train import blend_carve
 
     observed = planted_low_rank(n_users=90, n_movies=60, density=0.3, noise=0.3, seed=8).observed

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from recae.errors import DataError, DownloadError
 from recae.store import datasets
 from recae.store.datasets import DataSource, check_member_name, fetch, get_format
-from recae.errors import DataError, DownloadError
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:

@@ -14,6 +14,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
+from recae.errors import EXIT_ERROR
 from recae.store.db import (
     SCHEMA_HEAD,
     Base,
@@ -24,7 +25,6 @@ from recae.store.db import (
     open_store,
     upgrade,
 )
-from recae.errors import EXIT_ERROR
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.backends("sqlite", "postgresql")  # for every test that takes a store fixture

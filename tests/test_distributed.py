@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from sqlalchemy import select
 
 from recae.paths import resolve_paths

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recae.models.autoencoders import model_config
 from recae.serving.artifacts import TrainedModel
 from recae.serving.foldin import fold_in_scores
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.models.autoencoders import model_config
-from recae.training.train import TrainConfig, fit
+from recae.training.config import TrainConfig
+from recae.training.train import fit
 from tests.synthetic import planted_low_rank
 
 N_TRAIN_USERS = 160

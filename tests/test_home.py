@@ -118,8 +118,8 @@ def test_a_copied_home_reads_and_prunes_its_own_folders_even_from_old_absolute_r
                                                                                      tmp_path: Path) -> None:
     """Rows written before paths were relative hold the original home's absolute path: a copy must still read
     its own weights (the original's may differ or be gone) and prune only its own folders."""
-    from recae.serving.artifacts import load_champion, publish
     from recae.retrain.job import prune_versions
+    from recae.serving.artifacts import load_champion, publish
 
     older, _ = champion(home)
     engine = store(home)
@@ -199,9 +199,9 @@ def test_train_while_another_process_writes_exits_75_keeps_the_model_and_resume_
     publishes nothing, and keeps the trained model: the same command with --resume publishes it, training nothing."""
     import sqlite3
 
+    from recae.errors import EXIT_LOCKED
     from recae.store import db
     from recae.training import train
-    from recae.errors import EXIT_LOCKED
 
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 300)  # wait 0.3 s for the lock, not 30 s
     config = str(home.parent / "tiny.toml")

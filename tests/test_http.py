@@ -16,9 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from recae.store.db import Rating, Recommendation, open_store
 from recae.serving.recommend import Filters, recommend_from_store, recommend_live
 from recae.serving.registry import champion_of
+from recae.store.db import Rating, Recommendation, open_store
 from tests.serving import NAMED, Home, Server, build_home, publish_champion, running_server
 
 pytest.importorskip("fastapi", reason="recae serve needs the serve extra: pip install -e '.[serve]'")

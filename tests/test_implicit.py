@@ -10,7 +10,6 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recae.errors import TrainingError
 from recae.clicks import (
     HeldOutUsers,
     binarize,
@@ -21,8 +20,9 @@ from recae.clicks import (
     split_heldout_users,
     truncated_recall_at_k,
 )
-from recae.store.matrix import IdIndex, RatingMatrix
+from recae.errors import TrainingError
 from recae.metrics import recall_at_k
+from recae.store.matrix import IdIndex, RatingMatrix
 
 
 @st.composite

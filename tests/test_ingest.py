@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from recae.store import datasets, ingest
 from recae.cli import cli
 from recae.errors import DataError
+from recae.store import datasets, ingest
 from recae.store.ingest import ingest_dataset, ingest_ratings_file, parse_year
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -510,9 +510,9 @@ def test_sigkill_mid_ingest_leaves_store_unchanged_and_rerun_succeeds(
 ) -> None:
     """A real second ingest while the first is mid-transaction gets exit 75 at once; killing the first leaves
     the store as it was; running it again loads everything."""
+    from recae.errors import EXIT_LOCKED
     from recae.store import db
     from recae.store.db import open_store
-    from recae.errors import EXIT_LOCKED
 
     home = tmp_path / "home"
     command = [sys.executable, "-m", "recae", "--home", str(home), "--db", store_url, "ingest", "--ratings",
@@ -562,8 +562,8 @@ def test_sigkill_mid_ingest_leaves_store_unchanged_and_rerun_succeeds(
 def test_a_store_busy_with_another_writer_gives_exit_75_and_loads_nothing(
     backend: str, store_url: str, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recae.store import db
     from recae.errors import EXIT_LOCKED, LockHeldError
+    from recae.store import db
 
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # wait 0.2 s for the lock, not 30 s
     monkeypatch.setattr(ingest, "POSTGRES_LOCK_TIMEOUT_MS", 200)
@@ -594,8 +594,8 @@ def test_postgresql_second_ingest_fails_fast_while_one_holds_the_ingest_lock(
 
     from sqlalchemy import create_engine, func, select
 
-    from recae.store.db import POSTGRES_INGEST_LOCK
     from recae.errors import LockHeldError
+    from recae.store.db import POSTGRES_INGEST_LOCK
 
     holder = create_engine(store_url)
     try:

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recae.serving.artifacts import TrainedModel
-from recae.models.batches import oriented_csr, sparse_rows
 from recae.errors import RecaeError
 from recae.insight.latent import (
     colouring,
@@ -25,9 +23,12 @@ from recae.insight.latent import (
     silhouette,
     to_plane,
 )
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.models.autoencoders import ModelConfig, model_config
-from recae.training.train import TrainConfig, fit
+from recae.models.batches import oriented_csr, sparse_rows
+from recae.serving.artifacts import TrainedModel
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.training.config import TrainConfig
+from recae.training.train import fit
 
 # --- shared helpers --------------------------------------------------------------------------------------------
 
@@ -86,10 +87,10 @@ def publish_planted(home: Path, matrix: RatingMatrix, model_cfg: ModelConfig, tr
     from sqlalchemy import update
 
     from recae.paths import resolve_paths
-    from recae.store.db import Movie, open_store
-    from recae.store.ingest import ingest_ratings_file
     from recae.serving.publish import train_and_publish
     from recae.splits import SplitSpec
+    from recae.store.db import Movie, open_store
+    from recae.store.ingest import ingest_ratings_file
 
     home.mkdir(parents=True, exist_ok=True)
     paths = resolve_paths(home)

@@ -9,16 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recae.models.batches import make_batch
-from recae.models.losses import (
-    contractive_penalty,
-    dense_masked_mse,
-    kl_sparsity,
-    l1_sparsity,
-    l2_penalty,
-    masked_mse,
-)
 from recae.models.autoencoders import MODELS, build_model, model_config
+from recae.models.batches import make_batch
+from recae.models.losses import contractive_penalty, dense_masked_mse, kl_sparsity, l1_sparsity, l2_penalty, masked_mse
 
 
 def random_ratings(seed: int, n_rows: int, n_cols: int, density: float) -> sp.csr_matrix:

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert
 
-from recae.store.db import Rating
 from recae.errors import EmptyStoreError, UnknownMovieError, UnknownUserError
+from recae.store.db import Rating
 from recae.store.matrix import (
     IdIndex,
     RatingMatrix,

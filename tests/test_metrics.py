@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import (
     RankingMetrics,
     Scorer,
@@ -23,6 +22,7 @@ from recae.metrics import (
     rmse,
     top_k_unseen,
 )
+from recae.store.matrix import IdIndex, RatingMatrix
 
 ratings = arrays(np.float64, st.integers(1, 60), elements=st.floats(1.0, 5.0))
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from recae.serving.artifacts import TrainedModel
-from recae.models.batches import batch_plan, make_batch, oriented_csr, sparse_rows
 from recae.errors import TrainingError
 from recae.models.autoencoders import MODELS, ModelConfig, build_model, merge_members, model_config, pairs_pattern
-from recae.training.train import TrainConfig, fit, unit_means
+from recae.models.batches import batch_plan, make_batch, oriented_csr, sparse_rows
+from recae.serving.artifacts import TrainedModel
+from recae.training.config import TrainConfig
+from recae.training.train import fit, unit_means
 from tests.synthetic import planted_low_rank
 
 

@@ -14,11 +14,10 @@ import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
 
-from recae.models.batches import sparse_rows
 from recae.cli import cli
-from recae.errors import EXIT_ERROR, CorruptArtifactError, RecaeError, UnknownMovieError
 from recae.clicks import evaluate_top_n, popularity_scorer, split_heldout_users
-from recae.store.matrix import IdIndex, RatingMatrix
+from recae.errors import EXIT_ERROR, CorruptArtifactError, RecaeError, UnknownMovieError
+from recae.models.batches import sparse_rows
 from recae.models.multvae import (
     MultVAE,
     MultVAEConfig,
@@ -33,6 +32,7 @@ from recae.models.multvae import (
     save_multvae,
     train_and_evaluate,
 )
+from recae.store.matrix import IdIndex, RatingMatrix
 
 #: Measured on the planted clusters below (small_config, seeds 0/1/2): Mult-VAE recall@20 0.60/0.63/0.52 against
 #: popularity 0.11/0.16/0.15, margins 0.49/0.47/0.37.

@@ -196,8 +196,8 @@ def test_inbox_ingests_the_good_file_and_rejects_the_malformed_one(home: Path, p
 def test_unparsable_inbox_files_are_rejected_with_their_reason_and_the_rest_goes_on(tmp_path: Path) -> None:
     """A poisoned file (bare-CR line endings, a field past csv's 131,072-character limit, no line break at all)
     once crashed the parser and so every nightly run; now each is rejected with its reason like any bad file."""
-    from recae.store.db import count_ratings, open_store
     from recae.retrain.job import ingest_inbox
+    from recae.store.db import count_ratings, open_store
 
     store = open_store(f"sqlite:///{tmp_path / 'recae.db'}")
     inbox = tmp_path / "inbox"
@@ -337,12 +337,13 @@ def test_cold_challenger_trains_from_scratch_with_the_champions_configuration(
 def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutral() -> None:
     """On the champion's own ratings, the warm-started module predicts exactly as the champion does, even though
     its index has extra users (rows moved); a new user's rows are zero, so they change no movie's code."""
-    from recae.serving.artifacts import TrainedModel
-    from recae.store.matrix import IdIndex, RatingMatrix
     from recae.models.autoencoders import model_config
-    from recae.retrain.job import warm_start_module
+    from recae.retrain.warm_start import warm_start_module
+    from recae.serving.artifacts import TrainedModel
     from recae.splits import random_split
-    from recae.training.train import TrainConfig, train_split
+    from recae.store.matrix import IdIndex, RatingMatrix
+    from recae.training.config import TrainConfig
+    from recae.training.train import train_split
 
     data = planted_low_rank(60, 40, density=0.4, seed=4, user_id_offset=10).observed
     champion = train_split(random_split(data, 0.1, 0), model_config("stacked", hidden=(8,)),

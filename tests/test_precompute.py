@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from sqlalchemy import insert, select
 
-from recae.store.db import ModelVersion, Recommendation
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import top_k_unseen
 from recae.serving.recommend import (
     _columns,
@@ -19,6 +17,8 @@ from recae.serving.recommend import (
     precompute_recommendations,
     top_unseen,
 )
+from recae.store.db import ModelVersion, Recommendation
+from recae.store.matrix import IdIndex, RatingMatrix
 from tests.synthetic import planted_low_rank
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")  # the store tests run on both where PostgreSQL is
@@ -195,9 +195,10 @@ def test_invalid_sizes_are_refused(engine) -> None:
 
 @pytest.mark.parametrize("orientation", ["item", "user"])
 def test_a_trained_autoencoder_gets_its_own_best_unrated_scores(engine, orientation: str) -> None:
-    from recae.serving.artifacts import TrainedModel
     from recae.models.autoencoders import model_config
-    from recae.training.train import TrainConfig, fit
+    from recae.serving.artifacts import TrainedModel
+    from recae.training.config import TrainConfig
+    from recae.training.train import fit
 
     rated = planted_low_rank(n_users=45, n_movies=31, seed=5, user_id_offset=7).observed
     settings = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=3, lr=1e-2, batch_ratings=300, threads=1)

@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recae.serving.artifacts import TrainedModel, load_model, save_model
-from recae.serving.foldin import fold_in
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.metrics import RowScores, list_quality, ranking_metrics
 from recae.models.autoencoders import model_config
 from recae.models.rankers import (
@@ -26,8 +23,12 @@ from recae.models.rankers import (
     start_lambda,
     train_ease,
 )
+from recae.serving.artifacts import TrainedModel, load_model, save_model
+from recae.serving.foldin import fold_in
 from recae.splits import Split, SplitSpec
-from recae.training.train import TrainConfig, train_split
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.training.config import TrainConfig
+from recae.training.train import train_split
 from tests.synthetic import planted_low_rank
 
 N_CLUSTERS, FILMS_PER_CLUSTER, USERS_PER_CLUSTER = 3, 12, 40
@@ -199,8 +200,8 @@ def test_precomputed_lists_follow_the_ranker_and_show_the_predicted_rating(
         trained_with_ranker: TrainedModel, engine) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from recae.store.db import Recommendation
     from recae.serving.recommend import precompute_recommendations
+    from recae.store.db import Recommendation
     from tests.test_precompute import add_version
 
     trained = trained_with_ranker

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from recae.models.batches import oriented_csr, sparse_rows
 from recae.errors import TrainingError
 from recae.models.autoencoders import build_model, model_config
+from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.rbm import (
     RBM,
     CDSettings,
@@ -18,7 +18,7 @@ from recae.models.rbm import (
     pretrain_with_rbms,
     train_rbm,
 )
-from recae.training.train import TrainConfig
+from recae.training.config import TrainConfig
 from tests.synthetic import planted_low_rank
 
 #: Six binary vectors over 3 units: two planted modes ({1,2} and {3}) and two odd ones.

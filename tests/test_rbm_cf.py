@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from recae.serving.artifacts import TrainedModel, load_model, save_model
 from recae.baselines import GlobalMean
-from recae.models.batches import oriented_csr, sparse_rows
 from recae.errors import TrainingError
-from recae.serving.foldin import fold_in_scores
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.models.autoencoders import model_config
+from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.rbm_cf import RatingRBM, rating_levels
+from recae.serving.artifacts import TrainedModel, load_model, save_model
+from recae.serving.foldin import fold_in_scores
 from recae.splits import holdout_validation
-from recae.training.train import TrainConfig, fit, test_metrics
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.training.config import TrainConfig
+from recae.training.train import fit, test_metrics
 
 
 def planted_taste(n_users: int = 120, n_movies: int = 60, density: float = 0.35, seed: int = 0) -> RatingMatrix:

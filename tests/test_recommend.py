@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from sqlalchemy import insert
 
-from recae.store.db import Champion, Movie, ModelVersion, Rating
 from recae.errors import ModelNotFoundError, UnknownUserError
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.serving.recommend import Filters, precompute_recommendations, recommend_from_store
+from recae.store.db import Champion, ModelVersion, Movie, Rating
+from recae.store.matrix import IdIndex, RatingMatrix
 
 GENRES = ("Comedy", "Drama", "Horror")
 

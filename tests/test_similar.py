@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recae.serving.artifacts import TrainedModel
 from recae.errors import UnknownMovieError
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.models.autoencoders import model_config
+from recae.serving.artifacts import TrainedModel
 from recae.serving.similar import similar_movies
-from recae.training.train import TrainConfig, fit
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.training.config import TrainConfig
+from recae.training.train import fit
 from tests.synthetic import planted_low_rank
 
 

@@ -11,9 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert
 
-from recae.store.db import FoldTest, Rating
 from recae.errors import DataError
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.splits import (
     CANONICAL_FOLDS,
     GENERATED_SPLITS,
@@ -29,6 +27,8 @@ from recae.splits import (
     temporal_per_user_split,
     temporal_split,
 )
+from recae.store.db import FoldTest, Rating
+from recae.store.matrix import IdIndex, RatingMatrix
 from tests.synthetic import planted_low_rank
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from recae.errors import DataError, TrainingError
-from recae.store.matrix import RatingMatrix
 from recae.models.autoencoders import ModelConfig, model_config
-from recae.training.train import CHECKPOINT_FILE, TrainConfig, fit, load_config_file, validation_rmse
 from recae.models.batches import oriented_csr
+from recae.store.matrix import RatingMatrix
+from recae.training.config import TrainConfig, load_config_file
+from recae.training.train import CHECKPOINT_FILE, fit, validation_rmse
 from tests.conftest import ML100K_U1_RMSE_BOUND
 from tests.synthetic import planted_low_rank
 
@@ -277,7 +278,8 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("init_seed", [0, 1])  # 1: the worst of the five init seeds measured (0.89657)
 def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int) -> None:
     from recae.splits import Split, SplitSpec
-    from recae.training.train import DEFAULT_MODEL, train_split
+    from recae.training.config import DEFAULT_MODEL
+    from recae.training.train import train_split
 
     train, test = read_fold(ml100k, "u1")
     split = Split(SplitSpec("u1"), train, test)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from recae.training import tune as tune_module
 from recae.cli import cli
 from recae.errors import EXIT_USAGE
+from recae.models.autoencoders import model_config
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.train import TrainConfig, model_config
+from recae.training import tune as tune_module
+from recae.training.config import TrainConfig
 from recae.training.tune import start_setting, tune
 from tests.synthetic import planted_low_rank
 
@@ -61,10 +62,10 @@ def test_the_search_never_reads_test_ratings(tmp_path: Path, monkeypatch: pytest
     """Two stores that differ only in the test ratings of a random split: the same trials and the same choice,
     while the final test scores differ (the changed ratings are really the test set)."""
     from recae.paths import resolve_paths
-    from recae.store.db import open_store
-    from recae.store.ingest import ingest_ratings_file
     from recae.serving.publish import train_and_publish
     from recae.splits import SplitSpec, random_split
+    from recae.store.db import open_store
+    from recae.store.ingest import ingest_ratings_file
 
     monkeypatch.setattr(tune_module, "MAX_TRIALS", FEW_TRIALS)
     matrix = half_stars(planted_low_rank(n_users=70, n_movies=50, density=0.3, seed=3).observed)
@@ -139,8 +140,8 @@ def test_cli_tune_on_half_stars_keeps_a_tiny_budget_and_shows_the_search(tmp_pat
     """`train --tune --budget` end to end on a half-star store: a budget below the final training's estimate stops
     after the first trial, trains fewer members, and the trials reach meta.json, the store and `models show`."""
     from recae.paths import resolve_paths
-    from recae.store.db import open_store
     from recae.serving.artifacts import load_champion
+    from recae.store.db import open_store
 
     matrix = half_stars(planted_low_rank(n_users=70, n_movies=50, density=0.3, seed=5).observed)
     home = tmp_path / "home"

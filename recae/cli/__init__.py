@@ -338,9 +338,9 @@ def ingest_command(obj: Context, dataset: str | None, path: str | None, ratings_
     """
     from dataclasses import asdict
 
+    from recae.cli.output import render
     from recae.store.datasets import FORMATS
     from recae.store.ingest import ingest_dataset, ingest_ratings_file
-    from recae.cli.output import render
 
     if (dataset is None) == (ratings_file is None):
         raise click.UsageError("give either a DATASET name or --ratings FILE")
@@ -469,8 +469,8 @@ def evaluate(obj: Context, version: str | None, split_name: str | None, test_fra
       recae evaluate --model 20261123-101500-stacked --format json
       recae evaluate --ratings last-month.csv --format json
     """
-    from recae.evaluate import evaluate_model
     from recae.cli.output import render
+    from recae.evaluate import evaluate_model
     from recae.splits import SplitSpec
 
     held = None
@@ -507,13 +507,13 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
     """
     import dataclasses
 
-    from recae.evaluate import evaluate_model
-    from recae.store.ingest import ingest_dataset
     from recae.cli.output import render
+    from recae.evaluate import evaluate_model
     from recae.serving.publish import train_and_publish
     from recae.serving.recommend import recommend_from_store
     from recae.splits import SplitSpec
-    from recae.training.train import default_configs
+    from recae.store.ingest import ingest_dataset
+    from recae.training.config import default_configs
 
     engine = obj.engine()
     paths = obj.paths()
@@ -596,9 +596,10 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
       recae train --tune --budget 20                # settings searched on validation carves, 20 minutes in all
     """
     from recae.cli.output import render
+    from recae.models.autoencoders import model_config
     from recae.serving.publish import train_and_publish
     from recae.splits import SplitSpec
-    from recae.training.train import DEFAULT_MODEL, TrainConfig, load_config_file, model_config
+    from recae.training.config import DEFAULT_MODEL, TrainConfig, load_config_file
 
     if test_ratings is not None:
         _refuse_with("--test-ratings", ("split_name", "--split"), ("test_fraction", "--test-fraction"))
@@ -791,7 +792,8 @@ def retrain_command(obj: Context, inbox: str | None, margin: float, ndcg_margin:
 
     model_cfg = train_cfg = None
     if config_file:
-        from recae.training.train import DEFAULT_MODEL, TrainConfig, load_config_file, model_config
+        from recae.models.autoencoders import model_config
+        from recae.training.config import DEFAULT_MODEL, TrainConfig, load_config_file
 
         model_part, train_part = load_config_file(config_file)
         model_cfg = model_config(model_part.pop("name", DEFAULT_MODEL), **model_part)
@@ -821,8 +823,8 @@ def models_history(obj: Context, limit: int, fmt: str) -> None:
       recae models history
       recae models history --limit 5 --format json
     """
-    from recae.retrain.job import run_history
     from recae.cli.output import render
+    from recae.retrain.job import run_history
 
     records = run_history(obj.engine(), limit)
     if not records:
@@ -850,8 +852,8 @@ def similar(obj: Context, movie_id: int, n: int, version: str | None, fmt: str) 
       recae similar --movie 50
       recae similar --movie 1 -n 5 --format json
     """
-    from recae.serving.artifacts import load_champion, load_version
     from recae.cli.output import render
+    from recae.serving.artifacts import load_champion, load_version
     from recae.serving.recommend import movie_details
     from recae.serving.similar import similar_movies
 
@@ -1032,8 +1034,8 @@ def anomalies_command(obj: Context, n: int, min_ratings: int, version: str | Non
     """
     from dataclasses import asdict
 
-    from recae.insight.anomalies import find_anomalies
     from recae.cli.output import render
+    from recae.insight.anomalies import find_anomalies
 
     _, trained = _load_model(obj, version)
     found = find_anomalies(trained, n, min_ratings)
@@ -1127,7 +1129,7 @@ def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: f
     """
     from pathlib import Path
 
-    from recae.store.matrix import RatingMatrix
+    from recae.cli.output import render
     from recae.models.multvae import (
         MultVAEConfig,
         MultVAETrainConfig,
@@ -1135,7 +1137,7 @@ def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: f
         save_multvae,
         train_and_evaluate,
     )
-    from recae.cli.output import render
+    from recae.store.matrix import RatingMatrix
 
     config = MultVAEConfig(hidden=hidden, latent=latent)
     train_config = MultVAETrainConfig(epochs=epochs, patience=patience, seed=seed, batch_users=batch_users,

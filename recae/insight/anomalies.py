@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recae.models.batches import batch_plan
 from recae.errors import RecaeError
+from recae.models.batches import batch_plan
 
 if TYPE_CHECKING:
     from recae.serving.artifacts import TrainedModel

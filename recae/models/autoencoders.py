@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recae.models.batches import ORIENTATIONS, SparseRows
 from recae.errors import TrainingError
+from recae.models.batches import ORIENTATIONS, SparseRows
 from recae.models.losses import contractive_penalty, kl_sparsity, l1_sparsity
 from recae.models.rbm_cf import RatingRBM
 

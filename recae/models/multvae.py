@@ -46,9 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recae.serving.artifacts import file_record, software_versions, verify_file
-from recae.models.batches import SparseRows, sparse_rows
-from recae.errors import CorruptArtifactError, RecaeError, TrainingError, UnknownMovieError
 from recae.clicks import (
     DEFAULT_HELDOUT,
     DEFAULT_HIDDEN_FRACTION,
@@ -61,8 +58,11 @@ from recae.clicks import (
     implicit_split,
     popularity_scorer,
 )
-from recae.store.matrix import RatingMatrix
+from recae.errors import CorruptArtifactError, RecaeError, TrainingError, UnknownMovieError
 from recae.models.autoencoders import sparse_input_matmul
+from recae.models.batches import SparseRows, sparse_rows
+from recae.serving.artifacts import file_record, software_versions, verify_file
+from recae.store.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
 

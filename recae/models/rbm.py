@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recae.models.batches import SparseRows, iterate_batches
 from recae.errors import TrainingError
+from recae.models.batches import SparseRows, iterate_batches
 
 if TYPE_CHECKING:
     from recae.models.autoencoders import AutoEncoder, ModelConfig
-    from recae.training.train import TrainConfig
+    from recae.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

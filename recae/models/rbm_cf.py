@@ -43,13 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr, sparse_rows
 from recae.errors import TrainingError
+from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr, sparse_rows
 
 if TYPE_CHECKING:
-    from recae.store.matrix import RatingMatrix
     from recae.models.autoencoders import Encoded, ModelConfig
-    from recae.training.train import EpochReport, FitResult, TrainConfig
+    from recae.store.matrix import RatingMatrix
+    from recae.training.config import TrainConfig
+    from recae.training.train import EpochReport, FitResult
 
 log = logging.getLogger(__name__)
 

@@ -55,14 +55,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recae.errors import DataError, ModelNotFoundError, RecaeError, TrainingError
+from recae.retrain.warm_start import fine_tune, first_configs, warm_start_module
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from recae.models.autoencoders import AutoEncoder, ModelConfig
     from recae.serving.artifacts import TrainedModel
     from recae.store.matrix import RatingMatrix
-    from recae.models.autoencoders import AutoEncoder, ModelConfig
-    from recae.training.train import TrainConfig
+    from recae.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial")
 PAUSE_ENV = "RECAE_TEST_PAUSE_AT"
 PAUSE_SECONDS_ENV = "RECAE_TEST_PAUSE_SECONDS"
 #: Parameters with one row per output/input unit (users in item orientation, movies in user orientation).
-UNIT_PARAMETERS = ("w_in", "w_out", "b_out", "fallback")
 
 _MASK64 = (1 << 64) - 1
 
@@ -234,47 +234,6 @@ def inherited_partition(matrix: RatingMatrix, read_keys: np.ndarray, held_keys: 
     return Partition(test=test, val=val)
 
 
-def warm_start_module(champion: TrainedModel, index: Any, unit_means: np.ndarray) -> AutoEncoder | None:
-    """A module of the champion's configuration for ``index``'s users and movies, holding the champion's weights.
-
-    Rows of units (users in item orientation, movies in user orientation) the champion knows are copied by id;
-    a new unit starts with zero input and output weights and its mean rating as bias, so it predicts its mean and
-    leaves every known vector's code unchanged. ``fallback`` becomes the current unit means. Returns None when
-    the champion's other tensors do not fit (then train cold).
-    """
-    import torch
-
-    from recae.models.autoencoders import build_model
-
-    cfg = champion.model_config
-    if cfg.name == "rbm":  # trained by contrastive divergence, not by the masked-MSE fine-tuning: retrain cold
-        return None
-    item = cfg.orientation == "item"
-    new_ids = index.user_ids if item else index.movie_ids
-    source = champion.index.lookup_users(new_ids) if item else champion.index.lookup_movies(new_ids)
-    known = torch.from_numpy(source >= 0)
-    picked = torch.from_numpy(source[source >= 0])
-    module = build_model(cfg, new_ids.size, new_ids.size)
-    old = champion.module.state_dict()
-    state = module.state_dict()
-    means = torch.from_numpy(np.asarray(unit_means, dtype=np.float32))
-    if set(old) != set(state):
-        return None
-    with torch.no_grad():
-        for name, target in state.items():
-            if name in UNIT_PARAMETERS:
-                fresh = means.clone() if name in ("b_out", "fallback") else torch.zeros_like(target)
-                if name != "fallback":
-                    fresh[known] = old[name][picked].to(fresh.dtype)
-                target.copy_(fresh)
-            elif old[name].shape == target.shape:
-                target.copy_(old[name])
-            else:
-                return None
-    module.load_state_dict(state)
-    return module
-
-
 # --- the test-only pause ---------------------------------------------------------------------------------------
 
 
@@ -392,7 +351,7 @@ def read_holdout(folder: Path) -> HoldoutRecord | None:
 def validation_keys(train: RatingMatrix, cfg: TrainConfig | None) -> np.ndarray:
     """Pair keys of the validation ratings ``recae.training.train.train_split`` carves from ``train`` with ``cfg``."""
     from recae.splits import holdout_validation
-    from recae.training.train import TrainConfig
+    from recae.training.config import TrainConfig
 
     cfg = cfg or TrainConfig()
     return matrix_keys(holdout_validation(train, cfg.val_fraction, cfg.seed)[1])
@@ -403,8 +362,8 @@ def _trained_on_this_store(engine: Engine, store: RatingMatrix, champion: Traine
     that of the training part of its split rebuilt on the store (``recae train`` records either)."""
     from sqlalchemy import select
 
-    from recae.store.db import ModelVersion
     from recae.splits import SplitSpec, split_from_store
+    from recae.store.db import ModelVersion
 
     with engine.connect() as conn:
         recorded = conn.execute(select(ModelVersion.data_fingerprint).where(ModelVersion.version == version)).scalar()
@@ -542,8 +501,8 @@ def prune_versions(engine: Engine, models_dir: Path, keep: int) -> tuple[str, ..
     """
     from sqlalchemy import delete, select
 
-    from recae.store.db import ModelVersion, Recommendation
     from recae.serving.registry import current_champion, version_folder
+    from recae.store.db import ModelVersion, Recommendation
 
     with engine.begin() as conn:
         champion = current_champion(conn)
@@ -575,8 +534,8 @@ def remove_unfinished(engine: Engine, models_dir: Path) -> tuple[str, ...]:
     """
     from sqlalchemy import delete, select
 
-    from recae.store.db import ModelVersion, Recommendation
     from recae.serving.registry import current_champion, version_folder
+    from recae.store.db import ModelVersion, Recommendation
 
     with engine.begin() as conn:
         champion = current_champion(conn)
@@ -602,76 +561,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# --- training --------------------------------------------------------------------------------------------------
-
-
-def first_configs(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None) -> tuple[ModelConfig, TrainConfig]:
-    """The configuration of a first champion: given ones, else the shipped defaults (as ``recae train``)."""
-    from recae.models.autoencoders import model_config
-    from recae.training.train import DEFAULT_MODEL, TrainConfig
-
-    return model_cfg or model_config(DEFAULT_MODEL), train_cfg or TrainConfig()
-
-
-def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatrix, cfg: TrainConfig, epochs: int,
-              on_epoch: Callable[[int, float], None] | None = None) -> dict[str, float]:
-    """Continue training ``module`` (in place) with Adam on ``fit_part``; keep the best weights on ``val_part``.
-
-    The objective is training's own (masked MSE + L2 + the model's penalty, ``recae.training.train``); epoch 0 (the warm
-    start as given) counts as a candidate, so fine-tuning never returns weights worse on validation than it got.
-    Returns best_epoch, epochs, val_rmse, seconds.
-    """
-    import torch
-
-    from recae.models.batches import make_batch, oriented_csr
-    from recae.training.train import FULL_BATCH, _make_optimizer, _train_epoch, resolve_device, validation_rmse
-
-    started = time.perf_counter()
-    cfg = replace(cfg, ensemble=1, weight_decay_grid=()).resolved(fit_part.nnz)
-    device = resolve_device(cfg.device)
-    orientation = module.config.orientation
-    data = oriented_csr(fit_part, orientation)  # (n_vectors, n_units)
-    val = oriented_csr(val_part, orientation)
-    scale = fit_part.rating_scale()
-    previous_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
-        torch.manual_seed(cfg.weights_seed)
-        module.to(device)
-        optimizer = _make_optimizer(module, cfg)
-        full_batch = make_batch(data, data).to(device) if cfg.optimizer in FULL_BATCH else None
-
-        def score() -> float:
-            if not val.nnz:
-                return float("nan")
-            return validation_rmse(module, data, val, scale, batch_ratings=cfg.batch_ratings, device=device)
-
-        best_val, best_epoch, stale, epoch = score(), 0, 0, 0
-        best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        for epoch in range(1, epochs + 1):
-            module.train()
-            _train_epoch(module, optimizer, data, full_batch, cfg, epoch, device)
-            val_rmse = score()
-            if not math.isfinite(val_rmse) and val.nnz:
-                raise TrainingError(f"fine-tuning diverged at epoch {epoch}; try a lower learning rate than {cfg.lr:g}")
-            if not val.nnz or val_rmse < best_val:
-                best_val, best_epoch, stale = val_rmse, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            else:
-                stale += 1
-            if on_epoch:
-                on_epoch(epoch, val_rmse)
-            if stale >= cfg.patience:
-                break
-        module.load_state_dict(best_state)
-        module.to("cpu").eval()
-    finally:
-        torch.set_num_threads(previous_threads)
-    return {"best_epoch": best_epoch, "epochs": epoch, "val_rmse": best_val,
-            "seconds": round(time.perf_counter() - started, 3)}
 
 
 def compare(champion: TrainedModel, challenger: TrainedModel, holdout: RatingMatrix) -> Comparison:
@@ -740,8 +629,8 @@ def run_retrain(engine: Engine, models_dir: Path, locks_dir: Path, options: Retr
         LockHeldError: another run holds ``locks_dir/retrain.lock`` (nothing is recorded).
         RecaeError: the run failed (recorded as ``failed``; the champion is untouched).
     """
-    from recae.store.db import utcnow
     from recae.retrain.lock import job_lock
+    from recae.store.db import utcnow
 
     with job_lock(locks_dir / LOCK_FILE, "recae retrain"):
         clock = time.perf_counter()
@@ -777,8 +666,8 @@ def run_retrain(engine: Engine, models_dir: Path, locks_dir: Path, options: Retr
 def _run_locked(engine: Engine, models_dir: Path, locks_dir: Path, options: RetrainOptions, state: _State,
                 progress: Callable[[str], None]) -> None:
     from recae.serving.artifacts import load_model
-    from recae.store.matrix import RatingMatrix
     from recae.serving.registry import champion_of, get_version, version_folder
+    from recae.store.matrix import RatingMatrix
 
     removed = remove_unfinished(engine, models_dir)
     champion_version = champion_of(engine)
@@ -841,7 +730,8 @@ def _challenge(engine: Engine, models_dir: Path, locks_dir: Path, options: Retra
                champion: TrainedModel, champion_dir: Path, state: _State, progress: Callable[[str], None]) -> None:
     from recae.serving.artifacts import TrainedModel, with_metrics
     from recae.splits import Split, SplitSpec
-    from recae.training.train import TrainConfig, fit_ranker, test_metrics, train_split, unit_means
+    from recae.training.config import TrainConfig
+    from recae.training.train import fit_ranker, test_metrics, train_split, unit_means
 
     spec_json = dict(champion.split_spec or {})
     fraction = float(spec_json.get("test_fraction", DEFAULT_TEST_FRACTION))
@@ -933,8 +823,8 @@ def _publish(engine: Engine, models_dir: Path, locks_dir: Path, trained: Trained
     from sqlalchemy import delete
 
     from recae.serving.artifacts import publish
-    from recae.store.db import ModelVersion, Recommendation
     from recae.serving.publish import promote
+    from recae.store.db import ModelVersion, Recommendation
 
     progress("publishing")
     published = publish(engine, models_dir, trained, data_fingerprint=matrix.fingerprint(), make_champion=False)

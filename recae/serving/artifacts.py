@@ -24,21 +24,21 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recae.models.batches import oriented_csr, sparse_rows
-from recae.training.blend import blend
-from recae.paths import models_dir_of
 from recae.errors import CorruptArtifactError, ModelNotFoundError
-from recae.store.matrix import IdIndex, RatingMatrix
 from recae.models.autoencoders import AutoEncoder, ModelConfig, build_model, pairs_pattern
+from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.rankers import EaseRanker
+from recae.paths import models_dir_of
 from recae.serving.registry import VersionInfo, set_champion, stored_path, version_folder
+from recae.store.matrix import IdIndex, RatingMatrix
+from recae.training.blend import blend
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sqlalchemy.engine import Connection, Engine
 
-    from recae.training.train import TrainConfig
+    from recae.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +364,7 @@ def load_model(path: str | Path) -> TrainedModel:
                                    f"({' '.join(str(err).split())})") from err
     train_cfg = None
     if meta.get("train_config") is not None:
-        from recae.training.train import TrainConfig
+        from recae.training.config import TrainConfig
 
         try:
             train_cfg = TrainConfig.from_json(meta["train_config"])

@@ -24,7 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -34,6 +35,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recae import __version__
+from recae.errors import (
+    CorruptArtifactError,
+    DataError,
+    LockHeldError,
+    ModelNotFoundError,
+    RecaeError,
+    UnknownMovieError,
+    UnknownUserError,
+)
 from recae.serving.api_schemas import (
     MAX_ID,
     MAX_N,
@@ -46,17 +56,8 @@ from recae.serving.api_schemas import (
     RecommendationList,
     SimilarList,
 )
-from recae.store.db import StoreUnavailableError, open_store
-from recae.errors import (
-    CorruptArtifactError,
-    DataError,
-    LockHeldError,
-    ModelNotFoundError,
-    RecaeError,
-    UnknownMovieError,
-    UnknownUserError,
-)
 from recae.serving.recommend import Filters, RecommendedMovie, champion_version, movie_details, recommend_from_store
+from recae.store.db import StoreUnavailableError, open_store
 
 if TYPE_CHECKING:
     import numpy as np

@@ -16,16 +16,17 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection, Engine
 
-from recae.training import distributed
-from recae.serving.artifacts import TrainedModel, publish
-from recae.store.db import is_lock_timeout
 from recae.errors import STORE_BUSY, StoreBusyError
-from recae.store.matrix import RatingMatrix
 from recae.models.autoencoders import ModelConfig
+from recae.serving.artifacts import TrainedModel, publish
 from recae.serving.recommend import DEFAULT_PRECOMPUTED, precompute_recommendations
 from recae.serving.registry import VersionInfo, set_champion
 from recae.splits import Split, SplitSpec, split_from_store
-from recae.training.train import EpochReport, TrainConfig, TrainResult, run_fingerprint, train_split
+from recae.store.db import is_lock_timeout
+from recae.store.matrix import RatingMatrix
+from recae.training import distributed
+from recae.training.config import TrainConfig
+from recae.training.train import EpochReport, TrainResult, run_fingerprint, train_split
 
 log = logging.getLogger(__name__)
 

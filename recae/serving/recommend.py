@@ -17,10 +17,10 @@ import numpy as np
 from sqlalchemy import and_, delete, func, insert, not_, select
 from sqlalchemy.engine import Connection, Engine
 
-from recae.store.db import Movie, Rating, Recommendation
 from recae.errors import DataError, ModelNotFoundError, UnknownGenreError, UnknownMovieError, UnknownUserError
 from recae.metrics import dense_flags, ranking_scores
 from recae.serving.registry import current_champion
+from recae.store.db import Movie, Rating, Recommendation
 
 if TYPE_CHECKING:
     from recae.serving.artifacts import TrainedModel

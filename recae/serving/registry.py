@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
 from recae.errors import ModelNotFoundError
+from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ import pandas as pd
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
-from recae.store.datasets import DataSource, DatasetFormat, RatingScale, fetch, get_format, sha256_file
+from recae.errors import DataError, LockHeldError
+from recae.store.datasets import DatasetFormat, DataSource, RatingScale, fetch, get_format, sha256_file
 from recae.store.db import (
     POSTGRES_INGEST_LOCK,
     POSTGRES_LOCK_TIMEOUT_MS,
@@ -47,7 +48,6 @@ from recae.store.db import (
     is_sqlite,
     utcnow,
 )
-from recae.errors import DataError, LockHeldError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -43,9 +43,10 @@ from typing import Any
 import numpy as np
 
 from recae.errors import TrainingError
-from recae.store.matrix import RatingMatrix
 from recae.models.autoencoders import ModelConfig
-from recae.training.train import FitResult, TrainConfig, fit
+from recae.store.matrix import RatingMatrix
+from recae.training.config import TrainConfig
+from recae.training.train import FitResult, fit
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ def parse_variant(text: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
     """``"hidden=[500],lr=0.001"`` -> model settings, train settings (values read as JSON, else as strings)."""
     from dataclasses import fields
 
-    from recae.training.train import TrainConfig
+    from recae.training.config import TrainConfig
 
     train_names = {f.name for f in fields(TrainConfig)}
     model_part, train_part = {}, {}
@@ -71,7 +71,8 @@ def main() -> None:
     from dataclasses import replace
 
     from recae.splits import Split, holdout_validation
-    from recae.training.train import default_configs, train_split
+    from recae.training.config import default_configs
+    from recae.training.train import train_split
     from tests.benchmarks.bench_seeds import load_split
 
     split = load_split(args.split, args.cache)
@@ -104,7 +105,8 @@ def compare_carving(fit_part, development, args: argparse.Namespace) -> None:  #
 
     from recae.serving.artifacts import TrainedModel
     from recae.splits import holdout_validation
-    from recae.training.train import default_configs, fit, fit_cross_carved, test_metrics
+    from recae.training.config import default_configs
+    from recae.training.train import fit, fit_cross_carved, test_metrics
 
     model_cfg, train_cfg = default_configs()
     train_cfg = replace(train_cfg, partner_members=0, ranker="none")

@@ -43,9 +43,10 @@ def report(name: str, split, trained, fit, seconds: float, test: bool) -> dict: 
 
 
 def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
-    from recae.serving.artifacts import TrainedModel
     from recae.models.autoencoders import model_config
-    from recae.training.train import TrainConfig, fit_cross_carved
+    from recae.serving.artifacts import TrainedModel
+    from recae.training.config import TrainConfig
+    from recae.training.train import fit_cross_carved
 
     given = {"hidden": (args.hidden,) if args.hidden else None, "cd_lr": args.cd_lr, "cd_momentum": args.cd_momentum,
              "cd_weight_decay": args.cd_weight_decay, "cd_steps": args.cd_steps, "cd_steps_every": args.cd_steps_every,
@@ -65,9 +66,10 @@ def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-
 
 
 def run_deep(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
-    from recae.serving.artifacts import TrainedModel
     from recae.models.autoencoders import model_config
-    from recae.training.train import TrainConfig, fit_cross_carved
+    from recae.serving.artifacts import TrainedModel
+    from recae.training.config import TrainConfig
+    from recae.training.train import fit_cross_carved
 
     hidden = tuple(int(h) for h in args.layers.split(","))
     pretrain = {"random": {}, "rbm": {"pretrain": "rbm", "pretrain_epochs": args.pretrain_epochs},

@@ -131,9 +131,10 @@ def stage_matrix(shape: Shape, args: argparse.Namespace) -> dict[str, object]:
 
 def _train(shape: Shape, args: argparse.Namespace, orientation: str) -> dict[str, object]:
     from recae.serving.artifacts import TrainedModel, save_model
-    from recae.store.matrix import RatingMatrix
     from recae.splits import holdout_validation
-    from recae.training.train import default_configs, fit
+    from recae.store.matrix import RatingMatrix
+    from recae.training.config import default_configs
+    from recae.training.train import fit
 
     engine = _open(shape)
     matrix = RatingMatrix.from_db(engine)
@@ -178,10 +179,10 @@ def stage_precompute(shape: Shape, args: argparse.Namespace) -> dict[str, object
     from sqlalchemy import delete, func, insert, select
 
     from recae.serving.artifacts import load_model
-    from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
-    from recae.store.matrix import RatingMatrix
     from recae.serving.publish import promote
     from recae.serving.recommend import precompute_batch_users
+    from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
+    from recae.store.matrix import RatingMatrix
 
     if args.threads:
         torch.set_num_threads(args.threads)

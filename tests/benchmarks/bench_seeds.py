@@ -33,10 +33,10 @@ FOLDS = ("u1", "u2", "u3", "u4", "u5")
 def load_split(name: str, cache: Path, seed: int = 0):  # type: ignore[no-untyped-def]
     """The split `recae train --split NAME` would use (ml-1m: random 90/10 with ``seed``), from a store under
     ``cache`` (ingested by recae.store.ingest on first use)."""
+    from recae.splits import SplitSpec, split_from_store
     from recae.store.db import open_store
     from recae.store.ingest import ingest_dataset
     from recae.store.matrix import RatingMatrix
-    from recae.splits import SplitSpec, split_from_store
 
     dataset = "ml-1m" if name == "ml-1m" else "ml-100k"
     if not (DATA / dataset).exists():
@@ -68,7 +68,8 @@ def baseline_rows(name: str, split) -> list[dict]:  # type: ignore[no-untyped-de
 def model_row(name: str, split, init_seed: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
     from dataclasses import replace
 
-    from recae.training.train import default_configs, train_split
+    from recae.training.config import default_configs
+    from recae.training.train import train_split
 
     model_cfg, train_cfg = default_configs()
     train_cfg = replace(train_cfg, seed=0, init_seed=init_seed)

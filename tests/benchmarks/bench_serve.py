@@ -49,8 +49,8 @@ def recae(home: Path, *args: str) -> None:
 
 def ensure_home(home: Path, small: bool) -> None:
     """Ingest ml-1m and train a champion unless ``home`` already has one."""
-    from recae.store.db import open_store
     from recae.serving.registry import champion_of
+    from recae.store.db import open_store
 
     if (home / "recae.db").exists() and champion_of(open_store(f"sqlite:///{home / 'recae.db'}")):
         return
@@ -199,8 +199,8 @@ def main() -> None:
     ensure_home(args.home, args.small)
     from sqlalchemy import select
 
-    from recae.store.db import Rating, open_store
     from recae.serving.registry import get_version
+    from recae.store.db import Rating, open_store
 
     engine = open_store(f"sqlite:///{args.home / 'recae.db'}")
     info = get_version(engine)

@@ -50,9 +50,10 @@ def child(args: argparse.Namespace) -> None:
     """One measured case, in this process: print a JSON line."""
     import torch
 
-    from recae.models.batches import iterate_batches, oriented_csr
     from recae.models.autoencoders import model_config
-    from recae.training.train import TrainConfig, _make_optimizer, _objective, build_model, unit_means
+    from recae.models.batches import iterate_batches, oriented_csr
+    from recae.training.config import TrainConfig
+    from recae.training.train import _make_optimizer, _objective, build_model, unit_means
 
     torch.set_num_threads(args.threads)
     matrix = synthetic(args.users, args.movies, args.ratings)

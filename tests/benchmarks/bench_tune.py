@@ -108,8 +108,8 @@ def main() -> None:
             print(line.split("recae.training.tune: ", 1)[-1])
 
     from recae.paths import resolve_paths
-    from recae.store.db import open_store
     from recae.splits import random_split
+    from recae.store.db import open_store
 
     engine = open_store(resolve_paths(home).database_url)
     try:

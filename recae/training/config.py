@@ -1,0 +1,192 @@
+"""How to train: ``TrainConfig`` (every field settable in a TOML ``[train]`` table) and the config file reader.
+
+Kept apart from the training loop so that reading or validating a configuration (the CLI, the registry reading a
+version's meta.json) does not pull in the loop, checkpoints or ensembles.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recae.errors import DataError, TrainingError
+from recae.models.autoencoders import ModelConfig, model_config
+from recae.models.rankers import RANKER_INPUTS
+
+OPTIMIZERS = ("adam", "adamw", "rprop", "lbfgs")
+RANKERS = ("ease", "none")
+AUTO_MIN_BATCH = 8192
+AUTO_STEPS_PER_EPOCH = 25
+#: Below this many training ratings one CPU thread trains fastest: the batches are too small to share, and on a
+#: busy machine a second thread waits for a core (ml-100k u1 took 374 s with two threads beside one busy core,
+#: 13 s with one).
+AUTO_ONE_THREAD_BELOW = 2_000_000
+DEFAULT_MODEL = "denoising"  # chosen on validation (see the README's performance table)
+FULL_BATCH = ("rprop", "lbfgs")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; every field can be set in the TOML config's ``[train]`` table (flags override the file)."""
+
+    epochs: int = 300  # most epochs (full-batch optimisers: one step per epoch)
+    optimizer: str = "adam"  # adam | adamw (minibatch) | rprop | lbfgs (full batch)
+    lr: float = 2e-3  # learning rate (Rprop: initial step size; L-BFGS: 1.0 is usual)
+    # lambda of AutoRec's lambda/2 ||W||^2 (adamw: decoupled decay rate); 100 won on validation over 30 on ml-100k/1m
+    weight_decay: float = 100.0
+    weight_decay_grid: tuple[float, ...] = ()  # lambdas to try, one member each, best on validation wins
+    batch_ratings: int = 0  # minibatch budget in ratings (0: auto, max(8192, ratings / 25)); whole vectors
+    patience: int = 20  # stop after this many epochs without a better validation RMSE
+    lr_decay: float = 1.0  # multiply the learning rate by this after each lr_decay_patience epochs without progress
+    lr_decay_patience: int = 5
+    val_fraction: float = 0.05  # share of the training ratings held out for early stopping and model choice
+    seed: int = 0  # seeds the validation carves (and the split, on the command line)
+    init_seed: int | None = None  # seeds weights, shuffles and dropout (None: the same as seed)
+    deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
+    ensemble: int = 4  # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net)
+    # members of the other orientation (a user AE beside an item AE), blended in with a weight fitted on validation
+    partner_members: int = 1
+    # share of the training ratings that no member and no partner trains or stops on: the blend weight of the shipped
+    # ensemble and partner is fitted there, and the reported validation RMSE is cross-fitted on its halves
+    blend_fraction: float = 0.02
+    # the top-N model that orders recommendations (recae.models.rankers): "ease", or "none" to order by predicted rating
+    ranker: str = "ease"
+    ranker_lambda: float = 0.0  # EASE's lambda (0: chosen on a validation carve of the training ratings)
+    ranker_input: str = "value"  # EASE reads r / r_max ("value") or 1 ("binary") per rating; value won on validation
+    ranker_max_items: int = 20_000  # EASE covers at most this many (most-rated) films: 1.6 GB of float32 weights
+    ranker_val_fraction: float = 0.1  # share of the training ratings carved to choose the ranker's lambda
+    threads: int = 0  # CPU threads (0: auto, one below AUTO_ONE_THREAD_BELOW ratings, else torch's default)
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed of initialisation, shuffles and dropout: ``init_seed``, else ``seed``."""
+        return self.seed if self.init_seed is None else self.init_seed
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["weight_decay_grid"] = list(self.weight_decay_grid)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainingError(f"unknown train setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}")
+        values = dict(data)
+        if "weight_decay" in values and "weight_decay_grid" not in values:
+            values["weight_decay_grid"] = ()  # an explicit lambda means: use it, do not choose
+        if "weight_decay_grid" in values:
+            values["weight_decay_grid"] = tuple(float(v) for v in values["weight_decay_grid"])
+        return cls(**values)
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise TrainingError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda was asked for but torch sees no CUDA device; use --device auto or cpu")
+        if not 0.0 < self.lr_decay <= 1.0 or self.lr_decay_patience < 1:
+            raise TrainingError("lr_decay must be in (0, 1] and lr_decay_patience positive")
+        if self.epochs < 1 or self.batch_ratings < 0 or self.patience < 1 or self.ensemble < 1:
+            raise TrainingError("epochs, patience and ensemble must be positive, batch_ratings not negative")
+        if self.partner_members < 0 or not 0.0 < self.blend_fraction < 1.0:
+            raise TrainingError(f"partner_members must be >= 0 (got {self.partner_members}) and blend_fraction in "
+                                f"(0, 1) (got {self.blend_fraction})")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise TrainingError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or self.weight_decay < 0 or any(w < 0 for w in self.weight_decay_grid):
+            raise TrainingError("lr must be positive and weight decays non-negative")
+        if self.ranker not in RANKERS:
+            raise TrainingError(f"unknown ranker {self.ranker!r}; choose one of {', '.join(RANKERS)}")
+        if self.ranker_input not in RANKER_INPUTS:
+            raise TrainingError(f"unknown ranker_input {self.ranker_input!r}; choose one of {', '.join(RANKER_INPUTS)}")
+        if self.ranker_lambda < 0 or self.ranker_max_items < 1 or not 0.0 < self.ranker_val_fraction < 1.0:
+            raise TrainingError("ranker_lambda must be >= 0, ranker_max_items positive, ranker_val_fraction in (0, 1)")
+
+    def resolved(self, n_ratings: int) -> TrainConfig:
+        """The config with ``batch_ratings`` fixed: auto means ~25 steps per epoch, at least 8192 ratings each.
+
+        Each Adam step costs O(parameters) on top of O(ratings * width), so larger data takes larger batches.
+        """
+        if self.batch_ratings > 0:
+            return self
+        return replace(self, batch_ratings=max(AUTO_MIN_BATCH, -(-n_ratings // AUTO_STEPS_PER_EPOCH)))
+
+
+def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a TOML config: ``[model]`` and ``[train]`` tables, or top-level keys named like either's fields.
+
+    Returns (model settings, train settings) to merge under the command-line flags.
+    Raises DataError naming the file for unreadable TOML or an unknown key.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise DataError(f"cannot read config file {path}: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise DataError(f"{path}: invalid TOML: {err}") from err
+    model_keys = {f.name for f in fields(ModelConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    model_part: dict[str, Any] = {}
+    train_part: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "model" and isinstance(value, dict):
+            target, known = model_part, model_keys
+            items = value.items()
+        elif key == "train" and isinstance(value, dict):
+            target, known = train_part, train_keys
+            items = value.items()
+        elif key in model_keys:
+            model_part[key] = value
+            continue
+        elif key in train_keys:
+            train_part[key] = value
+            continue
+        else:
+            raise DataError(f"{path}: unknown key {key!r}; use [model] and [train] tables of their settings")
+        for sub, sub_value in items:
+            if sub not in known:
+                raise DataError(f"{path}: unknown key {key}.{sub}; known keys are {', '.join(sorted(known))}")
+            target[sub] = sub_value
+    for part, cls in ((model_part, ModelConfig), (train_part, TrainConfig)):
+        defaults = {f.name: f.default for f in fields(cls)}
+        for name, value in part.items():
+            wanted = _setting_type(defaults[name])
+            if wanted is not None and not _is_setting_of(value, wanted):
+                raise DataError(f"{path}: {name} = {value!r} is not {wanted[1]}")
+    return model_part, train_part
+
+
+def _setting_type(default: Any) -> tuple[type, str] | None:
+    """The kind of value a setting with this default takes, and its name for messages (None: not checked)."""
+    for kind, name in ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "a string"),
+                       (tuple, "a list of numbers")):
+        if isinstance(default, kind):
+            return kind, name
+    return None
+
+
+def _is_setting_of(value: Any, wanted: tuple[type, str]) -> bool:
+    """TOML's value fits the setting: ints where numbers go, a bare number where a list of them does (hidden)."""
+    kind = wanted[0]
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is tuple:
+        items = value if isinstance(value, list) else [value]
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+    return isinstance(value, kind)
+
+
+def default_configs(model: str = DEFAULT_MODEL, **model_overrides: Any) -> tuple[ModelConfig, TrainConfig]:
+    """The shipped defaults (chosen on validation; see the README's performance table)."""
+    return model_config(model, **model_overrides), TrainConfig()
