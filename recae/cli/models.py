@@ -9,7 +9,7 @@ import click
 
 from recae.cli.app import Context, cli, echo_data, echo_info, pass_context
 from recae.cli.options import format_option
-from recae.cli.train import tune_summary, tune_tables
+from recae.cli.tuning import tune_summary, tune_tables
 
 
 @cli.group()

@@ -25,9 +25,9 @@ summary_format_option = click.option(
 )
 
 
-def version_option(help: str = "Model version (default: the champion).") -> Callable[[F], F]:  # noqa: A002
+def version_option(help_text: str = "Model version (default: the champion).") -> Callable[[F], F]:
     """``--model VERSION``: which published version a command reads."""
-    return click.option("--model", "version", help=help)
+    return click.option("--model", "version", help=help_text)
 
 
 def rating_scale_options(what: str) -> Callable[[F], F]:
