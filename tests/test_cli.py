@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -19,14 +20,27 @@ def run(home: Path, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("command", [
-    ["ingest"], ["train"], ["evaluate"], ["recommend"], ["models"], ["quickstart"], ["db"], ["synth"],
-    ["similar"], ["retrain"], ["models", "history"],
-])
-def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group under ``group``, as the words that name it on the command line."""
+    paths = []
+    for name, command in sorted(group.commands.items()):
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths.extend(command_paths(command, (*prefix, name)))
+    return paths
+
+
+def test_the_walk_reaches_commands_inside_groups() -> None:
+    paths = command_paths(cli)
+    assert ("models", "history") in paths and ("plot", "latent") in paths and ("db", "upgrade") in paths
+    assert ("recommend",) in paths and len(paths) == len(set(paths))
+
+
+@pytest.mark.parametrize("command", command_paths(cli), ids=" ".join)
+def test_every_command_has_help_with_an_example(command: tuple[str, ...]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
-    assert result.exit_code == 0
-    assert "Example" in result.stdout and "recae " in result.stdout
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout and "recae " in result.stdout.split("Example", 1)[1]
 
 
 def test_no_model_and_empty_store_give_one_line_and_what_to_run(tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ import csv
 import io
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
-FORMATS = ("table", "json", "csv")
+Format = Literal["table", "json", "csv"]
+FORMATS: tuple[str, ...] = get_args(Format)
+SUMMARY_FORMATS: tuple[str, ...] = ("table", "json")  # one record (a run's summary): CSV adds nothing
 
 
 def _plain(value: Any) -> Any:

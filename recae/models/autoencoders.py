@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,6 +44,7 @@ from recae.errors import TrainingError
 from recae.models.batches import ORIENTATIONS, SparseRows
 from recae.models.losses import contractive_penalty, kl_sparsity, l1_sparsity
 from recae.models.rbm_cf import RatingRBM
+from recae.settings import strict_settings
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": torch.sigmoid,
@@ -105,11 +106,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainingError(f"unknown model setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}")
-        values = dict(data)
+        values = strict_settings(cls, data, "model")
         if "hidden" in values:
             hidden = values["hidden"]
             values["hidden"] = (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)

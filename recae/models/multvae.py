@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from recae.errors import CorruptArtifactError, RecaeError, TrainingError, Unknow
 from recae.models.autoencoders import sparse_input_matmul
 from recae.models.batches import SparseRows, sparse_rows
 from recae.serving.artifacts import file_record, software_versions, verify_file
+from recae.settings import strict_settings
 from recae.store.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,6 @@ META_FILE = "meta.json"
 
 
 # --- configuration ---------------------------------------------------------------------------------------------
-
-
-def _from_json(cls: type, data: dict[str, Any], what: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise TrainingError(f"unknown {what} setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}")
-    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -96,7 +89,7 @@ class MultVAEConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MultVAEConfig:
-        return _from_json(cls, data, "Mult-VAE")
+        return cls(**strict_settings(cls, data, "Mult-VAE"))
 
     def validate(self) -> None:
         """Raise TrainingError naming the first bad setting and what is allowed."""
@@ -129,7 +122,7 @@ class MultVAETrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MultVAETrainConfig:
-        return _from_json(cls, data, "Mult-VAE training")
+        return cls(**strict_settings(cls, data, "Mult-VAE training"))
 
     def validate(self) -> None:
         """Raise TrainingError naming the first bad setting and what is allowed."""

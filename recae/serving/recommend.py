@@ -381,6 +381,24 @@ def recommend_live(
     return recommend_with_model(engine, trained, user_id, fresh, n, filters)[0]
 
 
+def recommend_films(
+    engine: Engine, user_id: int | None, fresh: dict[int, float], n: int = 10,
+    filters: Filters = Filters(), version: str | None = None, models_dir: Path | None = None,
+) -> list[RecommendedMovie]:
+    """The top ``n`` for a known user, a known user with fresh ratings, or a new user (``user_id`` None).
+
+    A known user without fresh ratings is answered from the precomputed list (no torch) when it can answer; fresh
+    ratings, a user who joined after training, or filters that leave the list short go to ``recommend_live``.
+    """
+    if user_id is None and not fresh:
+        raise ValueError("recommend_films needs a user id or fresh ratings")
+    if user_id is not None and not fresh:
+        recs = recommend_from_store(engine, user_id, n, filters, version)
+        if recs is not None:
+            return recs
+    return recommend_live(engine, user_id, fresh, n, filters, version, models_dir=models_dir)
+
+
 def recommend_with_model(
     engine: Engine, trained: TrainedModel, user_id: int | None, fresh: dict[int, float], n: int = 10,
     filters: Filters = Filters(),

@@ -1,4 +1,5 @@
-"""How to train: ``TrainConfig`` (every field settable in a TOML ``[train]`` table) and the config file reader.
+"""How to train: ``TrainConfig`` (every field settable in a TOML ``[train]`` table), the config file reader, and
+``resolve``: the one place where defaults, a config file and command-line flags become a run's configuration.
 
 Kept apart from the training loop so that reading or validating a configuration (the CLI, the registry reading a
 version's meta.json) does not pull in the loop, checkpoints or ensembles.
@@ -7,6 +8,7 @@ version's meta.json) does not pull in the loop, checkpoints or ensembles.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import torch
 from recae.errors import DataError, TrainingError
 from recae.models.autoencoders import ModelConfig, model_config
 from recae.models.rankers import RANKER_INPUTS
+from recae.models.rbm import DEFAULT_PRETRAIN_EPOCHS
+from recae.settings import DEVICES, UnknownSettingError, setting_names, strict_settings
 
 OPTIMIZERS = ("adam", "adamw", "rprop", "lbfgs")
 RANKERS = ("ease", "none")
@@ -74,11 +78,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainingError(f"unknown train setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}")
-        values = dict(data)
+        values = strict_settings(cls, data, "train")
         if "weight_decay" in values and "weight_decay_grid" not in values:
             values["weight_decay_grid"] = ()  # an explicit lambda means: use it, do not choose
         if "weight_decay_grid" in values:
@@ -88,7 +88,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise TrainingError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda was asked for but torch sees no CUDA device; use --device auto or cpu")
@@ -133,29 +133,22 @@ def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise DataError(f"cannot read config file {path}: {err.strerror or err}") from err
     except tomllib.TOMLDecodeError as err:
         raise DataError(f"{path}: invalid TOML: {err}") from err
-    model_keys = {f.name for f in fields(ModelConfig)}
-    train_keys = {f.name for f in fields(TrainConfig)}
     model_part: dict[str, Any] = {}
     train_part: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "model" and isinstance(value, dict):
-            target, known = model_part, model_keys
-            items = value.items()
-        elif key == "train" and isinstance(value, dict):
-            target, known = train_part, train_keys
-            items = value.items()
-        elif key in model_keys:
+        if key in ("model", "train") and isinstance(value, dict):
+            cls, target = (ModelConfig, model_part) if key == "model" else (TrainConfig, train_part)
+            try:
+                target.update(strict_settings(cls, value, key))
+            except UnknownSettingError as err:
+                known = ", ".join(err.known)
+                raise DataError(f"{path}: unknown key {key}.{err.name}; known keys are {known}") from None
+        elif key in setting_names(ModelConfig):
             model_part[key] = value
-            continue
-        elif key in train_keys:
+        elif key in setting_names(TrainConfig):
             train_part[key] = value
-            continue
         else:
             raise DataError(f"{path}: unknown key {key!r}; use [model] and [train] tables of their settings")
-        for sub, sub_value in items:
-            if sub not in known:
-                raise DataError(f"{path}: unknown key {key}.{sub}; known keys are {', '.join(sorted(known))}")
-            target[sub] = sub_value
     for part, cls in ((model_part, ModelConfig), (train_part, TrainConfig)):
         defaults = {f.name: f.default for f in fields(cls)}
         for name, value in part.items():
@@ -190,3 +183,26 @@ def _is_setting_of(value: Any, wanted: tuple[type, str]) -> bool:
 def default_configs(model: str = DEFAULT_MODEL, **model_overrides: Any) -> tuple[ModelConfig, TrainConfig]:
     """The shipped defaults (chosen on validation; see the README's performance table)."""
     return model_config(model, **model_overrides), TrainConfig()
+
+
+def resolve(config_file: str | Path | None, flags: Mapping[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """A run's validated configuration: the defaults, then the config file's settings, then the given ``flags``.
+
+    ``flags`` are named like the settings they override (``name`` picks the model; ``orientation`` and ``pretrain``
+    are model settings, the rest TrainConfig's); None means not given. Asking for ``pretrain`` turns pretraining
+    on with DEFAULT_PRETRAIN_EPOCHS per layer unless the file sets its epochs. ``recae train`` and ``recae retrain``
+    both build their configuration here, so a file means the same to both.
+    """
+    model_part, train_part = load_config_file(config_file) if config_file else ({}, {})
+    given = {name: value for name, value in (flags or {}).items() if value is not None}
+    model_flags = {name: value for name, value in given.items() if name in setting_names(ModelConfig)}
+    train_flags = strict_settings(TrainConfig, {k: v for k, v in given.items() if k not in model_flags}, "train")
+    if "pretrain" in model_flags:
+        model_flags.setdefault("pretrain_epochs", model_part.get("pretrain_epochs") or DEFAULT_PRETRAIN_EPOCHS)
+    model_part = {**model_part, **model_flags}
+    name = model_part.pop("name", DEFAULT_MODEL)
+    train_cfg = TrainConfig.from_json({**train_part, **train_flags})
+    model_cfg = model_config(name, **model_part)
+    model_cfg.validate()
+    train_cfg.validate()
+    return model_cfg, train_cfg

@@ -42,6 +42,14 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_secondary_rank() -> bool:
+    """True in a torchrun process other than rank 0: it trains its share, but rank 0 alone reports and publishes.
+
+    Read from torchrun's ``RANK`` before the process group is joined (``current`` answers only after ``join``).
+    """
+    return int(os.environ.get("RANK", "0")) > 0
+
+
 def join(device: torch.device) -> World | None:
     """Join the process group torchrun described (gloo on CPU, NCCL on CUDA); None for a single process."""
     if dist.is_available() and dist.is_initialized():

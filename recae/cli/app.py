@@ -1,0 +1,132 @@
+"""The ``recae`` group: global options, the context every command receives, and the error boundary.
+
+The boundary turns library errors into one line on stderr and a documented exit code, never a traceback (``-v``
+shows it). The command modules register on ``cli``; this module imports none of them, so there is no loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from recae import __version__
+from recae.errors import EXIT_ERROR, RecaeError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from recae.paths import Paths
+    from recae.serving.artifacts import TrainedModel
+
+EXIT_CODES_HELP = "Exit codes: 0 ok, 1 error, 2 usage, 65 bad input data, 75 another run holds the lock."
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every command needs: where the store and models live, and how verbose to be."""
+
+    home: str | None
+    db_url: str | None
+    verbose: int
+
+    def paths(self) -> Paths:
+        from recae.paths import resolve_paths
+
+        return resolve_paths(self.home, self.db_url)
+
+    def engine(self) -> Engine:
+        from recae.store.db import open_store
+
+        return open_store(self.paths().database_url)
+
+    def load_model(self, version: str | None) -> tuple[Engine, TrainedModel]:
+        """The engine and the asked-for version (default: the champion)."""
+        from recae.serving.artifacts import load_champion, load_version
+
+        engine, models_dir = self.engine(), self.paths().models_dir
+        return engine, (load_version(engine, version, models_dir) if version else load_champion(engine, models_dir))
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def echo_data(text: str) -> None:
+    """Print data on stdout."""
+    click.echo(text)
+
+
+def echo_info(text: str) -> None:
+    """Print a human message on stderr (never mixed into data)."""
+    click.echo(text, err=True)
+
+
+class RecaeGroup(click.Group):
+    """Turns RecaeError into its one-line message and exit code; ``-v`` shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RecaeError as err:
+            if _verbosity(ctx) > 0:
+                logging.getLogger("recae").exception("failed")
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nothing was half-applied.", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:  # noqa: BLE001 - last line of defence: one line, not a traceback
+            from recae.store.db import store_error
+
+            known = store_error(err)  # a busy or read-only store: one line, never raw SQL and parameters
+            if known is not None:
+                if _verbosity(ctx) > 0:
+                    logging.getLogger("recae").exception("failed")
+                click.echo(f"Error: {known}", err=True)
+                ctx.exit(known.exit_code)
+            if _verbosity(ctx) > 0:
+                raise
+            click.echo(f"Error: {type(err).__name__}: {err} (run with -v for the traceback)", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def _verbosity(ctx: click.Context) -> int:
+    obj = ctx.find_object(Context)
+    return obj.verbose if obj else 0
+
+
+@click.group(cls=RecaeGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="RECAE_HOME", type=click.Path(file_okay=False),
+              help="Folder for the store and models (env RECAE_HOME; default: the user data dir).")
+@click.option("--db", "db_url", envvar="RECAE_DATABASE_URL",
+              help="Database URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB (needs recae[postgres]) "
+                   "(env RECAE_DATABASE_URL; default: sqlite in --home).")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr; -v also shows tracebacks.")
+@click.version_option(__version__, prog_name="recae")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, db_url: str | None, verbose: int) -> None:
+    """recae: movie recommendations from autoencoders.
+
+    \b
+    Start here:
+      recae quickstart                 # ingest ml-100k, train, evaluate, recommend
+      recae ingest ml-100k --path ~/Downloads/ml-100k.zip
+      recae recommend --user 42
+
+    Shell completion (bash): eval "$(_RECAE_COMPLETE=bash_source recae)"
+    """
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = Context(home=home, db_url=db_url, verbose=verbose)
+
+
+def main() -> None:
+    """Console-script entry point (``recae.cli:main``)."""
+    cli(prog_name="recae")
