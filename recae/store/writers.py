@@ -1,21 +1,22 @@
-"""Write parsed ratings, movies and folds into the store inside the ingest's transaction, fast per dialect.
+"""Fast writes into the store, per dialect: the ingest's ratings, movies, folds and lock, and row batches for
+callers outside the store (``insert_columns``: precomputed recommendations). Every dialect-specific write lives
+here, so ``recae.store.ingest`` and ``recae.serving`` only say what to write.
 
-SQLite takes DBAPI ``executemany`` of tuples (straight into an empty table, else through a staging table).
+SQLite takes DBAPI ``executemany`` of tuples (ratings straight into an empty table, else through a staging table).
 PostgreSQL takes binary ``COPY`` into a temporary staging table, then one set-based upsert that gives the same
 final state as applying the upsert rule row by row (see ``_PostgresRatingsWriter``); a transaction-level advisory
 lock makes a second concurrent ingest fail fast with LockHeldError instead of waiting (``lock_for_ingest``).
-Any other database takes one portable upsert statement per rating. Every dialect-specific statement of the ingest
-lives here, so ``recae.store.ingest`` only orchestrates.
+Any other database takes one portable upsert statement per rating.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Connection
 
 from recae.errors import LockHeldError
@@ -289,3 +290,30 @@ def busy_message(source: str) -> str:
     """The one-line LockHeldError message (exit 75) of an ingest that found the store busy."""
     return (f"{source}: the store is busy (another ingest or retrain is writing); nothing was loaded, "
             "try again when it finishes")
+
+
+#: Column name -> the values of one batch of rows; a column may be endless (``itertools.repeat``) if another is not.
+Columns = Mapping[str, Iterable[object]]
+
+
+def insert_columns(conn: Connection, table: Any, columns: Columns) -> None:
+    """One batch of rows into ``table`` (an ORM class or Table) in the caller's transaction: tuples on SQLite
+    (2x the rows/s of dicts), else dicts."""
+    if is_sqlite(conn) and conn.dialect.positional:
+        _insert_positional(conn, table, columns)
+    else:
+        _insert_mappings(conn, table, columns)
+
+
+def _insert_positional(conn: Connection, table: Any, columns: Columns) -> None:
+    """The Core INSERT compiled for the dialect, run as one DBAPI executemany of tuples (bound parameters)."""
+    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
+    rows = list(zip(*(columns[key] for key in compiled.positiontup), strict=False))  # repeat() is endless
+    conn.exec_driver_sql(str(compiled), rows)
+
+
+def _insert_mappings(conn: Connection, table: Any, columns: Columns) -> None:
+    """The portable Core executemany of dicts (SQLAlchemy batches it into multi-row INSERTs on PostgreSQL)."""
+    keys = list(columns)
+    rows = [dict(zip(keys, row, strict=True)) for row in zip(*(columns[k] for k in keys), strict=False)]
+    conn.execute(insert(table), rows)
