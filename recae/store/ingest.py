@@ -252,7 +252,6 @@ def ingest_ratings_file(engine: Engine, path: str | Path, *, scale: tuple[float,
     return _run(engine, plan, skip_bad, progress)
 
 
-
 #: Held-out files are compared with stored ratings or predictions, not stored: any finite rating parses.
 ANY_RATING = RatingScale(-float("inf"), float("inf"), None)
 
