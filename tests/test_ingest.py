@@ -21,8 +21,9 @@ from sqlalchemy.engine import Engine
 
 from recae.cli import cli
 from recae.errors import DataError
-from recae.store import datasets, ingest
-from recae.store.ingest import ingest_dataset, ingest_ratings_file, parse_year
+from recae.store import datasets, parse, writers
+from recae.store.ingest import ingest_dataset, ingest_ratings_file
+from recae.store.parse import parse_year
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.backends("sqlite", "postgresql")  # for every test that takes a store fixture
@@ -200,8 +201,8 @@ def test_reingest_changes_nothing(engine: Engine, tmp_path: Path) -> None:
 def test_update_keeps_the_latest_rating(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         portable: bool) -> None:
     if portable:
-        monkeypatch.setattr(ingest, "is_sqlite", lambda _engine: False)
-        monkeypatch.setattr(ingest, "is_postgresql", lambda _engine: False)
+        monkeypatch.setattr(writers, "is_sqlite", lambda _engine: False)
+        monkeypatch.setattr(writers, "is_postgresql", lambda _engine: False)
     first = write_csv(tmp_path / "a.csv", ["user_id,movie_id,rating,timestamp", "1,1,4.0,100", "1,2,3.0,100",
                                            "1,3,2.0,0", "2,1,3.0,300", "2,1,1.0,200", "2,2,2.0,", "2,2,2.5,50"])
     report = ingest_ratings_file(engine, first)
@@ -314,7 +315,7 @@ def test_malformed_line_is_named_and_nothing_is_loaded(engine: Engine, tmp_path:
 @pytest.mark.parametrize("kind", ["out-of-scale", "not-a-number", "too-many-fields"])
 def test_line_numbers_are_exact_across_blocks(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               bad_line: int, kind: str) -> None:
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)  # many blocks: the line count must carry over exactly
+    monkeypatch.setattr(parse, "BLOCK_BYTES", 4096)  # many blocks: the line count must carry over exactly
     lines = ["userId,movieId,rating,timestamp"] + [f"{i // 50 + 1},{i % 50 + 1},3.5,{1000 + i}" for i in range(9_999)]
     lines[bad_line - 1] = {"out-of-scale": "5,5,5.5,1", "not-a-number": "5,x5,3,1",
                            "too-many-fields": "5,5,3,1,9"}[kind]
@@ -333,7 +334,7 @@ def test_skip_bad_loads_good_rows_and_reports_rejects(engine: Engine, tmp_path: 
     report = ingest_ratings_file(engine, path, skip_bad=True)
     assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (19, 2, 17)
     assert [(r.file, r.line) for r in report.rejects[:3]] == [("r.csv", 2), ("r.csv", 3), ("r.csv", 6)]
-    assert len(report.rejects) == ingest.REJECTS_KEPT
+    assert len(report.rejects) == parse.REJECTS_KEPT
     assert "rating 9 is outside 0.5..5" in report.rejects[0].reason
     assert snapshot(engine)["ratings"] == [(1, 1, 4.0, None), (1, 3, 3.5, 12)]
 
@@ -389,11 +390,11 @@ def test_a_file_without_line_breaks_is_refused_after_one_line_of_reading() -> No
             self.served += n
             return b"7" * n
 
-    stream = Endless(20 * ingest.BLOCK_BYTES)
-    layout = ingest.RatingsLayout("u.data", "\t", 4, datasets.RatingScale(1, 5, 1), timestamp_required=True)
+    stream = Endless(20 * parse.BLOCK_BYTES)
+    layout = parse.RatingsLayout("u.data", "\t", 4, datasets.RatingScale(1, 5, 1), timestamp_required=True)
     with pytest.raises(DataError, match=r"u.data line 1: longer than 65,536 bytes"):
-        list(ingest.read_ratings(stream, layout, ingest._RejectLog(False), header=False))  # type: ignore[arg-type]
-    assert stream.served <= ingest.BLOCK_BYTES
+        list(parse.read_ratings(stream, layout, parse.RejectLog(False), header=False))  # type: ignore[arg-type]
+    assert stream.served <= parse.BLOCK_BYTES
 
 
 @pytest.mark.faults
@@ -566,7 +567,7 @@ def test_a_store_busy_with_another_writer_gives_exit_75_and_loads_nothing(
     from recae.store import db
 
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # wait 0.2 s for the lock, not 30 s
-    monkeypatch.setattr(ingest, "POSTGRES_LOCK_TIMEOUT_MS", 200)
+    monkeypatch.setattr(writers, "POSTGRES_LOCK_TIMEOUT_MS", 200)
     engine.dispose()  # new connections pick up the short SQLite timeout
     ingest_ratings_file(engine, write_csv(tmp_path / "old.csv", ["1,10,2,5"]))
     before = snapshot(engine)

@@ -10,16 +10,8 @@ from sqlalchemy import insert
 
 from recae.errors import EmptyStoreError, UnknownMovieError, UnknownUserError
 from recae.store.db import Rating
-from recae.store.matrix import (
-    IdIndex,
-    RatingMatrix,
-    _matrix_from_sorted_columns,
-    _NotEncodable,
-    _pg_array,
-    _read_generic,
-    _read_postgresql,
-    _read_sqlite,
-)
+from recae.store.matrix import IdIndex, RatingMatrix, _matrix_from_sorted_columns
+from recae.store.readers import _NotEncodable, _pg_array, _read_generic, _read_postgresql, _read_sqlite
 from tests.synthetic import planted_low_rank
 
 
@@ -206,9 +198,9 @@ def test_postgresql_fast_and_generic_paths_agree_on_unusual_values(  # type: ign
     engine, monkeypatch
 ) -> None:
     """Off-grid ratings, extreme and negative 32-bit ids, pre-1970 and huge timestamps, unknown ones."""
-    import recae.store.matrix as matrix_module
+    import recae.store.readers as readers_module
 
-    monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 2)  # several ranges, spread over both readers
+    monkeypatch.setattr(readers_module, "_PG_CHUNK_ROWS", 2)  # several ranges, spread over both readers
     users = [1, 1, 2, 2**31 - 1, -3, -(2**31), 7]
     movies = [2**31 - 1, 2, 2, 7, 1, 1, -5]
     values = [3.7, 4.5, 1.0, 0.25, 5.0, 1e-3, 2.0 / 3.0]
@@ -239,15 +231,15 @@ def test_postgresql_readers_share_one_snapshot(engine, store_url, monkeypatch) -
     """A commit landing between the first reader's start and the others' must be invisible to all of them."""
     from sqlalchemy import create_engine, text
 
-    import recae.store.matrix as matrix_module
+    import recae.store.readers as readers_module
 
-    monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 5)
+    monkeypatch.setattr(readers_module, "_PG_CHUNK_ROWS", 5)
     planted = planted_low_rank(n_users=40, n_movies=10, seed=5).observed
     rows, cols, values = planted.coo()
     users, movies = planted.index.user_ids[rows], planted.index.movie_ids[cols]
     _insert_ratings(engine, users, movies, np.round(values), planted.timestamps)
     other = create_engine(store_url)
-    real_snapshot = matrix_module._PostgresSnapshot
+    real_snapshot = readers_module._PostgresSnapshot
 
     def snapshot_then_commit(engine_, snapshot_id):  # type: ignore[no-untyped-def]
         made = real_snapshot(engine_, snapshot_id)
@@ -256,7 +248,7 @@ def test_postgresql_readers_share_one_snapshot(engine, store_url, monkeypatch) -
                 conn.execute(text("UPDATE ratings SET rating = rating + 100"))
         return made
 
-    monkeypatch.setattr(matrix_module, "_PostgresSnapshot", snapshot_then_commit)
+    monkeypatch.setattr(readers_module, "_PostgresSnapshot", snapshot_then_commit)
     try:
         loaded = RatingMatrix.from_db(engine)
     finally:
@@ -270,10 +262,10 @@ def test_postgresql_readers_share_one_snapshot(engine, store_url, monkeypatch) -
 @BOTH
 def test_from_db_reads_many_ranges(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Small chunks force many user-id ranges, including empty ones; nothing may be lost or repeated."""
-    import recae.store.matrix as matrix_module
+    import recae.store.readers as readers_module
 
-    monkeypatch.setattr(matrix_module, "_SQLITE_CHUNK_ROWS", 7)
-    monkeypatch.setattr(matrix_module, "_PG_CHUNK_ROWS", 7)
+    monkeypatch.setattr(readers_module, "_SQLITE_CHUNK_ROWS", 7)
+    monkeypatch.setattr(readers_module, "_PG_CHUNK_ROWS", 7)
     planted = planted_low_rank(n_users=50, n_movies=12, seed=4).observed
     rows, cols, values = planted.coo()
     users = planted.index.user_ids[rows] ** 2  # gaps between user ids leave some ranges empty
@@ -315,9 +307,9 @@ def test_from_db_while_another_connection_holds_the_write_lock(  # type: ignore[
     """A writer mid-transaction must neither block the load for long nor leak its uncommitted rows into it."""
     import sqlite3
 
-    import recae.store.matrix as matrix_module
+    import recae.store.readers as readers_module
 
-    monkeypatch.setattr(matrix_module, "_SNAPSHOT_LOCK_WAIT_MS", 50)
+    monkeypatch.setattr(readers_module, "_SNAPSHOT_LOCK_WAIT_MS", 50)
     _insert_ratings(engine, [1, 1, 2], [10, 20, 10], [4.0, 3.5, 2.0], [1, 2, 3])
     writer = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
     try:

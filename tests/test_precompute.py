@@ -9,16 +9,10 @@ import pytest
 from sqlalchemy import insert, select
 
 from recae.metrics import top_k_unseen
-from recae.serving.recommend import (
-    _columns,
-    _insert_mappings,
-    _insert_positional,
-    precompute_batch_users,
-    precompute_recommendations,
-    top_unseen,
-)
+from recae.serving.recommend import _columns, precompute_batch_users, precompute_recommendations, top_unseen
 from recae.store.db import ModelVersion, Recommendation
 from recae.store.matrix import IdIndex, RatingMatrix
+from recae.store.writers import _insert_mappings, _insert_positional
 from tests.synthetic import planted_low_rank
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")  # the store tests run on both where PostgreSQL is
@@ -151,8 +145,9 @@ def test_the_portable_insert_writes_the_same_rows_as_the_sqlite_fast_path(engine
     with engine.begin() as conn:
         add_version(conn, "fast")
         add_version(conn, "portable")
-        _insert_positional(conn, _columns("fast", users, ranks, movies, scores, ratings))
-        _insert_mappings(conn, _columns("portable", users, ranks, movies, scores, ratings))  # what PostgreSQL takes
+        _insert_positional(conn, Recommendation, _columns("fast", users, ranks, movies, scores, ratings))
+        _insert_mappings(conn, Recommendation,
+                         _columns("portable", users, ranks, movies, scores, ratings))  # what PostgreSQL takes
     fast = stored_rows(engine, "fast")
     assert len(fast) == users.size and fast == stored_rows(engine, "portable")
     assert [r[3] for r in fast] == [float(s) for s in scores]

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from sqlalchemy import and_, delete, func, insert, not_, select
+from sqlalchemy import and_, delete, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
 from recae.errors import DataError, ModelNotFoundError, UnknownGenreError, UnknownMovieError, UnknownUserError
 from recae.metrics import dense_flags, ranking_scores
 from recae.serving.registry import current_champion
 from recae.store.db import Movie, Rating, Recommendation
+from recae.store.writers import insert_columns
 
 if TYPE_CHECKING:
     from recae.serving.artifacts import TrainedModel
@@ -119,7 +120,6 @@ def top_unseen(scores: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
     return np.where(np.take_along_axis(seen, cols, axis=1), -1, cols).astype(np.int64)
 
 
-_COLUMNS = ("version", "user_id", "rank", "movie_id", "score", "predicted_rating")
 _Batch = dict[str, Iterable[object]]  # column name -> values of one batch of rows
 
 
@@ -128,27 +128,6 @@ def _columns(version: str, user_ids: np.ndarray, ranks: np.ndarray, movie_ids: n
     return {"version": itertools.repeat(version), "user_id": user_ids.tolist(), "rank": ranks.tolist(),
             "movie_id": movie_ids.tolist(), "score": np.asarray(scores, np.float64).tolist(),
             "predicted_rating": np.asarray(ratings, np.float64).tolist()}
-
-
-def _insert_positional(conn: Connection, columns: _Batch) -> None:
-    """The Core INSERT compiled for the dialect, run as one DBAPI executemany of tuples (bound parameters)."""
-    compiled = insert(Recommendation).compile(dialect=conn.dialect, column_keys=list(_COLUMNS))
-    rows = list(zip(*(columns[key] for key in compiled.positiontup), strict=False))  # repeat() is endless
-    conn.exec_driver_sql(str(compiled), rows)
-
-
-def _insert_mappings(conn: Connection, columns: _Batch) -> None:
-    """The portable Core executemany of dicts (SQLAlchemy batches it into multi-row INSERTs on PostgreSQL)."""
-    rows = [dict(zip(_COLUMNS, row, strict=True)) for row in zip(*(columns[k] for k in _COLUMNS), strict=False)]
-    conn.execute(insert(Recommendation), rows)
-
-
-def _insert_recommendations(conn: Connection, columns: _Batch) -> None:
-    """One batch of rows into the caller's transaction: tuples on SQLite (2x the rows/s of dicts), else dicts."""
-    if conn.dialect.name == "sqlite" and conn.dialect.positional:
-        _insert_positional(conn, columns)
-    else:
-        _insert_mappings(conn, columns)
 
 
 def precompute_recommendations(
@@ -189,8 +168,8 @@ def precompute_recommendations(
         picked = cols[batch_pos, places]
         if picked.size:
             ratings = _listed_ratings(scorer, scores, rows, batch_pos, picked)
-            _insert_recommendations(conn, _columns(version, index.user_ids[rows[batch_pos]], places + 1,
-                                                   index.movie_ids[picked], scores[batch_pos, picked], ratings))
+            insert_columns(conn, Recommendation, _columns(version, index.user_ids[rows[batch_pos]], places + 1,
+                                                          index.movie_ids[picked], scores[batch_pos, picked], ratings))
         written += int(picked.size)
         del scores, cols
         if on_batch is not None:

@@ -1,1 +1,3 @@
-"""The store: tables and migrations, dataset formats and downloads, ingest, and the rating matrix read from it."""
+"""The store: tables and migrations (db), dataset formats and downloads (datasets), ingest (parse -> ingest ->
+writers), and the rating matrix (matrix) read by the fast readers (readers). Every dialect-specific SQL line
+of recae lives in this package."""
