@@ -824,7 +824,7 @@ def models_history(obj: Context, limit: int, fmt: str) -> None:
       recae models history --limit 5 --format json
     """
     from recae.cli.output import render
-    from recae.retrain.job import run_history
+    from recae.retrain.runs import run_history
 
     records = run_history(obj.engine(), limit)
     if not records:
@@ -853,8 +853,8 @@ def similar(obj: Context, movie_id: int, n: int, version: str | None, fmt: str) 
       recae similar --movie 1 -n 5 --format json
     """
     from recae.cli.output import render
-    from recae.serving.artifacts import load_champion, load_version
     from recae.serving.recommend import movie_details
+    from recae.serving.registry import load_champion, load_version
     from recae.serving.similar import similar_movies
 
     engine = obj.engine()
@@ -873,7 +873,7 @@ def similar(obj: Context, movie_id: int, n: int, version: str | None, fmt: str) 
 
 def _load_model(obj: Context, version: str | None):  # type: ignore[no-untyped-def]
     """The engine and the asked-for version (default: the champion)."""
-    from recae.serving.artifacts import load_champion, load_version
+    from recae.serving.registry import load_champion, load_version
 
     engine, models_dir = obj.engine(), obj.paths().models_dir
     return engine, (load_version(engine, version, models_dir) if version else load_champion(engine, models_dir))
