@@ -11,8 +11,8 @@ One run (``recae retrain``, from cron or a systemd timer):
    start at zero; the ranker is refitted, lambda chosen on a validation carve), scores both on the same fixed
    holdout, and publishes the challenger only when its RMSE is lower by at least ``margin`` and its NDCG@10 is not
    lower than the champion's by more than ``ndcg_margin``: weights and meta first, then the precomputed
-   recommendations and the champion pointer in one transaction (``recae.serving.registry.publish``). Versions beyond the newest
-   ``keep`` (never the champion) are pruned;
+   recommendations and the champion pointer in one transaction (``recae.serving.registry.publish``). Versions
+   beyond the newest ``keep`` (never the champion) are pruned;
 5. records the run in ``retrain_runs`` and returns its summary (the CLI prints it as one JSON line).
 
 With no champion yet, the first run trains one with the default (or ``--config``) configuration and publishes it.
@@ -52,7 +52,7 @@ from recae.retrain.runs import RetrainReport, finish_run, known_fingerprints, st
 from recae.retrain.warm_start import fine_tune, first_configs, warm_start_module
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
     from recae.models.autoencoders import AutoEncoder, ModelConfig
     from recae.serving.scorer import TrainedModel
@@ -196,7 +196,8 @@ def run_retrain(engine: Engine, models_dir: Path, locks_dir: Path, options: Retr
         state = _State(run=start_run(engine, started_at), started_at=started_at)
         status = "failed"
         try:
-            _run_locked(engine, models_dir, options, state, on_progress or (lambda _m: None), on_stage or (lambda _p: None))
+            _run_locked(engine, models_dir, options, state, on_progress or (lambda _m: None),
+                        on_stage or (lambda _p: None))
             status = "succeeded"
         except RecaeError as err:
             state.message = str(err)
@@ -377,12 +378,11 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
 
 def _publish(engine: Engine, models_dir: Path, trained: TrainedModel, matrix: RatingMatrix, record: HoldoutRecord,
              state: _State, progress: Callable[[str], None], stage: Callable[[str], None]) -> None:
-    """Write weights, meta and holdout record; then recommendations + champion pointer in one transaction.
-
-    If anything fails before the pointer switches, the new version is removed again and the champion is untouched.
+    """Publish through the registry: weights, meta and holdout record, the version's row, then its recommendations
+    and the champion pointer in a second transaction (``crown_apart``, so a run killed while precomputing leaves a
+    row without recommendations that ``remove_unfinished`` recognises). If anything fails before the pointer
+    switches, the new version is removed again and the champion is untouched.
     """
-    from sqlalchemy.engine import Connection
-
     from recae.serving.recommend import precompute_recommendations
     from recae.serving.registry import publish
 
