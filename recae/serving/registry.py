@@ -206,19 +206,20 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
         metrics=json.dumps(trained.metrics),
         config=json.dumps(config), created_at=created_at,
     )
+    apart = make_champion and crown_apart
     try:
         with Session(engine) as session, session.begin():
             session.add(row)
             session.flush()
-            if precompute is not None and not crown_apart:
+            if precompute is not None and not apart:
                 precompute(session.connection(), version)
-            if make_champion and not crown_apart:
+            if make_champion and not apart:
                 set_champion(session.connection(), version, created_at)
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         raise
     log.info("published %s at %s", version, final)
-    if make_champion and crown_apart:
+    if apart:
         try:
             promote(engine, version, precompute)
         except BaseException:
