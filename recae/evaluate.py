@@ -310,8 +310,7 @@ def evaluate_model(
     file, see ``file_for_model``) replaces it. Baselines are fitted on exactly the model's training ratings and
     measured on the same held-out ratings.
     """
-    from recae.serving.artifacts import load_champion, load_version
-    from recae.serving.registry import get_version
+    from recae.serving.registry import get_version, load_champion, load_version
     from recae.splits import SplitSpec, split_from_store
 
     if split is not None and held is not None:

@@ -13,7 +13,7 @@ from recae.cli import cli
 from recae.errors import RecaeError
 from recae.insight.anomalies import find_anomalies, reconstruction_errors
 from recae.models.autoencoders import model_config
-from recae.serving.artifacts import TrainedModel
+from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig
 from tests.synthetic import planted_low_rank

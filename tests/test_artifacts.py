@@ -13,15 +13,9 @@ from sqlalchemy import select
 
 from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.models.autoencoders import model_config
-from recae.serving.artifacts import (
-    META_FILE,
-    WEIGHTS_FILE,
-    TrainedModel,
-    load_champion,
-    load_model,
-    publish,
-    save_model,
-)
+from recae.serving.model_files import META_FILE, WEIGHTS_FILE, load_model, save_model
+from recae.serving.registry import load_champion, publish
+from recae.serving.scorer import TrainedModel
 from recae.store.db import Champion, ModelVersion, make_engine
 from recae.store.matrix import RatingMatrix
 from recae.training.config import TrainConfig
@@ -178,7 +172,7 @@ def test_a_failed_publish_leaves_store_folder_and_champion_as_they_were(engine, 
 
 
 def test_scoring_chunks_bound_both_vectors_and_their_ratings() -> None:
-    from recae.serving.artifacts import _chunks
+    from recae.serving.scorer import _chunks
 
     lengths = np.array([5, 5, 20, 1, 1, 1])
     chunks = _chunks(lengths, max_items=2, max_total=10)

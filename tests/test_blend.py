@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from recae.models.autoencoders import model_config
-from recae.serving.artifacts import load_model, save_model
 from recae.serving.foldin import fold_in_scores
+from recae.serving.model_files import load_model, save_model
 from recae.splits import random_split
 from recae.training.blend import blend, blend_weight
 from recae.training.config import TrainConfig

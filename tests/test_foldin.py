@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from recae.models.autoencoders import model_config
-from recae.serving.artifacts import TrainedModel
 from recae.serving.foldin import fold_in_scores
+from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig
 from recae.training.train import fit

@@ -118,8 +118,7 @@ def test_a_copied_home_reads_and_prunes_its_own_folders_even_from_old_absolute_r
                                                                                      tmp_path: Path) -> None:
     """Rows written before paths were relative hold the original home's absolute path: a copy must still read
     its own weights (the original's may differ or be gone) and prune only its own folders."""
-    from recae.retrain.job import prune_versions
-    from recae.serving.artifacts import load_champion, publish
+    from recae.serving.registry import load_champion, prune_versions, publish
 
     older, _ = champion(home)
     engine = store(home)

@@ -25,7 +25,7 @@ from recae.insight.latent import (
 )
 from recae.models.autoencoders import ModelConfig, model_config
 from recae.models.batches import oriented_csr, sparse_rows
-from recae.serving.artifacts import TrainedModel
+from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig
 from recae.training.train import fit

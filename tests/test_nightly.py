@@ -3,7 +3,8 @@
 Each test builds its own home: planted low-rank ratings ingested with `recae ingest --ratings`, and a first
 champion trained by `recae retrain --config` with few epochs (so it is under-trained and a warm-started
 challenger that reads new ratings has room to beat it; hence `--warm-lr-scale 1`, the full training rate, where a
-converged champion is fine-tuned at the default 0.02x). Kills use the documented test hook RECAE_TEST_PAUSE_AT.
+converged champion is fine-tuned at the default 0.02x). Kills pause a run at a stage through run_retrain's
+on_stage callback (tests/retrain_worker.py) and SIGKILL it there.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import pytest
 from sqlalchemy import select
 
 from recae.errors import EXIT_LOCKED
-from recae.retrain.job import Comparison, inherited_partition, matrix_keys, seeded_uniform, verdict
+from recae.retrain.holdout import inherited_partition, matrix_keys, seeded_uniform
+from recae.retrain.job import Comparison, verdict
 from tests.synthetic import planted_low_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +44,10 @@ def recae(home: Path, *args: str, env: dict[str, str] | None = None,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def start(home: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recae", "--home", str(home), *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+def start_paused(home: Path, point: str, *args: str) -> subprocess.Popen:
+    """A retrain run (tests/retrain_worker.py) that pauses at ``point`` for the test to kill it."""
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "retrain_worker.py"), str(home), point, *args],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def summary(result: subprocess.CompletedProcess) -> dict:
@@ -196,7 +199,7 @@ def test_inbox_ingests_the_good_file_and_rejects_the_malformed_one(home: Path, p
 def test_unparsable_inbox_files_are_rejected_with_their_reason_and_the_rest_goes_on(tmp_path: Path) -> None:
     """A poisoned file (bare-CR line endings, a field past csv's 131,072-character limit, no line break at all)
     once crashed the parser and so every nightly run; now each is rejected with its reason like any bad file."""
-    from recae.retrain.job import ingest_inbox
+    from recae.retrain.inbox import ingest_inbox
     from recae.store.db import count_ratings, open_store
 
     store = open_store(f"sqlite:///{tmp_path / 'recae.db'}")
@@ -277,15 +280,14 @@ def test_worse_challenger_is_not_published(home: Path, planted: tuple[Path, Path
 @pytest.mark.parametrize("point", ["train", "publish"])
 def test_run_killed_during_training_or_publish_leaves_the_champion_serving(
         home: Path, planted: tuple[Path, Path], point: str) -> None:
-    from recae.serving.artifacts import load_champion
+    from recae.serving.registry import load_champion
     from recae.store.db import RetrainRun
 
     old = champion(home)
     recs_before = recae(home, "recommend", "--user", "1", "--format", "json")
     drop_in_inbox(home, planted[1])
     marker = home / "locks" / f"paused-at-{point}"
-    job = start(home, "retrain", "--warm-epochs", "30", "--warm-lr-scale", "1", "--margin", "0",
-                env={"RECAE_TEST_PAUSE_AT": point})
+    job = start_paused(home, point, "--warm-epochs", "30", "--warm-lr-scale", "1", "--margin", "0")
     try:
         wait_for(marker, job)
         rival = recae(home, "retrain")  # two runs at once: the second exits at once
@@ -321,7 +323,7 @@ def test_help_has_examples() -> None:
 
 def test_cold_challenger_trains_from_scratch_with_the_champions_configuration(
         home: Path, planted: tuple[Path, Path]) -> None:
-    from recae.serving.artifacts import load_champion, load_version
+    from recae.serving.registry import load_champion, load_version
 
     drop_in_inbox(home, planted[1])
     report = summary(recae(home, "retrain", "--cold", "--margin", "0"))
@@ -339,7 +341,7 @@ def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutr
     its index has extra users (rows moved); a new user's rows are zero, so they change no movie's code."""
     from recae.models.autoencoders import model_config
     from recae.retrain.warm_start import warm_start_module
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
     from recae.splits import random_split
     from recae.store.matrix import IdIndex, RatingMatrix
     from recae.training.config import TrainConfig
@@ -367,7 +369,7 @@ def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutr
 
 def test_champion_from_recae_train_gets_a_holdout_record_and_no_new_data_trains_nothing(
         tmp_path: Path, planted: tuple[Path, Path]) -> None:
-    from recae.retrain.job import HOLDOUT_FILE, read_holdout
+    from recae.retrain.holdout import HOLDOUT_FILE, read_holdout
 
     home = tmp_path / "home"
     config = tmp_path / "small.toml"
@@ -381,7 +383,7 @@ def test_champion_from_recae_train_gets_a_holdout_record_and_no_new_data_trains_
     folder = home / "models" / old
     record = read_holdout(folder)
     assert record is not None and (folder / HOLDOUT_FILE).is_file()
-    from recae.serving.artifacts import load_champion
+    from recae.serving.registry import load_champion
     from recae.store.db import count_ratings
 
     inputs = load_champion(engine(home)).inputs

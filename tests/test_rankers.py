@@ -23,8 +23,9 @@ from recae.models.rankers import (
     start_lambda,
     train_ease,
 )
-from recae.serving.artifacts import TrainedModel, load_model, save_model
 from recae.serving.foldin import fold_in
+from recae.serving.model_files import load_model, save_model
+from recae.serving.scorer import TrainedModel
 from recae.splits import Split, SplitSpec
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig

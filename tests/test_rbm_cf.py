@@ -13,8 +13,9 @@ from recae.errors import TrainingError
 from recae.models.autoencoders import model_config
 from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.rbm_cf import RatingRBM, rating_levels
-from recae.serving.artifacts import TrainedModel, load_model, save_model
 from recae.serving.foldin import fold_in_scores
+from recae.serving.model_files import load_model, save_model
+from recae.serving.scorer import TrainedModel
 from recae.splits import holdout_validation
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig

@@ -7,7 +7,7 @@ import pytest
 
 from recae.errors import UnknownMovieError
 from recae.models.autoencoders import model_config
-from recae.serving.artifacts import TrainedModel
+from recae.serving.scorer import TrainedModel
 from recae.serving.similar import similar_movies
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig

@@ -140,7 +140,7 @@ def test_cli_tune_on_half_stars_keeps_a_tiny_budget_and_shows_the_search(tmp_pat
     """`train --tune --budget` end to end on a half-star store: a budget below the final training's estimate stops
     after the first trial, trains fewer members, and the trials reach meta.json, the store and `models show`."""
     from recae.paths import resolve_paths
-    from recae.serving.artifacts import load_champion
+    from recae.serving.registry import load_champion
     from recae.store.db import open_store
 
     matrix = half_stars(planted_low_rank(n_users=70, n_movies=50, density=0.3, seed=5).observed)

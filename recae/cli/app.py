@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from recae.paths import Paths
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
 
 EXIT_CODES_HELP = "Exit codes: 0 ok, 1 error, 2 usage, 65 bad input data, 75 another run holds the lock."
 
@@ -45,7 +45,7 @@ class Context:
 
     def load_model(self, version: str | None) -> tuple[Engine, TrainedModel]:
         """The engine and the asked-for version (default: the champion)."""
-        from recae.serving.artifacts import load_champion, load_version
+        from recae.serving.registry import load_champion, load_version
 
         engine, models_dir = self.engine(), self.paths().models_dir
         return engine, (load_version(engine, version, models_dir) if version else load_champion(engine, models_dir))

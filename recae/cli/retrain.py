@@ -79,7 +79,7 @@ def models_history(obj: Context, limit: int, fmt: str) -> None:
       recae models history --limit 5 --format json
     """
     from recae.cli.output import render
-    from recae.retrain.job import run_history
+    from recae.retrain.runs import run_history
 
     records = run_history(obj.engine(), limit)
     if not records:

@@ -33,7 +33,7 @@ from recae.models.batches import oriented_csr, sparse_rows
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
 
 log = logging.getLogger(__name__)
 

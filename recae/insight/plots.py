@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from recae.insight.latent import Colouring, LatentMap, Separation
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
     from recae.store.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -61,16 +59,27 @@ from recae.clicks import (
 from recae.errors import CorruptArtifactError, RecaeError, TrainingError, UnknownMovieError
 from recae.models.autoencoders import sparse_input_matmul
 from recae.models.batches import SparseRows, sparse_rows
-from recae.serving.artifacts import file_record, software_versions, verify_file
+from recae.serving.model_files import (
+    META_FILE,
+    WEIGHTS_FILE,
+    read_tensors,
+    require_files,
+    software_versions,
+    standalone,
+    verify_file,
+    version_name,
+    write_atomically,
+    write_files,
+)
 from recae.settings import strict_settings
 from recae.store.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
 
+#: The Mult-VAE's meta.json names its own format (its keys differ from an autoencoder's); the folder layout, sha256
+#: record and version names are ``recae.serving.model_files``'s.
 FORMAT = "recae-multvae"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-META_FILE = "meta.json"
 
 
 # --- configuration ---------------------------------------------------------------------------------------------
@@ -513,8 +522,8 @@ def train_and_evaluate(
 
 
 def new_version_name(now: datetime | None = None) -> str:
-    """``YYYYmmddTHHMMSSffffffZ-multvae``: sortable by time."""
-    return f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%S%f}Z-multvae"
+    """``YYYYmmddTHHMMSSffffffZ-multvae``: sortable by time, named like every version (``model_files.version_name``)."""
+    return version_name(now or datetime.now(UTC), "multvae")
 
 
 def save_multvae(trained: TrainedMultVAE, folder: str | Path) -> Path:
@@ -523,53 +532,32 @@ def save_multvae(trained: TrainedMultVAE, folder: str | Path) -> Path:
     The files are written and fsynced in a temp folder beside it, then moved in with one ``os.replace``: a killed
     run leaves no half-written model. Raises RecaeError when ``folder`` already exists.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     if folder.exists():
         raise RecaeError(f"{folder} already exists; choose another --out folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
-    try:
-        weights = temp / WEIGHTS_FILE
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in trained.module.state_dict().items()}
-        save_file(tensors, str(weights))
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": "mult-vae",
-            "config": trained.config.to_json(),
-            "train_config": trained.train_config.to_json() if trained.train_config is not None else None,
-            "movie_ids": trained.movie_ids.tolist(),
-            "split": trained.split,
-            "metrics": trained.metrics,
-            "history": trained.history,
-            "versions": software_versions(),
-            "created_at": datetime.now(UTC).isoformat(),
-            "files": {WEIGHTS_FILE: file_record(weights)},
-        }
-        (temp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        for path in (weights, temp / META_FILE):
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(temp, folder)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    tensors = {k: standalone(v) for k, v in trained.module.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": "mult-vae",
+        "config": trained.config.to_json(),
+        "train_config": trained.train_config.to_json() if trained.train_config is not None else None,
+        "movie_ids": trained.movie_ids.tolist(),
+        "split": trained.split,
+        "metrics": trained.metrics,
+        "history": trained.history,
+        "versions": software_versions(),
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    write_atomically(folder, lambda temp: write_files(temp, tensors, meta))
     return folder
 
 
 def load_multvae(folder: str | Path) -> TrainedMultVAE:
-    """Load a folder written by :func:`save_multvae`; CorruptArtifactError (one line) on any damage."""
-    from safetensors import safe_open
-
+    """Load a folder written by :func:`save_multvae` (by this or an earlier recae: the format is unchanged since
+    version 1); CorruptArtifactError (one line) on any damage."""
     folder = Path(folder)
-    meta_path, weights = folder / META_FILE, folder / WEIGHTS_FILE
-    for needed in (meta_path, weights):
-        if not needed.is_file():
-            raise CorruptArtifactError(f"Mult-VAE model {folder} is missing {needed.name}; retrain with `recae vae`")
+    meta_path, weights = require_files(folder, "Mult-VAE model", "recae vae")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
@@ -587,8 +575,7 @@ def load_multvae(folder: str | Path) -> TrainedMultVAE:
         raise CorruptArtifactError(f"Mult-VAE model {folder}: {META_FILE} is unreadable or incomplete ({err})") from err
     verify_file(weights, expected, f"Mult-VAE model {folder}")
     try:
-        with safe_open(str(weights), framework="pt") as handle:
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        tensors = read_tensors(weights)
         module = MultVAE(movie_ids.size, config)
         module.load_state_dict(tensors, strict=True)
     except Exception as err:  # noqa: BLE001 - safetensors and load_state_dict raise several types

@@ -18,7 +18,7 @@ from recae.errors import TrainingError
 
 if TYPE_CHECKING:
     from recae.models.autoencoders import AutoEncoder, ModelConfig
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
     from recae.store.matrix import RatingMatrix
     from recae.training.config import TrainConfig
 

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from recae.models.batches import sparse_rows
-from recae.serving.artifacts import TrainedModel
+from recae.serving.scorer import TrainedModel
 from recae.training.blend import blend
 
 #: Ridge strength on the decoder row and on its bias, measured in "ratings' worth" of evidence.

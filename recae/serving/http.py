@@ -56,14 +56,15 @@ from recae.serving.api_schemas import (
     RecommendationList,
     SimilarList,
 )
-from recae.serving.recommend import Filters, RecommendedMovie, champion_version, movie_details, recommend_from_store
+from recae.serving.recommend import Filters, RecommendedMovie, movie_details, recommend_from_store
+from recae.serving.registry import champion_version
 from recae.store.db import StoreUnavailableError, open_store
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from recae.serving.artifacts import TrainedModel
     from recae.serving.live_model import ModelCache
+    from recae.serving.scorer import TrainedModel
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 if TYPE_CHECKING:
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class ModelCache:
     def _load(self, version: str) -> TrainedModel:
         import torch
 
-        from recae.serving.artifacts import load_version
         from recae.serving.foldin import fold_in_scores
+        from recae.serving.registry import load_version
 
         torch.set_num_threads(self._threads)  # a worker serves many requests at once; workers bring parallelism
         model = load_version(self._engine, version, self._models_dir)

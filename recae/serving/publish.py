@@ -1,7 +1,8 @@
-"""Train on a named split of the store, publish, and promote: the steps `train`, `quickstart` and `retrain` share.
+"""Train on a named split of the store and publish: the steps `train` and `quickstart` share.
 
-Promotion is the one step serving sees: the challenger's recommendations are precomputed and the champion pointer
-switched in a single transaction, so a reader sees either the old champion with its list or the new one with its.
+Publishing and promotion are the registry's (``recae.serving.registry.publish``, which the nightly job uses too);
+this module adds what a training from the store needs around it: the split, the checkpoint folder, tuning, the
+distributed ranks, and the recommendations a new champion serves from its first request.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from recae.errors import STORE_BUSY, StoreBusyError
 from recae.models.autoencoders import ModelConfig
-from recae.serving.artifacts import TrainedModel, publish
-from recae.serving.recommend import DEFAULT_PRECOMPUTED, precompute_recommendations
-from recae.serving.registry import VersionInfo, set_champion
+from recae.serving.recommend import precompute_recommendations
+from recae.serving.registry import VersionInfo, publish
 from recae.splits import Split, SplitSpec, split_from_store
 from recae.store.db import is_lock_timeout
 from recae.store.matrix import RatingMatrix
@@ -38,22 +38,6 @@ class TrainingRun:
     published: VersionInfo
     result: TrainResult
     promoted: bool
-
-
-def promote(
-    engine: Engine, version: str, trained: TrainedModel, rated: RatingMatrix, n_precomputed: int = DEFAULT_PRECOMPUTED,
-    on_batch: Callable[[int], None] | None = None,
-) -> int:
-    """Precompute ``version``'s top-N for every user it knows and make it the champion, in one transaction.
-
-    ``rated`` must share the model's IdIndex; every film in it is excluded from each user's list.
-    Returns the number of recommendation rows written.
-    """
-    with engine.begin() as conn:
-        written = precompute_recommendations(conn, version, trained, rated, n=n_precomputed, on_batch=on_batch)
-        set_champion(conn, version)
-    log.info("model %s now serves (%d precomputed recommendations)", version, written)
-    return written
 
 
 def run_folder(models_dir: Path, spec: SplitSpec, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -114,13 +98,13 @@ def train_and_publish(
     if make_champion and on_progress is not None:
         on_progress("precomputing recommendations")
 
-    def precompute(conn: Connection, version: str) -> None:
+    def precompute(conn: Connection, version: str) -> int:
         # Films a user rated anywhere (train or test) are never recommended to them.
-        precompute_recommendations(conn, version, result.trained, matrix)
+        return precompute_recommendations(conn, version, result.trained, matrix)
 
     try:
         published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
-                            make_champion=make_champion, in_transaction=precompute if make_champion else None)
+                            make_champion=make_champion, precompute=precompute if make_champion else None)
     except Exception as err:
         if not is_lock_timeout(err):
             raise

@@ -17,14 +17,14 @@ import numpy as np
 from sqlalchemy import and_, delete, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
-from recae.errors import DataError, ModelNotFoundError, UnknownGenreError, UnknownMovieError, UnknownUserError
+from recae.errors import DataError, UnknownGenreError, UnknownMovieError, UnknownUserError
 from recae.metrics import dense_flags, ranking_scores
-from recae.serving.registry import current_champion
+from recae.serving.registry import champion_version
 from recae.store.db import Movie, Rating, Recommendation
 from recae.store.writers import insert_columns
 
 if TYPE_CHECKING:
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
     from recae.store.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
@@ -190,14 +190,6 @@ def check_genre(conn: Connection, genre: str | None) -> None:
         raise UnknownGenreError(f"genre {genre!r} is unknown; genres in the catalogue: {listed}")
 
 
-def champion_version(conn: Connection) -> str:
-    """Version of the serving model; ModelNotFoundError when none is published."""
-    version = current_champion(conn)
-    if version is None:
-        raise ModelNotFoundError("no trained model yet; run `recae train` (or `recae quickstart`)")
-    return str(version)
-
-
 def known_users_message(conn: Connection, user_id: int) -> str:
     """``user 9999 is unknown; known users are 1..943 (943 users)``, from the store."""
     low, high, count = conn.execute(
@@ -354,7 +346,7 @@ def recommend_live(
     Imports torch and loads the model (a few seconds at most); a server keeps the model loaded and calls
     :func:`recommend_with_model` instead.
     """
-    from recae.serving.artifacts import load_champion, load_version
+    from recae.serving.registry import load_champion, load_version
 
     trained = load_version(engine, version, models_dir) if version else load_champion(engine, models_dir)
     return recommend_with_model(engine, trained, user_id, fresh, n, filters)[0]

@@ -1,18 +1,41 @@
-"""Published model versions and the champion pointer: list, show, switch (rollback). No torch here."""
+"""The version lifecycle: publish, load, promote, prune, and the champion pointer (list, show, switch back).
+
+Every trained model becomes a version through ``publish`` (``recae train``, ``quickstart`` and the nightly job
+alike): its folder is written atomically (``recae.serving.model_files``), then its ``model_versions`` row, its
+precomputed recommendations and the ``champion`` pointer commit together, so a reader sees either the old champion
+with its list or the new one with its, and a failed or killed publish leaves the champion loadable. No torch at
+import: the serving read path (``recommend``, ``http``) reads the pointer here; loading and publishing import the
+model files when called. What a champion-to-be precomputes is the caller's (``recae.serving.recommend``), handed in
+as a callback, so this module needs nothing from the read path that needs it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from recae.errors import ModelNotFoundError
+from recae.paths import models_dir_of
 from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
+
+if TYPE_CHECKING:
+    from recae.serving.scorer import TrainedModel
+
+log = logging.getLogger(__name__)
+
+#: ``precompute(conn, version)`` writes a version's recommendations inside the caller's transaction and returns
+#: how many rows it wrote (``recae.serving.recommend.precompute_recommendations`` with the model and its ratings).
+Precompute = Callable[[Connection, str], int]
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,14 @@ def champion_of(engine: Engine) -> str | None:
         return current_champion(conn)
 
 
+def champion_version(conn: Connection) -> str:
+    """Version of the serving model; ModelNotFoundError when none is published."""
+    version = current_champion(conn)
+    if version is None:
+        raise ModelNotFoundError("no trained model yet; run `recae train` (or `recae quickstart`)")
+    return str(version)
+
+
 def list_versions(engine: Engine) -> list[VersionInfo]:
     """Every published version, newest first."""
     from sqlalchemy.orm import Session
@@ -131,3 +162,177 @@ def use_version(engine: Engine, version: str) -> VersionInfo:
             )
         set_champion(conn, version)
     return get_version(engine, version)
+
+
+# --- publish and promote ---------------------------------------------------------------------------------------
+
+
+def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, data_fingerprint: str | None = None,
+            make_champion: bool = True, precompute: Precompute | None = None,
+            extra_files: Callable[[Path], None] | None = None, crown_apart: bool = False) -> VersionInfo:
+    """Write the version's folder atomically, record its ``model_versions`` row and (by default) make it the champion.
+
+    ``precompute(conn, version)`` writes the version's recommendations in the transaction that records it, which
+    also switches the pointer: a reader never meets a champion without its list. ``extra_files(folder)`` adds files
+    to the folder before it moves into place (the nightly job's holdout record). With ``crown_apart`` the row
+    commits on its own first and the recommendations and the pointer follow in a second transaction (``promote``):
+    a version killed in between is a row without recommendations, which the nightly job recognises and removes.
+    A failure at any step leaves the store and the current champion as they were (the folder is removed).
+    """
+    from sqlalchemy.orm import Session
+
+    from recae.serving.model_files import save_model, version_name, write_atomically
+
+    models_dir = Path(models_dir)
+    created_at = utcnow()
+    version = version_name(created_at, trained.model_config.name, trained.orientation)
+    final = models_dir / version
+
+    def write(folder: Path) -> dict[str, Any]:
+        meta = save_model(trained, folder, version=version, data_fingerprint=data_fingerprint, created_at=created_at)
+        if extra_files is not None:
+            extra_files(folder)
+        return meta
+
+    meta = write_atomically(final, write)
+    split_name = (trained.split_spec or {}).get("name", "")
+    seed = trained.train_config.seed if trained.train_config is not None else 0
+    config = {"model": trained.model_config.to_json(),
+              "train": trained.train_config.to_json() if trained.train_config is not None else None,
+              "split": trained.split_spec, "ranker": meta["ranker"], "tune": meta["tune"]}
+    row = ModelVersion(
+        version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
+        seed=seed, path=stored_path(version), data_fingerprint=meta["data_fingerprint"],
+        metrics=json.dumps(trained.metrics),
+        config=json.dumps(config), created_at=created_at,
+    )
+    apart = make_champion and crown_apart
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(row)
+            session.flush()
+            if precompute is not None and not apart:
+                precompute(session.connection(), version)
+            if make_champion and not apart:
+                set_champion(session.connection(), version, created_at)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    log.info("published %s at %s", version, final)
+    if apart:
+        try:
+            promote(engine, version, precompute)
+        except BaseException:
+            with engine.begin() as conn:
+                conn.execute(delete(Recommendation).where(Recommendation.version == version))
+                conn.execute(delete(ModelVersion).where(ModelVersion.version == version))
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+    return VersionInfo(
+        version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
+        seed=seed, path=stored_path(version), data_fingerprint=meta["data_fingerprint"], metrics=dict(trained.metrics),
+        config=config, created_at=created_at, is_champion=make_champion,
+    )
+
+
+def promote(engine: Engine, version: str, precompute: Precompute | None = None) -> int:
+    """Precompute a published version's recommendations and make it the champion, in one transaction.
+
+    Returns the number of recommendation rows written.
+    """
+    with engine.begin() as conn:
+        written = precompute(conn, version) if precompute is not None else 0
+        set_champion(conn, version)
+    log.info("model %s now serves (%d precomputed recommendations)", version, written)
+    return written
+
+
+# --- load ------------------------------------------------------------------------------------------------------
+
+
+def load_version(engine: Engine, version: str, models_dir: str | Path | None = None) -> TrainedModel:
+    """Load a published version by name from ``models_dir`` (default: ``paths.models_dir_of(engine)``);
+    ModelNotFoundError when the store has no such version."""
+    from recae.serving.model_files import load_model
+
+    with engine.connect() as conn:
+        path = conn.execute(select(ModelVersion.path).where(ModelVersion.version == version)).scalar()
+    if path is None:
+        raise ModelNotFoundError(f"model version {version!r} is not in the store; see `recae models`")
+    return load_model(version_folder(path, models_dir or models_dir_of(engine)))
+
+
+def load_champion(engine: Engine, models_dir: str | Path | None = None) -> TrainedModel:
+    """The serving model, from ``models_dir`` (default: ``paths.models_dir_of(engine)``); ModelNotFoundError
+    before the first ``recae train``."""
+    from recae.serving.model_files import load_model
+
+    with engine.connect() as conn:
+        path = conn.execute(
+            select(ModelVersion.path).join(Champion, Champion.version == ModelVersion.version).where(Champion.id == 1)
+        ).scalar()
+    if path is None:
+        raise ModelNotFoundError("no trained model yet; run `recae train`")
+    return load_model(version_folder(path, models_dir or models_dir_of(engine)))
+
+
+# --- prune -----------------------------------------------------------------------------------------------------
+
+
+def prune_versions(engine: Engine, models_dir: Path, keep: int) -> tuple[str, ...]:
+    """Delete all but the newest ``keep`` versions (never the champion): rows, recommendations, then folders.
+
+    Folders are removed only inside ``models_dir``; leftover ``.tmp-*`` folders of dead publishers go too.
+    """
+    with engine.begin() as conn:
+        champion = current_champion(conn)
+        rows = conn.execute(select(ModelVersion.version, ModelVersion.path)
+                            .order_by(ModelVersion.created_at.desc(), ModelVersion.version.desc())).all()
+        doomed = [(v, p) for v, p in rows[max(keep, 0):] if v != champion]
+        names = [v for v, _ in doomed]
+        if names:
+            conn.execute(delete(Recommendation).where(Recommendation.version.in_(names)))
+            conn.execute(delete(ModelVersion).where(ModelVersion.version.in_(names)))
+    root = models_dir.resolve()
+    for version, path in doomed:
+        folder = version_folder(path, models_dir).resolve()
+        if folder.parent == root and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+        log.info("pruned model version %s", version)
+    for temp in root.glob(".tmp-*") if root.is_dir() else []:
+        pid = temp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(temp, ignore_errors=True)
+    return tuple(names)
+
+
+def remove_unfinished(engine: Engine, models_dir: Path) -> tuple[str, ...]:
+    """Delete versions a killed retrain published but never promoted: not the champion, no recommendations.
+
+    Only versions made by this job (their split names ``holdout_of``) are touched, and only under the job's lock,
+    so no such publish can be in flight.
+    """
+    with engine.begin() as conn:
+        champion = current_champion(conn)
+        with_recs = set(conn.execute(select(Recommendation.version).distinct()).scalars())
+        rows = conn.execute(select(ModelVersion.version, ModelVersion.path, ModelVersion.config)).all()
+        doomed = [(v, p) for v, p, config in rows if v != champion and v not in with_recs
+                  and "holdout_of" in (json.loads(config or "{}").get("split") or {})]
+        if doomed:
+            conn.execute(delete(ModelVersion).where(ModelVersion.version.in_([v for v, _ in doomed])))
+    for version, path in doomed:
+        folder = version_folder(path, models_dir).resolve()
+        if folder.parent == models_dir.resolve():  # never another home's folder (an old absolute path)
+            shutil.rmtree(folder, ignore_errors=True)
+        log.warning("removed %s: a killed retrain published it but never made it the champion", version)
+    return tuple(v for v, _ in doomed)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recae.serving.artifacts import TrainedModel
+from recae.serving.scorer import TrainedModel
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from recae.training import distributed
 from recae.training.config import AUTO_ONE_THREAD_BELOW, FULL_BATCH, TrainConfig
 
 if TYPE_CHECKING:
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
     from recae.splits import Split
     from recae.training.blend import FittedBlend
 
@@ -216,7 +216,7 @@ def _first_layer(module: AutoEncoder, inputs: SparseRows) -> Tensor:
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Optimizer state_dict -> (tensors by name, JSON-able description); no pickle."""
-    from recae.serving.artifacts import standalone
+    from recae.serving.model_files import standalone
 
     tensors: dict[str, Tensor] = {}
 
@@ -266,7 +266,7 @@ def _save_checkpoint(path: Path, module: AutoEncoder, best: dict[str, Tensor], o
                      progress: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    from recae.serving.artifacts import standalone
+    from recae.serving.model_files import standalone
 
     tensors = {f"model/{k}": standalone(v) for k, v in module.state_dict().items()}
     tensors.update({f"best/{k}": standalone(v) for k, v in best.items()})
@@ -449,7 +449,7 @@ def _park(result: FitResult, folder: Path | None) -> FitResult:
         return result
     from safetensors.torch import save_file
 
-    from recae.serving.artifacts import standalone
+    from recae.serving.model_files import standalone
 
     world = distributed.current()
     path = folder / (MEMBER_FILE if world is None else f"rank{world.rank}-{MEMBER_FILE}")  # ranks share the folder
@@ -652,7 +652,7 @@ def train_split(
 
     The returned model reads every training rating (fit + validation) as its inputs; test ratings never are.
     """
-    from recae.serving.artifacts import TrainedModel, with_metrics
+    from recae.serving.scorer import TrainedModel, with_metrics
 
     if model_cfg.name == "rbm":
         from recae.models.rbm_cf import single_network
@@ -732,7 +732,7 @@ def blend_carve(train: RatingMatrix, cfg: TrainConfig) -> tuple[RatingMatrix, Ra
 def _fitted_blend(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix, blend_part: RatingMatrix,
                   seed: int) -> FittedBlend:
     """The blend of the shipped main ensemble and partner, fitted on the blend part (the fit part as inputs)."""
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
     from recae.training.blend import fit_blend
 
     rows, cols, values = blend_part.coo()

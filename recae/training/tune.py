@@ -265,7 +265,7 @@ class _Search:
 
     def outer_rmse(self, result: FitResult) -> float:
         """``sqrt(mean((clip(rhat) - r)^2))`` on the outer carve, the model reading every rating of the rest."""
-        from recae.serving.artifacts import TrainedModel
+        from recae.serving.scorer import TrainedModel
 
         rows, cols, values = self.outer.coo()
         predicted = TrainedModel.from_fit(result.module, self.rest).predict(rows, cols).astype(np.float64)

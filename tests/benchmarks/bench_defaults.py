@@ -103,7 +103,7 @@ def compare_carving(fit_part, development, args: argparse.Namespace) -> None:  #
     """Members each stopping on their own carve (the default) against members sharing one carve."""
     from dataclasses import replace
 
-    from recae.serving.artifacts import TrainedModel
+    from recae.serving.scorer import TrainedModel
     from recae.splits import holdout_validation
     from recae.training.config import default_configs
     from recae.training.train import fit, fit_cross_carved, test_metrics

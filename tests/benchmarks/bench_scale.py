@@ -13,7 +13,7 @@ Stages (in this order; --stages picks some, the ones after ``synth`` reuse what 
               the model is saved in --work for the precompute stage
   train-user  the same in user orientation
   precompute  top-N (--top, default 10) of every user from the train-item model, written into the store in one
-              transaction together with the champion switch (recae.serving.publish.promote)
+              transaction together with the champion switch (recae.serving.registry.promote)
   cli         optional: the real `recae train` end to end in one process (split, 1 epoch, test metrics, publish,
               top-100 precompute): the honest overall peak of a training run; ensemble 1 and one weight decay
               unless --cli-defaults
@@ -130,7 +130,8 @@ def stage_matrix(shape: Shape, args: argparse.Namespace) -> dict[str, object]:
 
 
 def _train(shape: Shape, args: argparse.Namespace, orientation: str) -> dict[str, object]:
-    from recae.serving.artifacts import TrainedModel, save_model
+    from recae.serving.model_files import save_model
+    from recae.serving.scorer import TrainedModel
     from recae.splits import holdout_validation
     from recae.store.matrix import RatingMatrix
     from recae.training.config import default_configs
@@ -178,9 +179,9 @@ def stage_precompute(shape: Shape, args: argparse.Namespace) -> dict[str, object
     import torch
     from sqlalchemy import delete, func, insert, select
 
-    from recae.serving.artifacts import load_model
-    from recae.serving.publish import promote
-    from recae.serving.recommend import precompute_batch_users
+    from recae.serving.model_files import load_model
+    from recae.serving.recommend import precompute_batch_users, precompute_recommendations
+    from recae.serving.registry import promote
     from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
     from recae.store.matrix import RatingMatrix
 
@@ -216,7 +217,8 @@ def stage_precompute(shape: Shape, args: argparse.Namespace) -> dict[str, object
             done["next"] += 0.1
 
     started = time.perf_counter()
-    written = promote(engine, BENCH_VERSION, trained, matrix, n_precomputed=args.top, on_batch=on_batch)
+    written = promote(engine, BENCH_VERSION, lambda conn, version: precompute_recommendations(
+        conn, version, trained, matrix, n=args.top, on_batch=on_batch))
     seconds = time.perf_counter() - started
     with engine.connect() as conn:
         stored = conn.execute(select(func.count()).select_from(Recommendation)

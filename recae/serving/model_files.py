@@ -1,0 +1,268 @@
+"""The on-disk format of a model version: ``weights.safetensors`` + ``meta.json``, moved into place atomically.
+
+A version folder holds ``weights.safetensors`` (the module's tensors and the training ratings it reads as inputs)
+and ``meta.json`` (model and train config, IdIndex, split spec, metrics, data fingerprint, rating scale, library
+versions, sha256 of the weights). It is filled in a temp folder ``.tmp-<name>-<pid>`` and moved into place with one
+``os.replace``, so a killed writer never leaves half a model. Loading never unpickles and checks every file; any
+damage is a one-line CorruptArtifactError. The Mult-VAE (``recae.models.multvae``) writes and reads its own meta
+through the same helpers and version names. The store is not touched here: ``recae.serving.registry`` publishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recae.errors import CorruptArtifactError
+from recae.models.autoencoders import AutoEncoder, ModelConfig, build_model
+from recae.models.rankers import EaseRanker
+from recae.serving.scorer import TrainedModel
+from recae.store.matrix import IdIndex, RatingMatrix
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "meta.json"
+T = TypeVar("T")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    """The versions a model was made with, for its meta.json."""
+    from recae import __version__
+
+    return {"recae": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"sha256", "bytes"}`` of a written file, kept in meta.json so loading can detect damage."""
+    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
+
+
+def verify_file(path: Path, record: dict[str, Any], what: str) -> None:
+    """Raise CorruptArtifactError (one line, naming ``what``) when ``path`` no longer matches its record."""
+    if path.stat().st_size != record.get("bytes") or _sha256(path) != record.get("sha256"):
+        raise CorruptArtifactError(f"{what}: {path.name} is truncated or altered (checksum)")
+
+
+def version_name(created_at: datetime, *labels: str) -> str:
+    """``YYYYmmddTHHMMSSffffffZ-<label>-...``: a version's (and its folder's) name, sortable by time, readable at a
+    glance (``...Z-stacked-item`` for an autoencoder, ``...Z-multvae`` for a Mult-VAE)."""
+    return "-".join([f"{created_at:%Y%m%dT%H%M%S%f}Z", *labels])
+
+
+def write_atomically(folder: Path, write: Callable[[Path], T]) -> T:
+    """``write(temp)`` fills ``.tmp-<name>-<pid>`` beside ``folder``, which then moves into place with one
+    ``os.replace``: a killed writer leaves no half-written version, only a temp folder that pruning recognises by
+    its dead pid. The temp folder is removed when anything fails. Returns what ``write`` returned."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        written = write(temp)
+        os.replace(temp, folder)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return written
+
+
+def write_files(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``tensors`` as ``weights.safetensors`` and ``meta`` plus the weights' record (``files``) as
+    ``meta.json`` into the new folder ``folder``, both fsynced. Returns the meta written."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=False)
+    weights = folder / WEIGHTS_FILE
+    save_file(tensors, str(weights))
+    meta = {**meta, "files": {WEIGHTS_FILE: file_record(weights)}}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    for path in (weights, folder / META_FILE):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    return meta
+
+
+def require_files(folder: Path, what: str, retrain: str) -> tuple[Path, Path]:
+    """``(meta.json, weights.safetensors)`` of ``folder``; CorruptArtifactError naming ``what`` and the command
+    that makes a new one (``retrain``) when either is missing."""
+    meta_path, weights = folder / META_FILE, folder / WEIGHTS_FILE
+    for needed in (meta_path, weights):
+        if not needed.is_file():
+            raise CorruptArtifactError(f"{what} {folder} is missing {needed.name}; retrain with `{retrain}`")
+    return meta_path, weights
+
+
+def read_tensors(weights: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (never unpickles); safetensors' own errors pass through."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+
+
+def save_model(trained: TrainedModel, folder: Path, *, version: str, data_fingerprint: str | None = None,
+               created_at: datetime | None = None) -> dict[str, Any]:
+    """Write ``weights.safetensors`` and ``meta.json`` into ``folder`` (created; fsynced). Returns the meta."""
+    from recae.store.db import utcnow
+
+    csr = trained.inputs.csr
+    tensors = _module_tensors("model/", trained.module)
+    if trained.partner is not None:
+        tensors.update(_module_tensors("partner/", trained.partner.module))
+    if trained.ranker is not None:
+        tensors["ranker/items"] = torch.from_numpy(np.ascontiguousarray(trained.ranker.items, dtype=np.int64))
+        tensors["ranker/weights"] = torch.from_numpy(np.ascontiguousarray(trained.ranker.weights, dtype=np.float32))
+    # views of the model's own arrays where the dtype already fits (save_file only reads them)
+    tensors["inputs/indptr"] = torch.from_numpy(np.ascontiguousarray(csr.indptr, dtype=np.int64))
+    tensors["inputs/indices"] = torch.from_numpy(np.ascontiguousarray(csr.indices, dtype=np.int32))
+    tensors["inputs/data"] = torch.from_numpy(np.ascontiguousarray(csr.data, dtype=np.float32))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "model": trained.model_config.name,
+        "model_config": trained.model_config.to_json(),
+        "train_config": trained.train_config.to_json() if trained.train_config is not None else None,
+        "index": trained.index.to_json(),
+        "split": trained.split_spec,
+        "metrics": trained.metrics,
+        "history": trained.history,
+        "data_fingerprint": data_fingerprint or trained.inputs.fingerprint(),
+        "inputs_fingerprint": trained.inputs.fingerprint(),  # provenance; integrity is the sha256 below
+        "rating_scale": list(trained.rating_scale),
+        "partner": None if trained.partner is None else {
+            "model_config": trained.partner.model_config.to_json(), "blend_weight": trained.blend_weight},
+        "ranker": None if trained.ranker is None else {**trained.ranker.describe(), "search": trained.ranker_search},
+        "tune": trained.tune_search or None,
+        "versions": software_versions(),
+        "created_at": (created_at or utcnow()).isoformat(),
+    }
+    return write_files(folder, tensors, meta)
+
+
+def _module_tensors(prefix: str, module: AutoEncoder) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": standalone(v) for k, v in module.state_dict().items()}
+
+
+def standalone(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as safetensors stores it (contiguous, owning its storage), copied only when it is not already:
+    at ML-25M scale blanket copies of weights, best weights and Adam's moments cost 1.6 GB at each checkpoint."""
+    tensor = tensor.detach().cpu().contiguous()
+    owns = tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return tensor if owns else tensor.clone()
+
+
+def _module_from(tensors: dict[str, torch.Tensor], prefix: str, config: ModelConfig, index: IdIndex) -> AutoEncoder:
+    n_units = index.n_users if config.orientation == "item" else index.n_movies
+    with torch.device("meta"):  # no throwaway random weights: the loaded tensors become the parameters
+        module = build_model(config, n_units, n_units)
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    module.load_state_dict(state, strict=True, assign=True)
+    return module.eval()
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Load a version folder; raises CorruptArtifactError (one line) when anything is missing or inconsistent."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CorruptArtifactError(f"model folder {folder} does not exist (another --home, or deleted?); "
+                                   "retrain with `recae train` or roll back with `recae models use`")
+    meta_path, weights = require_files(folder, "model artifact", "recae train")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        expected = meta["files"][WEIGHTS_FILE]
+        model_cfg = ModelConfig.from_json(meta["model_config"])
+        index = IdIndex.from_json(meta["index"])
+        scale = (float(meta["rating_scale"][0]), float(meta["rating_scale"][1]))
+        if not -1e6 < scale[0] < scale[1] < 1e6:
+            raise ValueError(f"rating_scale {meta['rating_scale']} is not [LOW, HIGH] with LOW < HIGH")
+        partner_meta = meta.get("partner")
+        partner_cfg = ModelConfig.from_json(partner_meta["model_config"]) if partner_meta else None
+        blend_weight = float(partner_meta["blend_weight"]) if partner_meta else 1.0
+        if not 0.0 <= blend_weight <= 1.0:
+            raise ValueError(f"blend_weight {blend_weight} is outside [0, 1]")
+        ranker_meta = meta.get("ranker")
+        if ranker_meta is not None and ranker_meta.get("kind") != "ease":
+            raise ValueError(f"unknown ranker kind {ranker_meta.get('kind')!r}")
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is unreadable or incomplete ({err})") from err
+    except Exception as err:  # a RecaeError from config validation, e.g. unknown setting
+        raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is inconsistent ({err})") from err
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CorruptArtifactError(f"model artifact {folder} has format {meta.get('format_version')}, "
+                                   f"this recae reads format {FORMAT_VERSION}; retrain with `recae train`")
+    verify_file(weights, expected, f"model artifact {folder}")
+    try:
+        tensors = read_tensors(weights)
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CorruptArtifactError(f"model artifact {folder}: {WEIGHTS_FILE} is unreadable ({err})") from err
+    try:
+        indptr = tensors["inputs/indptr"].numpy()
+        indices = tensors["inputs/indices"].numpy()
+        if indptr.size != index.n_users + 1 or int(indptr[-1]) != indices.size or (
+                indices.size and int(indices.max()) >= index.n_movies):
+            raise ValueError("stored training ratings do not fit the IdIndex")
+        csr = sp.csr_matrix((tensors["inputs/data"].numpy(), tensors["inputs/indices"].numpy(), indptr),
+                            shape=(index.n_users, index.n_movies))
+        inputs = RatingMatrix(csr=csr, timestamps=np.zeros(csr.nnz, np.int64), index=index)
+        module = _module_from(tensors, "model/", model_cfg, index)
+        partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
+        ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
+    except (KeyError, ValueError, RuntimeError) as err:  # torch's size mismatches span lines: one line here
+        raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json "
+                                   f"({' '.join(str(err).split())})") from err
+    train_cfg = None
+    if meta.get("train_config") is not None:
+        from recae.training.config import TrainConfig
+
+        try:
+            train_cfg = TrainConfig.from_json(meta["train_config"])
+        except Exception as err:  # noqa: BLE001
+            raise CorruptArtifactError(f"model artifact {folder}: train_config is inconsistent ({err})") from err
+    partner = None
+    if partner_module is not None:
+        partner = TrainedModel(module=partner_module, model_config=partner_module.config, inputs=inputs,
+                               rating_scale=scale)
+    return TrainedModel(module=module, model_config=model_cfg, inputs=inputs, rating_scale=scale,
+                        train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}),
+                        history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight,
+                        ranker=ranker, ranker_search=dict((ranker_meta or {}).get("search") or {}),
+                        tune_search=dict(meta.get("tune") or {}))
+
+
+def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> EaseRanker:
+    """The EASE ranker stored under ``ranker/``; ValueError when it does not fit the IdIndex."""
+    items = tensors["ranker/items"].numpy()
+    weights = tensors["ranker/weights"].numpy()
+    if weights.shape != (items.size, items.size) or (items.size and (items.min() < 0 or items.max() >= index.n_movies)):
+        raise ValueError("stored ranker does not fit the IdIndex")
+    return EaseRanker(items=items, weights=weights, n_movies=index.n_movies, lam=float(meta["lambda"]),
+                      input=str(meta["input"]), rating_max=float(meta["rating_max"]))
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """meta.json of a version folder (CorruptArtifactError when absent or unreadable)."""
+    meta_path = Path(path) / META_FILE
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorruptArtifactError(f"model artifact {path}: cannot read {META_FILE} ({err})") from err
