@@ -90,7 +90,7 @@ def fit_ensemble(carve: Carve, model_cfg: ModelConfig, train_cfg: TrainConfig, d
     log.info("merged %d %s members into one network of width %s", len(members), model_cfg.orientation,
              merged.config.hidden)
     # Keep the members' figures, not their networks: at ML-25M scale each holds ~0.4 GB beside the merged one.
-    members = [replace(r, module=None) for r in members]
+    members = [replace(r, module=None) for r in members]  # type: ignore[arg-type]
     return FitResult(
         module=merged, best_epoch=max(r.best_epoch for r in members),
         best_val_rmse=float(np.mean([r.best_val_rmse for r in members])),
@@ -113,7 +113,7 @@ def park(result: FitResult, folder: Path | None) -> FitResult:
     world = distributed.current()
     path = folder / (MEMBER_FILE if world is None else f"rank{world.rank}-{MEMBER_FILE}")  # ranks share the folder
     save_file({k: standalone(v) for k, v in result.module.state_dict().items()}, str(path))
-    return replace(result, module=None, module_file=path)
+    return replace(result, module=None, module_file=path)  # type: ignore[arg-type]
 
 
 def unpark(result: FitResult, model_cfg: ModelConfig) -> AutoEncoder:

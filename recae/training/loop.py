@@ -6,7 +6,7 @@ higher-is-better scores), patience, the learning-rate decay on a plateau, the di
 progress callback and the checkpoint hook. A resumed run hands its saved :class:`LoopState` back in, so a resumed
 deterministic run takes the same decisions as an uninterrupted one.
 
-Rules, as every family had them before they shared this loop:
+The rules every family follows:
 - an epoch improves when its score beats the best so far strictly (``<`` for RMSE, ``>`` for NDCG); an epoch
   without validation (score None) always improves and leaves the best score alone (the last weights are kept);
 - after an improving epoch ``stale`` is 0, after any other it grows by one; the run ends when ``stale`` reaches
@@ -20,9 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from recae.models.autoencoders import AutoEncoder
 
 #: What a family's epoch step returns (its training figures), what its snapshot holds, and its per-epoch report.
 Figures = TypeVar("Figures")
@@ -47,7 +50,7 @@ class EpochReport:
 class FitResult:
     """A fitted module holding its best-validation weights, and how it got there."""
 
-    module: Any  # an AutoEncoder or RatingRBM (None for an ensemble member's figures)
+    module: AutoEncoder  # or a RatingRBM (the same scoring contract); None for an ensemble member's figures
     best_epoch: int
     best_val_rmse: float
     epochs_run: int
