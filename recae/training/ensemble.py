@@ -1,7 +1,7 @@
 """Ensembles and blends: members with consecutive seeds merged into one network, their validation carves, the
 partner of the other orientation, and the blend carve on which the two are mixed (the maths: recae.training.blend).
 
-A member's own training is the caller's (``fit_member``: :func:`recae.training.train.fit`'s single network), so
+A member's own training is the caller's (``fit_member``: the single-network fit of recae.training.train), so
 this module never imports the trainer.
 """
 
