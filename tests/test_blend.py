@@ -136,7 +136,7 @@ def test_no_member_and_no_partner_trains_on_the_blend_carve() -> None:
 
     from recae.splits import Split
     from recae.store.matrix import RatingMatrix
-    from recae.training.train import blend_carve
+    from recae.training.ensemble import blend_carve
 
     observed = planted_low_rank(n_users=90, n_movies=60, density=0.3, noise=0.3, seed=8).observed
     split = random_split(observed, test_fraction=0.1, seed=0)

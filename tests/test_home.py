@@ -223,7 +223,7 @@ def test_train_while_another_process_writes_exits_75_keeps_the_model_and_resume_
     def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("the resumed run trained again")
 
-    monkeypatch.setattr(train, "_train_epoch", no_training)
+    monkeypatch.setattr(train, "train_epoch", no_training)
     code, out, err = run(home, "train", "--config", config, "--seed", "7", "--resume", "--format", "json")
     assert code == 0, err
     assert json.loads(out)["champion"] is True and champion(home)[0] == json.loads(out)["version"] != before[0]

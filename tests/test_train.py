@@ -12,8 +12,9 @@ from recae.errors import DataError, TrainingError
 from recae.models.autoencoders import ModelConfig, model_config
 from recae.models.batches import oriented_csr
 from recae.store.matrix import RatingMatrix
+from recae.training.checkpoint import CHECKPOINT_FILE
 from recae.training.config import TrainConfig, load_config_file
-from recae.training.train import CHECKPOINT_FILE, fit, validation_rmse
+from recae.training.train import fit, validation_rmse
 from tests.conftest import ML100K_U1_RMSE_BOUND
 from tests.synthetic import planted_low_rank
 
@@ -97,15 +98,15 @@ def test_resumed_optimizer_state_is_aligned_like_fresh_tensors(small, tmp_path: 
     """safetensors returns tensors at any 4-byte offset; BLAS dot products (L-BFGS's history) round differently on
     unaligned data on some CPUs (MKL on AMD EPYC: the resume test above drifted in the 8th digit), so a resumed
     optimizer's state is moved to memory aligned as PyTorch's allocator aligns a fresh tensor."""
-    from recae.training.train import TENSOR_ALIGNMENT, _load_checkpoint, _unflatten_optimizer
+    from recae.training.checkpoint import TENSOR_ALIGNMENT, load_checkpoint, unflatten_optimizer
 
     fit_part, val_part = small
     settings = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=2, optimizer="lbfgs", lr=1.0, patience=100,
                            threads=1)
     fit(fit_part, val_part, model_config(hidden=(7,)), settings, run_dir=tmp_path)
-    tensors, _, described = _load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    tensors, _, described = load_checkpoint(tmp_path / CHECKPOINT_FILE)
     assert any(t.data_ptr() % TENSOR_ALIGNMENT for t in tensors.values())  # what the file gives back
-    state = _unflatten_optimizer(tensors, described, torch.device("cpu"))["state"]
+    state = unflatten_optimizer(tensors, described, torch.device("cpu"))["state"]
     loaded = [v for entries in state.values() for value in entries.values()
               for v in (value if isinstance(value, list) else [value]) if isinstance(v, torch.Tensor)]
     assert len(loaded) > 5 and all(t.data_ptr() % TENSOR_ALIGNMENT == 0 for t in loaded)
@@ -115,12 +116,12 @@ def test_resumed_optimizer_state_is_aligned_like_fresh_tensors(small, tmp_path: 
 def test_checkpoints_are_written_at_most_every_interval_and_at_the_end(
     small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float, writes: int  # type: ignore[no-untyped-def]
 ) -> None:
-    import recae.training.train as train
+    from recae.training import checkpoint
 
     saved: list[int] = []
-    real = train._save_checkpoint
-    monkeypatch.setattr(train, "CHECKPOINT_INTERVAL_S", interval)
-    monkeypatch.setattr(train, "_save_checkpoint", lambda path, module, best, optimizer, progress: (
+    real = checkpoint.save_checkpoint
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_INTERVAL_S", interval)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda path, module, best, optimizer, progress: (
         saved.append(progress["epoch"]), real(path, module, best, optimizer, progress)))
     fit_part, val_part = small
     settings = TrainConfig(ensemble=1, epochs=6, patience=100, batch_ratings=300, threads=1)
@@ -309,7 +310,7 @@ def test_small_data_trains_on_one_thread_and_the_thread_count_is_restored(small)
 
 
 def test_ensemble_members_wait_for_the_merge_on_disk_and_merge_the_same(small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from recae.training.train import MEMBER_FILE
+    from recae.training.ensemble import MEMBER_FILE
 
     fit_part, val_part = small
     settings = TrainConfig(ensemble=3, epochs=4, patience=10, batch_ratings=300, threads=1, deterministic=True)

@@ -19,7 +19,7 @@ Cost: the first layer reads only the observed clicks (a sparse CSR product, as `
 encoder grows with the number of ratings. The decoder's output is dense over items, (batch, n_items): the
 softmax needs every item's logit, which is inherent to Mult-VAE (memory is bounded by ``batch_users``, never
 users x items). Training: Adam (lr 1e-3, no weight decay), user batches of 500, early stopping on the validation
-users' NDCG@100 (the weights of the best epoch are kept). Data and metrics: ``recae.clicks``.
+users' NDCG@100 by recae.training.loop (the weights of the best epoch are kept). Data and metrics: ``recae.clicks``.
 
 Artifacts: a folder with ``weights.safetensors`` (tensors only) and ``meta.json`` (configs, item ids, metrics,
 split, sha256 of the weights), written to a temp folder and moved into place with one ``os.replace``; loading never
@@ -73,6 +73,7 @@ from recae.serving.model_files import (
 )
 from recae.settings import strict_settings
 from recae.store.matrix import RatingMatrix
+from recae.training.loop import Epoch, Stopping, run_epochs, state_dict_copy
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +418,11 @@ def _fit(train: sp.csr_matrix, validation: HeldOutUsers, config: MultVAEConfig, 
                                  fused=True)
     n_users = train.shape[0]
     k = (train_config.eval_k,)
-    history: list[EpochReport] = []
-    best_state = {name: t.detach().clone() for name, t in module.state_dict().items()}
-    best_ndcg, best_epoch, step = -math.inf, 0, 0
-    for epoch in range(1, train_config.epochs + 1):
+    step = 0
+
+    def one_epoch(epoch: int) -> tuple[np.ndarray, float, float]:
+        """One pass over the training users: (mean loss, neg_ll, kl), the last step's beta, training seconds."""
+        nonlocal step
         epoch_started = time.perf_counter()
         module.train()
         order = np.random.default_rng([train_config.seed, epoch]).permutation(n_users)
@@ -438,28 +440,29 @@ def _fit(train: sp.csr_matrix, validation: HeldOutUsers, config: MultVAEConfig, 
             step += 1
             n_batches += 1
             sums += [loss.total.item(), loss.neg_ll.item(), loss.kl.item()]
-        seconds = time.perf_counter() - epoch_started
+        return sums / max(n_batches, 1), beta, time.perf_counter() - epoch_started
+
+    def score() -> float:
         val = evaluate_top_n(lambda fold_in: score_users(module, fold_in, train_config.eval_batch_users),
                              validation, ks=k, batch_users=train_config.eval_batch_users)
-        val_ndcg = val.ndcg[0] if val.n_users else -math.inf
-        if val_ndcg > best_ndcg:
-            best_ndcg, best_epoch = val_ndcg, epoch
-            best_state = {name: t.detach().clone() for name, t in module.state_dict().items()}
-        mean = sums / max(n_batches, 1)
-        report = EpochReport(epoch=epoch, loss=float(mean[0]), neg_ll=float(mean[1]), kl=float(mean[2]),
-                             beta=float(beta), val_ndcg=float(val_ndcg), best_val_ndcg=float(best_ndcg),
-                             best_epoch=best_epoch, seconds=seconds)
-        history.append(report)
-        log.info("epoch %d loss %.3f val ndcg@%d %.4f (best %.4f at %d)", epoch, report.loss, k[0], val_ndcg,
-                 best_ndcg, best_epoch)
-        if on_epoch is not None:
-            on_epoch(report)
-        if train_config.patience and epoch - best_epoch >= train_config.patience:
-            break
-    module.load_state_dict(best_state)
+        return val.ndcg[0] if val.n_users else -math.inf
+
+    def report(done: Epoch[tuple[np.ndarray, float, float]]) -> EpochReport:
+        mean, beta, seconds = done.figures
+        out = EpochReport(epoch=done.epoch, loss=float(mean[0]), neg_ll=float(mean[1]), kl=float(mean[2]),
+                          beta=float(beta), val_ndcg=float(done.score), best_val_ndcg=float(done.best_score),
+                          best_epoch=done.best_epoch, seconds=seconds)
+        log.info("epoch %d loss %.3f val ndcg@%d %.4f (best %.4f at %d)", done.epoch, out.loss, k[0], done.score,
+                 done.best_score, done.best_epoch)
+        return out
+
+    stopping = Stopping(epochs=train_config.epochs, patience=train_config.patience or None, higher_is_better=True)
+    outcome = run_epochs(stopping, one_epoch, score, lambda: state_dict_copy(module), report,
+                         restore=module.load_state_dict, on_epoch=on_epoch, started=started)
     module = module.to("cpu").eval()
-    return FitResult(module=module, history=history, best_epoch=best_epoch, best_val_ndcg=float(best_ndcg),
-                     seconds=time.perf_counter() - started)
+    state = outcome.state
+    return FitResult(module=module, history=state.history, best_epoch=state.best_epoch,
+                     best_val_ndcg=float(state.best_score), seconds=time.perf_counter() - started)
 
 
 @dataclass(frozen=True, eq=False)

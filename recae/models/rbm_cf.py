@@ -45,12 +45,21 @@ from torch import Tensor, nn
 
 from recae.errors import TrainingError
 from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr, sparse_rows
+from recae.training.loop import (
+    Epoch,
+    EpochReport,
+    FitResult,
+    rmse_fit_result,
+    rmse_report,
+    rmse_stopping,
+    run_epochs,
+    state_dict_copy,
+)
 
 if TYPE_CHECKING:
     from recae.models.autoencoders import Encoded, ModelConfig
     from recae.store.matrix import RatingMatrix
     from recae.training.config import TrainConfig
-    from recae.training.train import EpochReport, FitResult
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +327,7 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
     ``rated`` (conditional RBM only): pairs known to be rated whose values the model must not read (values
     ignored); r is then the fit pairs plus these, in training and in validation. Without it r is the fit pairs.
     """
-    from recae.training.train import EpochReport, FitResult, unit_means, validation_rmse
+    from recae.training.train import unit_means, validation_rmse
 
     started = time.perf_counter()
     if fit_ratings.nnz == 0:
@@ -344,13 +353,10 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
     module.to(device)
     params = module.cd_parameters()
     velocity = [torch.zeros_like(p) for p in params]
-    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    best_val, best_epoch, stale, seconds_to_best = math.inf, 0, 0, 0.0
-    history: list[EpochReport] = []
     row_ratings = np.diff(data.indptr)
-    epoch = 0
-    while epoch < train_cfg.epochs:
-        epoch += 1
+
+    def cd_epoch(epoch: int) -> tuple[float, float]:
+        """One CD pass with momentum and weight decay; (reconstruction RMSE, summed free energy)."""
         momentum = 0.5 if epoch <= 5 else model_cfg.cd_momentum
         steps = cd_steps_at(model_cfg, epoch)
         squared, count, free = 0.0, 0, 0.0
@@ -368,36 +374,31 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
             squared += error
             count += rows.nnz
         train_rmse = math.sqrt(squared / max(count, 1))
-        if not math.isfinite(train_rmse):
+        if not math.isfinite(train_rmse):  # the guard watches the reconstruction: validation is only compared
             raise TrainingError(f"rbm training diverged at epoch {epoch}; try a lower cd_lr than {model_cfg.cd_lr:g}")
-        if val is not None and val.nnz and pattern is not None:
-            val_rmse = _rated_validation_rmse(module, data, val, pattern, scale, device)
-        elif val is not None and val.nnz:
-            val_rmse = validation_rmse(module, data, val, scale,  # type: ignore[arg-type]
-                                       batch_ratings=train_cfg.batch_ratings, device=device)
-        else:
-            val_rmse = float("nan")
-        elapsed = time.perf_counter() - started
-        if val is None or not val.nnz or val_rmse < best_val:
-            best_val = val_rmse if math.isfinite(val_rmse) else best_val
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            best_epoch, stale, seconds_to_best = epoch, 0, elapsed
-        else:
-            stale += 1
+        return train_rmse, free
+
+    def score() -> float | None:
+        if val is None or not val.nnz:
+            return None
+        if pattern is not None:
+            return _rated_validation_rmse(module, data, val, pattern, scale, device)
+        return validation_rmse(module, data, val, scale,  # type: ignore[arg-type]
+                               batch_ratings=train_cfg.batch_ratings, device=device)
+
+    as_report = rmse_report(train_cfg.epochs)
+
+    def report(done: Epoch[tuple[float, float]]) -> EpochReport:
+        train_rmse, free = done.figures
         log.info("rbm epoch %d: reconstruction RMSE %.4f, mean free energy %.3f, validation RMSE %.4f",
-                 epoch, train_rmse, free / max(data.shape[0], 1), val_rmse)
-        report = EpochReport(epoch, train_cfg.epochs, train_rmse**2, val_rmse,
-                             best_val if math.isfinite(best_val) else float("nan"), best_epoch, elapsed)
-        history.append(report)
-        if on_epoch:
-            on_epoch(report)
-        if stale >= train_cfg.patience:
-            break
-    module.load_state_dict(best_state)
-    return FitResult(module=module.eval(), best_epoch=best_epoch,  # type: ignore[arg-type]
-                     best_val_rmse=float(best_val) if math.isfinite(best_val) else float("nan"),
-                     epochs_run=epoch, seconds=time.perf_counter() - started, seconds_to_best=seconds_to_best,
-                     history=history)
+                 done.epoch, train_rmse, free / max(data.shape[0], 1), done.score)
+        return as_report(Epoch(done.epoch, train_rmse**2, done.score, done.best_score, done.best_epoch,
+                               done.seconds))
+
+    stopping = replace(rmse_stopping(train_cfg), lr_decay=1.0)  # CD has no optimizer whose steps could shrink
+    outcome = run_epochs(stopping, cd_epoch, score, lambda: state_dict_copy(module), report,
+                         restore=module.load_state_dict, on_epoch=on_epoch, started=started)
+    return rmse_fit_result(module.eval(), outcome.state, time.perf_counter() - started)
 
 
 @torch.no_grad()

@@ -6,15 +6,12 @@ epochs instead of a cold training run.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from recae.errors import TrainingError
 
 if TYPE_CHECKING:
     from recae.models.autoencoders import AutoEncoder, ModelConfig
@@ -76,17 +73,20 @@ def first_configs(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None) 
 
 def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatrix, cfg: TrainConfig, epochs: int,
               on_epoch: Callable[[int, float], None] | None = None) -> dict[str, float]:
-    """Continue training ``module`` (in place) with Adam on ``fit_part``; keep the best weights on ``val_part``.
+    """Continue training ``module`` (in place) with ``cfg``'s optimizer on ``fit_part``; keep the best weights on
+    ``val_part``.
 
-    The objective is training's own (masked MSE + L2 + the model's penalty, ``recae.training.train``); epoch 0 (the warm
-    start as given) counts as a candidate, so fine-tuning never returns weights worse on validation than it got.
+    The objective and epoch step are training's own (masked MSE + L2 + the model's penalty,
+    ``recae.training.train.train_epoch``), run by the same early-stopping loop; epoch 0 (the warm start as given)
+    counts as a candidate, so fine-tuning never returns weights worse on validation than it got.
     Returns best_epoch, epochs, val_rmse, seconds.
     """
     import torch
 
     from recae.models.batches import make_batch, oriented_csr
     from recae.training.config import FULL_BATCH
-    from recae.training.train import _make_optimizer, _train_epoch, resolve_device, validation_rmse
+    from recae.training.loop import LoopState, Stopping, run_epochs, state_dict_copy
+    from recae.training.train import make_optimizer, resolve_device, train_epoch, validation_rmse
 
     started = time.perf_counter()
     cfg = replace(cfg, ensemble=1, weight_decay_grid=()).resolved(fit_part.nnz)
@@ -101,34 +101,29 @@ def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatri
     try:
         torch.manual_seed(cfg.weights_seed)
         module.to(device)
-        optimizer = _make_optimizer(module, cfg)
+        optimizer = make_optimizer(module, cfg)
         full_batch = make_batch(data, data).to(device) if cfg.optimizer in FULL_BATCH else None
 
-        def score() -> float:
+        def one_epoch(epoch: int) -> None:
+            module.train()
+            train_epoch(module, optimizer, data, full_batch, cfg, epoch, device)
+
+        def score() -> float | None:
             if not val.nnz:
-                return float("nan")
+                return None
             return validation_rmse(module, data, val, scale, batch_ratings=cfg.batch_ratings, device=device)
 
-        best_val, best_epoch, stale, epoch = score(), 0, 0, 0
-        best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        for epoch in range(1, epochs + 1):
-            module.train()
-            _train_epoch(module, optimizer, data, full_batch, cfg, epoch, device)
-            val_rmse = score()
-            if not math.isfinite(val_rmse) and val.nnz:
-                raise TrainingError(f"fine-tuning diverged at epoch {epoch}; try a lower learning rate than {cfg.lr:g}")
-            if not val.nnz or val_rmse < best_val:
-                best_val, best_epoch, stale = val_rmse, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            else:
-                stale += 1
-            if on_epoch:
-                on_epoch(epoch, val_rmse)
-            if stale >= cfg.patience:
-                break
-        module.load_state_dict(best_state)
+        start = score()  # the warm start is epoch 0's candidate
+        outcome = run_epochs(
+            Stopping(epochs=epochs, patience=cfg.patience), one_epoch, score, lambda: state_dict_copy(module),
+            lambda done: done, restore=module.load_state_dict,
+            state=LoopState(best_score=float("nan") if start is None else start),
+            diverged=lambda epoch, _: f"fine-tuning diverged at epoch {epoch}; try a lower learning rate than "
+                                      f"{cfg.lr:g}",
+            on_epoch=(lambda done: on_epoch(done.epoch, done.score)) if on_epoch else None)
         module.to("cpu").eval()
     finally:
         torch.set_num_threads(previous_threads)
-    return {"best_epoch": best_epoch, "epochs": epoch, "val_rmse": best_val,
+    state = outcome.state
+    return {"best_epoch": state.best_epoch, "epochs": state.epoch, "val_rmse": state.best_score,
             "seconds": round(time.perf_counter() - started, 3)}

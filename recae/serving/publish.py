@@ -25,8 +25,10 @@ from recae.splits import Split, SplitSpec, split_from_store
 from recae.store.db import is_lock_timeout
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
+from recae.training.checkpoint import run_fingerprint
 from recae.training.config import TrainConfig
-from recae.training.train import EpochReport, TrainResult, run_fingerprint, train_split
+from recae.training.loop import EpochReport
+from recae.training.train import TrainResult, train_split
 
 log = logging.getLogger(__name__)
 

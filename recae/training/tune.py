@@ -46,7 +46,8 @@ from recae.errors import TrainingError
 from recae.models.autoencoders import ModelConfig
 from recae.store.matrix import RatingMatrix
 from recae.training.config import TrainConfig
-from recae.training.train import FitResult, fit
+from recae.training.loop import FitResult
+from recae.training.train import fit
 
 log = logging.getLogger(__name__)
 

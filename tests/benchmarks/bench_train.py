@@ -50,10 +50,10 @@ def child(args: argparse.Namespace) -> None:
     """One measured case, in this process: print a JSON line."""
     import torch
 
-    from recae.models.autoencoders import model_config
+    from recae.models.autoencoders import build_model, model_config
     from recae.models.batches import iterate_batches, oriented_csr
     from recae.training.config import TrainConfig
-    from recae.training.train import _make_optimizer, _objective, build_model, unit_means
+    from recae.training.train import batch_objective, make_optimizer, unit_means
 
     torch.set_num_threads(args.threads)
     matrix = synthetic(args.users, args.movies, args.ratings)
@@ -63,7 +63,7 @@ def child(args: argparse.Namespace) -> None:
     module = build_model(config, data.shape[1], data.shape[1])
     with torch.no_grad():
         module.b_out.copy_(torch.from_numpy(unit_means(data, data.shape[1])))
-    optimizer = _make_optimizer(module, settings)
+    optimizer = make_optimizer(module, settings)
     times = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
@@ -71,7 +71,7 @@ def child(args: argparse.Namespace) -> None:
             if args.max_batches and i >= args.max_batches:
                 break
             optimizer.zero_grad(set_to_none=True)
-            _, loss = _objective(module, batch.inputs, batch.targets, settings, data.nnz)
+            _, loss = batch_objective(module, batch.inputs, batch.targets, settings, data.nnz)
             loss.backward()
             optimizer.step()
         times.append(time.perf_counter() - start)

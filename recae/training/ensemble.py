@@ -1,0 +1,158 @@
+"""Ensembles and blends: members with consecutive seeds merged into one network, their validation carves, the
+partner of the other orientation, and the blend carve on which the two are mixed (the maths: recae.training.blend).
+
+A member's own training is the caller's (``fit_member``: the single-network fit of recae.training.train), so
+this module never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from recae.models.autoencoders import AutoEncoder, ModelConfig, build_model, merge_loaded
+from recae.store.matrix import RatingMatrix
+from recae.training import distributed
+from recae.training.config import TrainConfig
+from recae.training.loop import EpochReport, FitResult
+
+if TYPE_CHECKING:
+    from recae.training.blend import FittedBlend
+
+log = logging.getLogger(__name__)
+
+BLEND_CARVE_SEED = 104_729  # offsets the blend carve's seed from the members' carves (seed + m)
+MEMBER_FILE = "member.safetensors"
+
+#: Member m's (fit ratings, validation ratings).
+Carve = Callable[[int], "tuple[RatingMatrix, RatingMatrix | None]"]
+#: Trains one network: (fit, val, model_cfg, train_cfg, device, run_dir, resume, on_epoch, on_progress, stop_after).
+FitMember = Callable[..., FitResult]
+
+
+def cross_carves(train: RatingMatrix, cfg: TrainConfig) -> Carve:
+    """Member m's carve of ``train``: its own validation (seed + m), so each member stops early on ratings it never
+    trained on, yet together the members read every training rating."""
+    from recae.splits import holdout_validation
+
+    @functools.lru_cache(maxsize=1)  # carve m is asked for several times in a row; keep one copy, not all
+    def carve(member: int) -> tuple[RatingMatrix, RatingMatrix]:
+        return holdout_validation(train, cfg.val_fraction, cfg.seed + member)
+
+    return carve
+
+
+def fit_ensemble(carve: Carve, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device,
+                 run_dir: Path | None, resume: bool, on_epoch: Callable[[EpochReport], None] | None,
+                 on_progress: Callable[[str], None] | None, stop_after: int | None,
+                 fit_member: FitMember) -> FitResult:
+    """Choose lambda on validation, train ``ensemble`` members with consecutive seeds, then merge them.
+
+    Each lambda of ``weight_decay_grid`` trains one member with the base seed; the one with the best validation
+    RMSE wins and becomes member 0, so choosing costs one extra member per losing candidate. Member m trains on
+    ``carve(m)`` (the same ratings for every member unless the validation is cross-carved). The reported
+    validation RMSE is the mean of the members' own best figures.
+    """
+    train_cfg = train_cfg.resolved(carve(0)[0].nnz)  # carves are not held here: each is 1.5 x the ratings' bytes
+    grid = train_cfg.weight_decay_grid or (train_cfg.weight_decay,)
+    base = replace(train_cfg, ensemble=1, weight_decay_grid=())
+
+    def member(seed_offset: int, weight_decay: float, name: str, label: str) -> FitResult:
+        if on_progress:
+            on_progress(label)
+        result = fit_member(*carve(seed_offset), model_cfg,
+                            replace(base, seed=train_cfg.seed + seed_offset, weight_decay=weight_decay,
+                                    init_seed=None if train_cfg.init_seed is None
+                                    else train_cfg.init_seed + seed_offset),
+                            device,
+                            run_dir / name if run_dir is not None else None, resume, on_epoch, on_progress,
+                            stop_after)
+        log.info("%s (%s): best epoch %d of %d, validation RMSE %.4f", label, model_cfg.orientation,
+                 result.best_epoch, result.epochs_run, result.best_val_rmse)
+        return park(result, run_dir / name if run_dir is not None else None)
+
+    candidates = {wd: member(0, wd, f"member0-wd{wd:g}", f"lambda {wd:g}, member 1 of {train_cfg.ensemble}")
+                  for wd in grid}
+    chosen = min(candidates, key=lambda wd: candidates[wd].best_val_rmse) if len(grid) > 1 else grid[0]
+    members = [candidates[chosen]] + [
+        member(m, chosen, f"member{m}-wd{chosen:g}", f"lambda {chosen:g}, member {m + 1} of {train_cfg.ensemble}")
+        for m in range(1, train_cfg.ensemble)
+    ]
+    losers = [r for wd, r in candidates.items() if wd != chosen]
+    merged = merge_loaded(len(members), lambda m: unpark(members[m], model_cfg)).eval()
+    log.info("merged %d %s members into one network of width %s", len(members), model_cfg.orientation,
+             merged.config.hidden)
+    # Keep the members' figures, not their networks: at ML-25M scale each holds ~0.4 GB beside the merged one.
+    members = [replace(r, module=None) for r in members]  # type: ignore[arg-type]
+    return FitResult(
+        module=merged, best_epoch=max(r.best_epoch for r in members),
+        best_val_rmse=float(np.mean([r.best_val_rmse for r in members])),
+        epochs_run=sum(r.epochs_run for r in members + losers),
+        seconds=sum(r.seconds for r in members + losers),
+        seconds_to_best=sum(r.seconds_to_best for r in members) + sum(r.seconds for r in losers),
+        history=[h for r in members for h in r.history], members=members, weight_decay=chosen,
+    )
+
+
+def park(result: FitResult, folder: Path | None) -> FitResult:
+    """A finished ensemble member waits for the merge in its run folder, not in memory (0.4 GB each at ML-25M);
+    without a folder it stays in memory."""
+    if folder is None:
+        return result
+    from safetensors.torch import save_file
+
+    from recae.serving.model_files import standalone
+
+    world = distributed.current()
+    path = folder / (MEMBER_FILE if world is None else f"rank{world.rank}-{MEMBER_FILE}")  # ranks share the folder
+    save_file({k: standalone(v) for k, v in result.module.state_dict().items()}, str(path))
+    return replace(result, module=None, module_file=path)  # type: ignore[arg-type]
+
+
+def unpark(result: FitResult, model_cfg: ModelConfig) -> AutoEncoder:
+    """The member's network, from memory or from the file it was parked in."""
+    if result.module_file is None:
+        return result.module
+    from safetensors.torch import load_file
+
+    state = load_file(str(result.module_file))
+    plain = replace(model_cfg, kernel_dim=0, kernel_weight=0.0)  # members are parked baked
+    module = build_model(plain, state["w_in"].shape[0], state["w_out"].shape[0])
+    module.load_state_dict(state)
+    return module.eval()
+
+
+def partner_configs(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
+    """The partner's settings: the other orientation, ``partner_members`` members."""
+    other = "user" if model_cfg.orientation == "item" else "item"
+    return replace(model_cfg, orientation=other), replace(train_cfg, ensemble=train_cfg.partner_members)
+
+
+def blend_carve(train: RatingMatrix, cfg: TrainConfig) -> tuple[RatingMatrix, RatingMatrix]:
+    """(fit part, blend part): ``blend_fraction`` of the training ratings kept from every member and the partner.
+
+    The shipped ensemble and partner predict the blend part out of fold, so the blend weight is fitted for the
+    model that ships (not for one member) and its validation RMSE is measured on ratings nothing else was fitted on.
+    """
+    from recae.splits import holdout_validation
+
+    return holdout_validation(train, cfg.blend_fraction, cfg.seed + BLEND_CARVE_SEED)
+
+
+def fitted_blend(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix, blend_part: RatingMatrix,
+                 seed: int) -> FittedBlend:
+    """The blend of the shipped main ensemble and partner, fitted on the blend part (the fit part as inputs)."""
+    from recae.serving.scorer import TrainedModel
+    from recae.training.blend import fit_blend
+
+    rows, cols, values = blend_part.coo()
+    ours = TrainedModel.from_fit(main, fit_part).predict(rows, cols)
+    theirs = TrainedModel.from_fit(partner, fit_part).predict(rows, cols)
+    return fit_blend(ours, theirs, values, seed=seed)
