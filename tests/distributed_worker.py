@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 from safetensors.torch import save_file  # noqa: E402
 
-from recae.models.autoencoders import model_config  # noqa: E402
+from recae.models.build import model_config
 from recae.splits import holdout_validation  # noqa: E402
 from recae.training import distributed  # noqa: E402
 from recae.training.config import TrainConfig

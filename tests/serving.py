@@ -67,7 +67,7 @@ def build_home(path: Path) -> Home:
 
 def publish_champion(engine: Engine, home: Path, seed: int) -> str:
     """Train a small model (3 epochs, one member) and make it the champion, as `recae train` does."""
-    from recae.models.autoencoders import model_config
+    from recae.models.build import model_config
     from recae.serving.publish import train_and_publish
     from recae.splits import SplitSpec
     from recae.training.config import TrainConfig

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from recae.cli import cli
 from recae.errors import RecaeError
 from recae.insight.anomalies import find_anomalies, reconstruction_errors
-from recae.models.autoencoders import model_config
+from recae.models.build import model_config
 from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig

@@ -12,7 +12,7 @@ import torch
 from sqlalchemy import select
 
 from recae.errors import CorruptArtifactError, ModelNotFoundError
-from recae.models.autoencoders import model_config
+from recae.models.build import model_config
 from recae.serving.model_files import META_FILE, WEIGHTS_FILE, load_model, save_model
 from recae.serving.registry import load_champion, publish
 from recae.serving.scorer import TrainedModel

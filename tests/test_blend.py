@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recae.models.autoencoders import model_config
+from recae.models.build import model_config
 from recae.serving.foldin import fold_in_scores
 from recae.serving.model_files import load_model, save_model
 from recae.splits import random_split

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 
 from recae.cli import cli
 from recae.errors import EXIT_USAGE, DataError, TrainingError
-from recae.models.autoencoders import MODELS, ModelConfig, model_config
+from recae.models.autoencoders import ModelConfig
+from recae.models.build import MODELS, model_config
 from recae.models.multvae import MultVAEConfig
-from recae.models.rbm import DEFAULT_PRETRAIN_EPOCHS
 from recae.settings import UnknownSettingError, strict_settings
-from recae.training.config import DEFAULT_MODEL, TrainConfig, load_config_file, resolve
+from recae.training.config import DEFAULT_MODEL, DEFAULT_PRETRAIN_EPOCHS, TrainConfig, load_config_file, resolve
 from recae.training.distributed import is_secondary_rank
 
 

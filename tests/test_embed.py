@@ -15,7 +15,7 @@ from recae.cli import cli
 from recae.errors import RecaeError
 from recae.insight.embed import export_codes
 from recae.insight.latent import latent_codes
-from recae.models.autoencoders import model_config
+from recae.models.build import model_config
 from recae.serving.scorer import TrainedModel
 from recae.training.config import TrainConfig
 from tests.test_latent import planted_clusters, publish_planted, train_small

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recae.models.autoencoders import model_config
+from recae.models.build import model_config
 from recae.serving.foldin import fold_in_scores
 from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix

@@ -1,8 +1,9 @@
 """The house plan holds: no import loop between recae's modules, no oversized module, no shim packages.
 
 Why: a loop means two modules cannot be read (or changed) apart, and a module past a few hundred lines usually
-holds two jobs. The import graph counts every import statement, the ones inside functions and under
-TYPE_CHECKING included: a lazy import is still a dependency a reader must follow.
+holds two jobs. The import graph counts every import that runs, the ones inside functions included: a lazy import is still a
+dependency a reader must follow. Imports under ``if TYPE_CHECKING:`` only name types for annotations and never
+run, so they are left out.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ def modules() -> dict[str, Path]:
 def imported_modules(path: Path, known: set[str]) -> set[str]:
     """recae modules named by the file's imports (``from recae.x import name`` names a module when it is one)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                   for stmt in node.body for inner in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name in known)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in known:
@@ -38,6 +44,11 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
             if len(subs) < len(node.names):
                 found.add(node.module)
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -72,6 +83,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_cycle_finder_finds_a_planted_loop() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_imports_under_type_checking_are_left_out(tmp_path: Path) -> None:
+    planted = tmp_path / "m.py"
+    planted.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from recae.a import X\n"
+                       "def f():\n    from recae.b import Y\n", encoding="utf-8")
+    assert imported_modules(planted, {"recae.a", "recae.b"}) == {"recae.b"}
 
 
 def test_no_import_loop_between_recae_modules() -> None:

@@ -23,8 +23,9 @@ from recae.insight.latent import (
     silhouette,
     to_plane,
 )
-from recae.models.autoencoders import ModelConfig, model_config
+from recae.models.autoencoders import ModelConfig
 from recae.models.batches import oriented_csr, sparse_rows
+from recae.models.build import model_config
 from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recae.models.autoencoders import MODELS, build_model, model_config
 from recae.models.batches import make_batch
+from recae.models.build import MODELS, build_model, model_config
 from recae.models.losses import contractive_penalty, dense_masked_mse, kl_sparsity, l1_sparsity, l2_penalty, masked_mse
 
 

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from recae.errors import TrainingError
-from recae.models.autoencoders import MODELS, ModelConfig, build_model, merge_members, model_config, pairs_pattern
+from recae.models.autoencoders import ModelConfig, pairs_pattern
 from recae.models.batches import batch_plan, make_batch, oriented_csr, sparse_rows
+from recae.models.build import MODELS, build_model, merge_members, model_config
 from recae.serving.scorer import TrainedModel
 from recae.training.config import TrainConfig
-from recae.training.train import fit, unit_means
+from recae.training.train import fit
+from recae.training.validation import unit_means
 from tests.synthetic import planted_low_rank
 
 

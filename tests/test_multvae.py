@@ -21,18 +21,16 @@ from recae.models.batches import sparse_rows
 from recae.models.multvae import (
     MultVAE,
     MultVAEConfig,
-    MultVAERun,
     MultVAETrainConfig,
     TrainedMultVAE,
     anneal_beta,
-    fit_multvae,
     gaussian_kl,
     load_multvae,
     multvae_loss,
     save_multvae,
-    train_and_evaluate,
 )
 from recae.store.matrix import IdIndex, RatingMatrix
+from recae.training.multvae import MultVAERun, fit_multvae, train_and_evaluate
 
 #: Measured on the planted clusters below (small_config, seeds 0/1/2): Mult-VAE recall@20 0.60/0.63/0.52 against
 #: popularity 0.11/0.16/0.15, margins 0.49/0.47/0.37.

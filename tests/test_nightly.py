@@ -339,7 +339,7 @@ def test_cold_challenger_trains_from_scratch_with_the_champions_configuration(
 def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutral() -> None:
     """On the champion's own ratings, the warm-started module predicts exactly as the champion does, even though
     its index has extra users (rows moved); a new user's rows are zero, so they change no movie's code."""
-    from recae.models.autoencoders import model_config
+    from recae.models.build import model_config
     from recae.retrain.warm_start import warm_start_module
     from recae.serving.scorer import TrainedModel
     from recae.splits import random_split

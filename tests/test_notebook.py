@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from recae.synth import SynthSpec, generate, write_csv
+from recae.ratings_csv import write_csv
+from recae.synth import SynthSpec, generate
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
 

@@ -190,7 +190,7 @@ def test_invalid_sizes_are_refused(engine) -> None:
 
 @pytest.mark.parametrize("orientation", ["item", "user"])
 def test_a_trained_autoencoder_gets_its_own_best_unrated_scores(engine, orientation: str) -> None:
-    from recae.models.autoencoders import model_config
+    from recae.models.build import model_config
     from recae.serving.scorer import TrainedModel
     from recae.training.config import TrainConfig
     from recae.training.train import fit

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from recae.metrics import RowScores, list_quality, ranking_metrics
-from recae.models.autoencoders import model_config
+from recae.models.build import model_config
 from recae.models.rankers import (
     LambdaTrial,
     best_trial,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from recae.errors import TrainingError
-from recae.models.autoencoders import build_model, model_config
 from recae.models.batches import oriented_csr, sparse_rows
+from recae.models.build import build_model, model_config
 from recae.models.rbm import (
     RBM,
     CDSettings,

@@ -10,8 +10,8 @@ import torch
 
 from recae.baselines import GlobalMean
 from recae.errors import TrainingError
-from recae.models.autoencoders import model_config
 from recae.models.batches import oriented_csr, sparse_rows
+from recae.models.build import model_config
 from recae.models.rbm_cf import RatingRBM, rating_levels
 from recae.serving.foldin import fold_in_scores
 from recae.serving.model_files import load_model, save_model

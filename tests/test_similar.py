@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recae.errors import UnknownMovieError
-from recae.models.autoencoders import model_config
+from recae.models.build import model_config
 from recae.serving.scorer import TrainedModel
 from recae.serving.similar import similar_movies
 from recae.store.matrix import IdIndex, RatingMatrix

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from recae.baselines import BiasBaseline, GlobalMean
 from recae.cli import cli
+from recae.ratings_csv import HEADER, format_rows, write_csv
 from recae.store.matrix import RatingMatrix
 from recae.synth import (
-    HEADER,
     InvalidSpec,
     SynthRatings,
     SynthSpec,
@@ -24,10 +24,8 @@ from recae.synth import (
     _light_films,
     _Popularity,
     _shuffle_within_users,
-    format_rows,
     generate,
     summarize,
-    write_csv,
 )
 
 # An ML-shaped spec small enough for unit tests: 40 ratings per film and 60 per user on average.

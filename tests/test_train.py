@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from recae.errors import DataError, TrainingError
-from recae.models.autoencoders import ModelConfig, model_config
+from recae.models.autoencoders import ModelConfig
 from recae.models.batches import oriented_csr
+from recae.models.build import model_config
 from recae.store.matrix import RatingMatrix
 from recae.training.checkpoint import CHECKPOINT_FILE
 from recae.training.config import TrainConfig, load_config_file
-from recae.training.train import fit, validation_rmse
+from recae.training.train import fit
+from recae.training.validation import validation_rmse
 from tests.conftest import ML100K_U1_RMSE_BOUND
 from tests.synthetic import planted_low_rank
 

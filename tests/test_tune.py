@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from recae.cli import cli
 from recae.errors import EXIT_USAGE
-from recae.models.autoencoders import model_config
+from recae.models.build import model_config
 from recae.store.matrix import RatingMatrix
 from recae.training import tune as tune_module
 from recae.training.config import TrainConfig

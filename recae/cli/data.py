@@ -132,7 +132,8 @@ def synth_command(n_users: int, n_movies: int, n_ratings: int, out: str, rank: i
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from recae.cli.output import render
-    from recae.synth import InvalidSpec, SynthSpec, generate, summarize, write_csv
+    from recae.ratings_csv import write_csv
+    from recae.synth import InvalidSpec, SynthSpec, generate, summarize
 
     try:
         spec = SynthSpec(n_users=n_users, n_movies=n_movies, n_ratings=n_ratings, rank=rank, seed=seed,

@@ -76,7 +76,7 @@ class LazyChoice(click.Choice):
 
 def model_names() -> tuple[str, ...]:
     """The trainable models: the names in recae.models.autoencoders.MODELS."""
-    from recae.models.autoencoders import MODELS
+    from recae.models.build import MODELS
 
     return tuple(MODELS)
 

@@ -276,14 +276,9 @@ def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: f
     from pathlib import Path
 
     from recae.cli.output import render
-    from recae.models.multvae import (
-        MultVAEConfig,
-        MultVAETrainConfig,
-        new_version_name,
-        save_multvae,
-        train_and_evaluate,
-    )
+    from recae.models.multvae import MultVAEConfig, MultVAETrainConfig, new_version_name, save_multvae
     from recae.store.matrix import RatingMatrix
+    from recae.training.multvae import train_and_evaluate
 
     config = MultVAEConfig(hidden=hidden, latent=latent)
     train_config = MultVAETrainConfig(epochs=epochs, patience=patience, seed=seed, batch_users=batch_users,

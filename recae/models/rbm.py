@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VISIBLE = ("bernoulli", "gaussian")
-#: Pretraining epochs per layer when ``--pretrain`` is asked for without ``pretrain_epochs``: the setting of every
-#: measured deep-AE figure in the README's RBM section (not tuned further).
-DEFAULT_PRETRAIN_EPOCHS = 10
 #: Exact likelihoods enumerate 2^n_visible states: for tests and tiny models only.
 MAX_EXACT_VISIBLE = 20
 

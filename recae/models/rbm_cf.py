@@ -327,7 +327,7 @@ def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, 
     ``rated`` (conditional RBM only): pairs known to be rated whose values the model must not read (values
     ignored); r is then the fit pairs plus these, in training and in validation. Without it r is the fit pairs.
     """
-    from recae.training.train import unit_means, validation_rmse
+    from recae.training.validation import unit_means, validation_rmse
 
     started = time.perf_counter()
     if fit_ratings.nnz == 0:

@@ -293,7 +293,8 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     from recae.serving.scorer import TrainedModel, with_metrics
     from recae.splits import Split, SplitSpec
     from recae.training.config import TrainConfig
-    from recae.training.train import fit_ranker, test_metrics, train_split, unit_means
+    from recae.training.train import fit_ranker, test_metrics, train_split
+    from recae.training.validation import unit_means
 
     spec_json = dict(champion.split_spec or {})
     fraction = float(spec_json.get("test_fraction", DEFAULT_TEST_FRACTION))

@@ -32,7 +32,7 @@ def warm_start_module(champion: TrainedModel, index: Any, unit_means: np.ndarray
     """
     import torch
 
-    from recae.models.autoencoders import build_model
+    from recae.models.build import build_model
 
     cfg = champion.model_config
     if cfg.name == "rbm":  # trained by contrastive divergence, not by the masked-MSE fine-tuning: retrain cold
@@ -65,7 +65,7 @@ def warm_start_module(champion: TrainedModel, index: Any, unit_means: np.ndarray
 
 def first_configs(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None) -> tuple[ModelConfig, TrainConfig]:
     """The configuration of a first champion: given ones, else the shipped defaults (as ``recae train``)."""
-    from recae.models.autoencoders import model_config
+    from recae.models.build import model_config
     from recae.training.config import DEFAULT_MODEL, TrainConfig
 
     return model_cfg or model_config(DEFAULT_MODEL), train_cfg or TrainConfig()
@@ -86,7 +86,8 @@ def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatri
     from recae.models.batches import make_batch, oriented_csr
     from recae.training.config import FULL_BATCH
     from recae.training.loop import LoopState, Stopping, run_epochs, state_dict_copy
-    from recae.training.train import make_optimizer, resolve_device, train_epoch, validation_rmse
+    from recae.training.train import make_optimizer, resolve_device, train_epoch
+    from recae.training.validation import validation_rmse
 
     started = time.perf_counter()
     cfg = replace(cfg, ensemble=1, weight_decay_grid=()).resolved(fit_part.nnz)

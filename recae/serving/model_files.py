@@ -24,7 +24,8 @@ import scipy.sparse as sp
 import torch
 
 from recae.errors import CorruptArtifactError
-from recae.models.autoencoders import AutoEncoder, ModelConfig, build_model
+from recae.models.autoencoders import AutoEncoder, ModelConfig
+from recae.models.build import build_model
 from recae.models.rankers import EaseRanker
 from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix

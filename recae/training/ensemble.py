@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from recae.models.autoencoders import AutoEncoder, ModelConfig, build_model, merge_loaded
+from recae.models.autoencoders import AutoEncoder, ModelConfig
+from recae.models.build import build_model, merge_loaded
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
 from recae.training.config import TrainConfig

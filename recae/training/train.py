@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from recae.errors import TrainingError
-from recae.models.autoencoders import AutoEncoder, ModelConfig, bake_kernels, build_model
-from recae.models.batches import SparseRows, batch_plan, iterate_batches, make_batch, oriented_csr
+from recae.models.autoencoders import AutoEncoder, ModelConfig
+from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr
+from recae.models.build import bake_kernels, build_model
 from recae.models.losses import l2_penalty, masked_mse
 from recae.models.rankers import EaseRanker, train_ease
 from recae.store.matrix import RatingMatrix
@@ -43,6 +44,7 @@ from recae.training.loop import (
     state_dict_copy,
 )
 from recae.training.pretrain import pretrain_autoencoders
+from recae.training.validation import unit_means, validation_rmse
 
 if TYPE_CHECKING:
     from recae.serving.scorer import TrainedModel
@@ -59,14 +61,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 # --- the pieces of one run -------------------------------------------------------------------------------------
-
-
-def unit_means(csr: sp.csr_matrix, n_units: int) -> np.ndarray:
-    """Mean rating of every output unit (column of the oriented matrix); the global mean where a unit has none."""
-    sums = np.bincount(csr.indices, weights=csr.data, minlength=n_units)
-    counts = np.bincount(csr.indices, minlength=n_units)
-    global_mean = float(csr.data.mean()) if csr.nnz else 0.0
-    return np.where(counts > 0, sums / np.maximum(counts, 1), global_mean).astype(np.float32)
 
 
 def make_optimizer(module: AutoEncoder, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -87,7 +81,7 @@ def make_optimizer(module: AutoEncoder, cfg: TrainConfig) -> torch.optim.Optimiz
 
 
 def batch_objective(module: AutoEncoder, inputs: SparseRows, targets: SparseRows, cfg: TrainConfig,
-               n_observed: int, runner: torch.nn.Module | None = None, share: float = 1.0) -> tuple[Tensor, Tensor]:
+                    n_observed: int, runner: torch.nn.Module | None = None, share: float = 1.0) -> tuple[Tensor, Tensor]:
     """(masked MSE, full objective) of one batch: MSE + L2 (unless adamw decays) + the model's penalty.
 
     ``runner`` is the module's DistributedDataParallel wrapper in distributed training, and ``share`` this rank's
@@ -97,37 +91,6 @@ def batch_objective(module: AutoEncoder, inputs: SparseRows, targets: SparseRows
     mse = masked_mse(predicted, targets.values, module.loss_weights(inputs, targets))
     l2 = 0.0 if cfg.optimizer == "adamw" else l2_penalty(module.weight_matrices(), cfg.weight_decay, n_observed)
     return mse, share * mse + l2 + penalty + module.kernel_penalty(n_observed)
-
-
-@torch.no_grad()
-def predict_entries(module: AutoEncoder, inputs: sp.csr_matrix, targets: sp.csr_matrix, *,
-                    batch_ratings: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions (unclipped) and truths at every entry of ``targets``, reading ``inputs`` as the vectors.
-
-    Both are (n_vectors, n_units) in the oriented space; vectors without input fall back to the units' means.
-    """
-    was_training = module.training
-    module.eval()
-    rows = np.flatnonzero(np.diff(targets.indptr))
-    predicted, truth = [], []
-    for batch in iterate_batches(inputs, targets, batch_ratings * 4, seed=0, epoch=0, shuffle=False, rows=rows):
-        batch = batch.to(device)
-        predicted.append(module.predict_at(batch.inputs, batch.targets).cpu().numpy())
-        truth.append(batch.targets.values.cpu().numpy())
-    module.train(was_training)
-    if not predicted:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    return np.concatenate(predicted), np.concatenate(truth)
-
-
-def validation_rmse(module: AutoEncoder, inputs: sp.csr_matrix, targets: sp.csr_matrix,
-                    scale: tuple[float, float], *, batch_ratings: int, device: torch.device) -> float:
-    """RMSE of clipped predictions at the ``targets`` entries: ``sqrt(mean((clip(rhat) - r)^2))``."""
-    predicted, truth = predict_entries(module, inputs, targets, batch_ratings=batch_ratings, device=device)
-    if truth.size == 0:
-        return float("nan")
-    clipped = np.clip(predicted, scale[0], scale[1])
-    return float(np.sqrt(np.mean((clipped.astype(np.float64) - truth) ** 2)))
 
 
 # --- fit -------------------------------------------------------------------------------------------------------

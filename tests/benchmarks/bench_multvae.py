@@ -40,10 +40,11 @@ def main() -> None:
     import torch
 
     from recae.cli.output import render
-    from recae.models.multvae import MultVAETrainConfig, train_and_evaluate
+    from recae.models.multvae import MultVAETrainConfig
     from recae.store.db import open_store
     from recae.store.ingest import ingest_dataset
     from recae.store.matrix import RatingMatrix
+    from recae.training.multvae import train_and_evaluate
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

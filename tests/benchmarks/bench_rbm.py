@@ -43,7 +43,7 @@ def report(name: str, split, trained, fit, seconds: float, test: bool) -> dict: 
 
 
 def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
-    from recae.models.autoencoders import model_config
+    from recae.models.build import model_config
     from recae.serving.scorer import TrainedModel
     from recae.training.config import TrainConfig
     from recae.training.train import fit_cross_carved
@@ -66,7 +66,7 @@ def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-
 
 
 def run_deep(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
-    from recae.models.autoencoders import model_config
+    from recae.models.build import model_config
     from recae.serving.scorer import TrainedModel
     from recae.training.config import TrainConfig
     from recae.training.train import fit_cross_carved

@@ -50,10 +50,11 @@ def child(args: argparse.Namespace) -> None:
     """One measured case, in this process: print a JSON line."""
     import torch
 
-    from recae.models.autoencoders import build_model, model_config
     from recae.models.batches import iterate_batches, oriented_csr
+    from recae.models.build import build_model, model_config
     from recae.training.config import TrainConfig
-    from recae.training.train import batch_objective, make_optimizer, unit_means
+    from recae.training.train import batch_objective, make_optimizer
+    from recae.training.validation import unit_means
 
     torch.set_num_threads(args.threads)
     matrix = synthetic(args.users, args.movies, args.ratings)
