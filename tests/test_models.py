@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from recae.errors import TrainingError
-from recae.models.autoencoders import ModelConfig, pairs_pattern
+from recae.models.autoencoders import MODEL_NAMES, ModelConfig, pairs_pattern
 from recae.models.batches import batch_plan, make_batch, oriented_csr, sparse_rows
 from recae.models.build import MODELS, build_model, merge_members, model_config
+from recae.models.orientation import Orientation
 from recae.serving.scorer import TrainedModel
 from recae.training.config import TrainConfig
 from recae.training.train import fit
@@ -193,3 +196,15 @@ def test_a_local_kernel_model_learns_planted_structure() -> None:
     assert not result.module.kernels  # published networks are plain
     # Measured: users' means miss by 1.04 on validation; the kernelised stack reaches about 0.4.
     assert result.best_val_rmse < 0.6 * baseline, (result.best_val_rmse, baseline)
+
+
+def test_every_model_name_has_a_network_and_no_network_lacks_a_name() -> None:
+    assert tuple(MODELS) == MODEL_NAMES
+
+
+def test_orientation_read_from_json_is_the_enum_and_is_written_back_as_the_same_string() -> None:
+    cfg = ModelConfig.from_json({"orientation": "user"})
+    assert cfg.orientation is Orientation.USER and cfg.orientation.other is Orientation.ITEM
+    assert json.loads(json.dumps(cfg.to_json()))["orientation"] == "user"
+    with pytest.raises(TrainingError, match="unknown orientation 'sideways'"):
+        ModelConfig(orientation="sideways").validate()  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from recae.cli.options import (
 )
 from recae.cli.progress import TrainProgress
 from recae.cli.tuning import tune_summary
+from recae.models.orientation import ORIENTATIONS
 from recae.settings import DEVICES
 
 
@@ -124,7 +125,7 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
               help="Autoencoder to train, or rbm (the RBM for CF) (default: the config file's, else denoising).")
 @click.option("--pretrain", type=click.Choice(["autoencoder", "rbm"]),
               help="Greedy layer-wise pretraining of the stack by autoencoders or RBMs (default: config's, else none).")
-@click.option("--orientation", type=click.Choice(["item", "user"]),
+@click.option("--orientation", type=click.Choice(ORIENTATIONS),
               help="item: each movie's vector over users (I-AutoRec; default); user: each user's over movies.")
 @click.option("--split", "split_name", default="random", show_default=True,
               type=LazyChoice(split_names),

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from recae.models.batches import oriented_csr, sparse_rows
+from recae.models.orientation import Orientation
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -90,7 +91,7 @@ def check_side(side: str) -> str:
 
 def natural_side(trained: TrainedModel) -> str:
     """The side the model encodes: movies in item orientation, users in user orientation."""
-    return "movies" if trained.orientation == "item" else "users"
+    return "movies" if trained.orientation is Orientation.ITEM else "users"
 
 
 @torch.no_grad()
@@ -115,7 +116,7 @@ def latent_codes(trained: TrainedModel, side: str) -> LatentCodes:
 
 def raw_vectors(trained: TrainedModel, side: str) -> sp.csr_matrix:
     """The raw training rating vectors of ``side``: (n_users, n_movies) rows or (n_movies, n_users) rows."""
-    return oriented_csr(trained.inputs, "user" if check_side(side) == "users" else "item")
+    return oriented_csr(trained.inputs, Orientation.USER if check_side(side) == "users" else Orientation.ITEM)
 
 
 def pca_2d(x: sp.spmatrix | np.ndarray, seed: int = 0) -> np.ndarray:

@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recae.errors import TrainingError
-from recae.models.batches import ORIENTATIONS, SparseRows
+from recae.models.batches import SparseRows
 from recae.models.losses import contractive_penalty, kl_sparsity, l1_sparsity
+from recae.models.orientation import ORIENTATIONS, Orientation
 from recae.settings import strict_settings
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -76,7 +77,7 @@ class ModelConfig:
     """What model to build; every field can be set in the TOML config's ``[model]`` table."""
 
     name: str = "stacked"  # key in MODELS: stacked | sparse | denoising | contractive
-    orientation: str = "item"  # item: each movie's vector over users (I-AutoRec); user: each user's over movies
+    orientation: Orientation = Orientation.ITEM  # item: each movie's vector over users (I-AutoRec); user: a user's
     hidden: tuple[int, ...] = (500,)  # encoder layer sizes; the decoder mirrors them
     activation: str = "sigmoid"  # hidden activation: sigmoid | relu | elu | selu | tanh | identity
     output_activation: str = "identity"  # activation of the output units (identity suits ratings)
@@ -101,8 +102,13 @@ class ModelConfig:
     conditional: bool = False  # rbm: hidden units also receive D . r, r = which units the vector has rated (ICML 2007)
     cd_steps_every: int = 0  # rbm: > 0 raises T every that many epochs along 1, 3, 5, 9 (ICML 2007), from cd_steps
 
+    def __post_init__(self) -> None:
+        if self.orientation in ORIENTATIONS:  # "item" from a file or a caller becomes Orientation.ITEM
+            object.__setattr__(self, "orientation", Orientation(self.orientation))
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["orientation"] = str(self.orientation)
         data["hidden"] = list(self.hidden)
         data["rating_levels"] = list(self.rating_levels)
         return data

@@ -19,20 +19,19 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from recae.models.orientation import ORIENTATIONS, Orientation
 from recae.store.matrix import RatingMatrix
 
-ORIENTATIONS = ("item", "user")
 
-
-def oriented_csr(matrix: RatingMatrix, orientation: str) -> sp.csr_matrix:
+def oriented_csr(matrix: RatingMatrix, orientation: Orientation | str) -> sp.csr_matrix:
     """The matrix whose rows are the autoencoder's input vectors.
 
     ``user``: the ratings as they are, (n_users, n_movies): each user's vector over movies.
     ``item``: the transpose, (n_movies, n_users): each movie's vector over users (as in I-AutoRec).
     """
-    if orientation == "user":
+    if orientation == Orientation.USER:
         csr = matrix.csr
-    elif orientation == "item":
+    elif orientation == Orientation.ITEM:
         csr = matrix.csr.T.tocsr()
     else:
         raise ValueError(f"unknown orientation {orientation!r}; choose one of {', '.join(ORIENTATIONS)}")

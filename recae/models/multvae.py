@@ -57,7 +57,6 @@ from recae.serving.model_files import (
 )
 from recae.settings import strict_settings
 
-
 #: The Mult-VAE's meta.json names its own format (its keys differ from an autoencoder's); the folder layout, sha256
 #: record and version names are ``recae.serving.model_files``'s.
 FORMAT = "recae-multvae"

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recae.models.orientation import Orientation
+
 if TYPE_CHECKING:
     from recae.models.autoencoders import AutoEncoder, ModelConfig
     from recae.serving.scorer import TrainedModel
@@ -37,7 +39,7 @@ def warm_start_module(champion: TrainedModel, index: Any, unit_means: np.ndarray
     cfg = champion.model_config
     if cfg.name == "rbm":  # trained by contrastive divergence, not by the masked-MSE fine-tuning: retrain cold
         return None
-    item = cfg.orientation == "item"
+    item = cfg.orientation is Orientation.ITEM
     new_ids = index.user_ids if item else index.movie_ids
     source = champion.index.lookup_users(new_ids) if item else champion.index.lookup_movies(new_ids)
     known = torch.from_numpy(source >= 0)

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from recae.models.batches import sparse_rows
+from recae.models.orientation import Orientation
 from recae.serving.scorer import TrainedModel
 from recae.training.blend import blend
 
@@ -58,7 +59,7 @@ def fold_in_scores(
     cols, values = _ratings_to_cols(trained, ratings)
 
     def scores_of(part: TrainedModel) -> np.ndarray:
-        if part.orientation == "user":
+        if part.orientation is Orientation.USER:
             scores = _encode_user(part, cols, values)
         else:
             scores = _fit_output_unit(part, cols, values, user_row, ridge, bias_ridge)

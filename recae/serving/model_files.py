@@ -26,6 +26,7 @@ import torch
 from recae.errors import CorruptArtifactError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model
+from recae.models.orientation import Orientation
 from recae.models.rankers import EaseRanker
 from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
@@ -173,7 +174,7 @@ def standalone(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _module_from(tensors: dict[str, torch.Tensor], prefix: str, config: ModelConfig, index: IdIndex) -> AutoEncoder:
-    n_units = index.n_users if config.orientation == "item" else index.n_movies
+    n_units = index.n_users if config.orientation is Orientation.ITEM else index.n_movies
     with torch.device("meta"):  # no throwaway random weights: the loaded tensors become the parameters
         module = build_model(config, n_units, n_units)
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -16,6 +16,7 @@ import torch
 
 from recae.models.autoencoders import AutoEncoder, ModelConfig, pairs_pattern
 from recae.models.batches import oriented_csr, sparse_rows
+from recae.models.orientation import Orientation
 from recae.models.rankers import EaseRanker
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.blend import blend
@@ -69,7 +70,7 @@ class TrainedModel:
         return self.inputs.index
 
     @property
-    def orientation(self) -> str:
+    def orientation(self) -> Orientation:
         return self.model_config.orientation
 
     def _oriented(self) -> sp.csr_matrix:
@@ -80,7 +81,7 @@ class TrainedModel:
     @torch.no_grad()
     def _features(self, vectors: np.ndarray) -> torch.Tensor:
         """(len(vectors), h_1) decoder features of oriented input vectors; all movies' cached in item orientation."""
-        if self.orientation == "item":
+        if self.orientation is Orientation.ITEM:
             return self._features_of_all_movies()[torch.from_numpy(np.asarray(vectors, dtype=np.int64))]
         return self._encode(vectors)
 
@@ -126,7 +127,7 @@ class TrainedModel:
         cols = np.asarray(cols, dtype=np.int64)
         if rows.size == 0:
             return np.zeros(0, np.float32)
-        vectors, units = (cols, rows) if self.orientation == "item" else (rows, cols)
+        vectors, units = (cols, rows) if self.orientation is Orientation.ITEM else (rows, cols)
         n_units = self._oriented().shape[1]
         out = np.empty(rows.size, np.float32)
         order = np.argsort(vectors, kind="stable")
@@ -146,7 +147,7 @@ class TrainedModel:
     def _score_rows_own(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         module = self.module
-        if self.orientation == "item":
+        if self.orientation is Orientation.ITEM:
             feats = self._features_of_all_movies()  # (n_movies, h_1), cached, not copied
             picked = torch.from_numpy(rows)
             scores = module.unit_scores(feats, picked)  # (batch, n_movies)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recae.models.orientation import Orientation
 from recae.serving.scorer import TrainedModel
 
 
@@ -28,7 +29,7 @@ class SimilarMovie:
 def movie_embeddings(trained: TrainedModel) -> np.ndarray:
     """(n_movies, h_1) latent representation of every movie of ``trained.index`` (a view of the model's own
     arrays, not a copy: a serving worker asks for it on every similar-films request)."""
-    if trained.orientation == "item":
+    if trained.orientation is Orientation.ITEM:
         return trained._features_of_all_movies().numpy()
     return trained.module.w_out.detach().numpy()
 

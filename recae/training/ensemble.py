@@ -132,7 +132,7 @@ def unpark(result: FitResult, model_cfg: ModelConfig) -> AutoEncoder:
 
 def partner_configs(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
     """The partner's settings: the other orientation, ``partner_members`` members."""
-    other = "user" if model_cfg.orientation == "item" else "item"
+    other = model_cfg.orientation.other
     return replace(model_cfg, orientation=other), replace(train_cfg, ensemble=train_cfg.partner_members)
 
 

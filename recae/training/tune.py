@@ -44,6 +44,7 @@ import numpy as np
 
 from recae.errors import TrainingError
 from recae.models.autoencoders import ModelConfig
+from recae.models.orientation import Orientation
 from recae.store.matrix import RatingMatrix
 from recae.training.config import TrainConfig
 from recae.training.loop import FitResult
@@ -126,7 +127,7 @@ def start_setting(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainC
 def _n_units(train: RatingMatrix, model_cfg: ModelConfig) -> int:
     """Length of the vectors the autoencoder reads: users for item vectors, films for user vectors."""
     n_users, n_movies = train.shape
-    return n_users if model_cfg.orientation == "item" else n_movies
+    return n_users if model_cfg.orientation is Orientation.ITEM else n_movies
 
 
 def _bounded_width(width: float, n_units: int) -> int:
