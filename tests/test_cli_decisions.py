@@ -5,6 +5,8 @@ offers (the registry)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -84,6 +86,14 @@ def test_model_choices_are_the_registry() -> None:
     assert isinstance(option.type, click.Choice) and option.type.choices == tuple(MODELS)
     result = CliRunner().invoke(cli, ["train", "--model", "nope"])
     assert result.exit_code == EXIT_USAGE and "'denoising'" in result.stderr and "'rbm'" in result.stderr
+
+
+def test_train_help_lists_the_models_without_loading_torch() -> None:
+    """The names are a torch-free closed set (recae.models.names), so help and usage errors answer at once."""
+    code = ("import sys; from click.testing import CliRunner; from recae.cli import cli; "
+            "out = CliRunner().invoke(cli, ['train', '--help']).output; "
+            "assert 'contractive' in out and 'torch' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from recae.errors import TrainingError
-from recae.models.autoencoders import MODEL_NAMES, ModelConfig, pairs_pattern
+from recae.models.autoencoders import ModelConfig, pairs_pattern
 from recae.models.batches import batch_plan, make_batch, oriented_csr, sparse_rows
 from recae.models.build import MODELS, build_model, merge_members, model_config
-from recae.models.orientation import Orientation
+from recae.models.names import MODEL_NAMES, Orientation
 from recae.serving.scorer import TrainedModel
 from recae.training.config import TrainConfig
 from recae.training.train import fit

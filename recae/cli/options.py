@@ -58,8 +58,7 @@ def png_option(default: str) -> Callable[[F], F]:
 class LazyChoice(click.Choice):
     """A click.Choice whose choices come from ``load`` the first time they are needed (help, parsing, completion).
 
-    The model names live in a registry of torch modules; reading them at import would make every command,
-    ``recae recommend`` included, wait for torch.
+    The split names live beside numpy-heavy code; reading them at import would slow every command's start.
     """
 
     def __init__(self, load: Callable[[], Iterable[str]], case_sensitive: bool = True) -> None:
@@ -72,13 +71,6 @@ class LazyChoice(click.Choice):
         if self._choices is None:
             self._choices = tuple(self._load())
         return self._choices
-
-
-def model_names() -> tuple[str, ...]:
-    """The trainable models: the names in recae.models.autoencoders.MODELS."""
-    from recae.models.build import MODELS
-
-    return tuple(MODELS)
 
 
 def split_names() -> tuple[str, ...]:

@@ -11,7 +11,6 @@ from recae.cli.options import (
     CountOrShare,
     LazyChoice,
     format_option,
-    model_names,
     refuse_with,
     split_names,
     summary_format_option,
@@ -19,7 +18,7 @@ from recae.cli.options import (
 )
 from recae.cli.progress import TrainProgress
 from recae.cli.tuning import tune_summary
-from recae.models.orientation import ORIENTATIONS
+from recae.models.names import MODEL_NAMES, ORIENTATIONS, PRETRAINS
 from recae.settings import DEVICES
 
 
@@ -121,9 +120,9 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
 
 
 @cli.command("train")
-@click.option("--model", "model_name", type=LazyChoice(model_names),
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES),
               help="Autoencoder to train, or rbm (the RBM for CF) (default: the config file's, else denoising).")
-@click.option("--pretrain", type=click.Choice(["autoencoder", "rbm"]),
+@click.option("--pretrain", type=click.Choice(PRETRAINS),
               help="Greedy layer-wise pretraining of the stack by autoencoders or RBMs (default: config's, else none).")
 @click.option("--orientation", type=click.Choice(ORIENTATIONS),
               help="item: each movie's vector over users (I-AutoRec; default); user: each user's over movies.")

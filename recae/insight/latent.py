@@ -29,7 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from recae.models.batches import oriented_csr, sparse_rows
-from recae.models.orientation import Orientation
+from recae.models.names import Orientation
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

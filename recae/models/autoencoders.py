@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from recae.errors import TrainingError
 from recae.models.batches import SparseRows
 from recae.models.losses import contractive_penalty, kl_sparsity, l1_sparsity
-from recae.models.orientation import ORIENTATIONS, Orientation
+from recae.models.names import MODEL_NAMES, ORIENTATIONS, PRETRAINS, Orientation
 from recae.settings import strict_settings
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -54,10 +54,6 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,
     "identity": lambda z: z,
 }
-
-#: The model families by name (the networks themselves: ``recae.models.build.MODELS``).
-ModelName = Literal["stacked", "sparse", "denoising", "contractive", "rbm"]
-MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
@@ -147,8 +143,8 @@ class ModelConfig:
             raise TrainingError("kernel_dim and kernel_weight must not be negative")
         if self.kernel_dim > 0 and self.pretrain_epochs > 0:
             raise TrainingError("greedy pretraining does not support local kernels; set pretrain_epochs or kernel_dim to 0")
-        if self.pretrain not in ("autoencoder", "rbm"):
-            raise TrainingError(f"unknown pretrain {self.pretrain!r}; choose autoencoder or rbm")
+        if self.pretrain not in PRETRAINS:
+            raise TrainingError(f"unknown pretrain {self.pretrain!r}; choose {' or '.join(PRETRAINS)}")
         if self.pretrain == "rbm" and self.pretrain_epochs > 0 and self.activation != "sigmoid":
             raise TrainingError("RBM pretraining gives sigmoid hidden units; set activation = 'sigmoid'")
         if self.cd_steps < 1 or self.cd_lr <= 0 or not 0.0 <= self.cd_momentum < 1.0 or self.cd_weight_decay < 0:

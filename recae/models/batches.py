@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from recae.models.orientation import ORIENTATIONS, Orientation
+from recae.models.names import ORIENTATIONS, Orientation
 from recae.store.matrix import RatingMatrix
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recae.models.orientation import Orientation
+from recae.models.names import Orientation
 
 if TYPE_CHECKING:
     from recae.models.autoencoders import AutoEncoder, ModelConfig

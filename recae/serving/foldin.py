@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from recae.models.batches import sparse_rows
-from recae.models.orientation import Orientation
+from recae.models.names import Orientation
 from recae.serving.scorer import TrainedModel
 from recae.training.blend import blend
 

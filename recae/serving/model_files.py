@@ -26,7 +26,7 @@ import torch
 from recae.errors import CorruptArtifactError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model
-from recae.models.orientation import Orientation
+from recae.models.names import Orientation
 from recae.models.rankers import EaseRanker
 from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix

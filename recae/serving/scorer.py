@@ -16,7 +16,7 @@ import torch
 
 from recae.models.autoencoders import AutoEncoder, ModelConfig, pairs_pattern
 from recae.models.batches import oriented_csr, sparse_rows
-from recae.models.orientation import Orientation
+from recae.models.names import Orientation
 from recae.models.rankers import EaseRanker
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.blend import blend

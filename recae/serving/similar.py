@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recae.models.orientation import Orientation
+from recae.models.names import Orientation
 from recae.serving.scorer import TrainedModel
 
 

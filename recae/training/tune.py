@@ -44,7 +44,7 @@ import numpy as np
 
 from recae.errors import TrainingError
 from recae.models.autoencoders import ModelConfig
-from recae.models.orientation import Orientation
+from recae.models.names import Orientation
 from recae.store.matrix import RatingMatrix
 from recae.training.config import TrainConfig
 from recae.training.loop import FitResult

@@ -1,8 +1,18 @@
-"""The two ways an autoencoder reads the rating matrix, as a closed set (no torch: the CLI lists it at start-up)."""
+"""The closed sets that name models and their settings, without torch, so the CLI can list them at start-up.
+
+Model names and pretraining kinds are Literals (checked by ``ModelConfig.validate``; ``recae.models.build.MODELS``
+holds a network for every name); the orientation is a StrEnum, compared by identity where code branches on it.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
+
+ModelName = Literal["stacked", "sparse", "denoising", "contractive", "rbm"]
+MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
+Pretrain = Literal["autoencoder", "rbm"]  # greedy layer-wise pretraining by shallow autoencoders or RBMs
+PRETRAINS: tuple[str, ...] = get_args(Pretrain)
 
 
 class Orientation(StrEnum):
