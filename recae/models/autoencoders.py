@@ -142,7 +142,8 @@ class ModelConfig:
         if self.kernel_dim < 0 or self.kernel_weight < 0:
             raise TrainingError("kernel_dim and kernel_weight must not be negative")
         if self.kernel_dim > 0 and self.pretrain_epochs > 0:
-            raise TrainingError("greedy pretraining does not support local kernels; set pretrain_epochs or kernel_dim to 0")
+            raise TrainingError("greedy pretraining does not support local kernels; "
+                                "set pretrain_epochs or kernel_dim to 0")
         if self.pretrain not in PRETRAINS:
             raise TrainingError(f"unknown pretrain {self.pretrain!r}; choose {' or '.join(PRETRAINS)}")
         if self.pretrain == "rbm" and self.pretrain_epochs > 0 and self.activation != "sigmoid":

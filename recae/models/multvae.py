@@ -19,7 +19,8 @@ Cost: the first layer reads only the observed clicks (a sparse CSR product, as t
 encoder grows with the number of ratings. The decoder's output is dense over items, (batch, n_items): the
 softmax needs every item's logit, which is inherent to Mult-VAE (memory is bounded by ``batch_users``, never
 users x items). Training: Adam (lr 1e-3, no weight decay), user batches of 500, early stopping on the validation
-users' NDCG@100 (``recae.training.multvae``; the weights of the best epoch are kept). Data and metrics: ``recae.clicks``.
+users' NDCG@100 (``recae.training.multvae``; the weights of the best epoch are kept). Data and metrics:
+``recae.clicks``.
 
 Artifacts: a folder with ``weights.safetensors`` (tensors only) and ``meta.json`` (configs, item ids, metrics,
 split, sha256 of the weights), written to a temp folder and moved into place with one ``os.replace``; loading never

@@ -45,7 +45,8 @@ class TrainingRun:
 def run_folder(models_dir: Path, spec: SplitSpec, model_cfg: ModelConfig, train_cfg: TrainConfig,
                matrix: RatingMatrix) -> Path:
     """Checkpoint folder of one training run: the same settings and data find the same folder (``--resume``)."""
-    fingerprint = run_fingerprint(model_cfg, train_cfg, matrix.fingerprint(), json.dumps(spec.to_json(), sort_keys=True))
+    split = json.dumps(spec.to_json(), sort_keys=True)
+    fingerprint = run_fingerprint(model_cfg, train_cfg, matrix.fingerprint(), split)
     return models_dir / ".runs" / fingerprint
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -21,7 +21,7 @@ from recae.errors import DataError, UnknownGenreError, UnknownMovieError, Unknow
 from recae.metrics import dense_flags, ranking_scores
 from recae.serving.registry import champion_version
 from recae.store.db import Movie, Rating, Recommendation
-from recae.store.writers import insert_columns
+from recae.store.writers import Columns, insert_columns
 
 if TYPE_CHECKING:
     from recae.serving.scorer import TrainedModel
@@ -120,11 +120,8 @@ def top_unseen(scores: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
     return np.where(np.take_along_axis(seen, cols, axis=1), -1, cols).astype(np.int64)
 
 
-_Batch = dict[str, Iterable[object]]  # column name -> values of one batch of rows
-
-
 def _columns(version: str, user_ids: np.ndarray, ranks: np.ndarray, movie_ids: np.ndarray,
-             scores: np.ndarray, ratings: np.ndarray) -> _Batch:
+             scores: np.ndarray, ratings: np.ndarray) -> Columns:
     return {"version": itertools.repeat(version), "user_id": user_ids.tolist(), "rank": ranks.tolist(),
             "movie_id": movie_ids.tolist(), "score": np.asarray(scores, np.float64).tolist(),
             "predicted_rating": np.asarray(ratings, np.float64).tolist()}

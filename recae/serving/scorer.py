@@ -53,7 +53,7 @@ class TrainedModel:
     # the top-N model that orders recommendations (recae.models.rankers); None: order by predicted rating
     ranker: EaseRanker | None = None
     ranker_search: dict[str, Any] = field(default_factory=dict)  # how the ranker's settings were chosen
-    tune_search: dict[str, Any] = field(default_factory=dict)  # `train --tune`'s trials and choice (recae.training.tune)
+    tune_search: dict[str, Any] = field(default_factory=dict)  # `train --tune`'s trials and choice (training.tune)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod

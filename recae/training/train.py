@@ -80,8 +80,8 @@ def make_optimizer(module: AutoEncoder, cfg: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=5, history_size=10, line_search_fn="strong_wolfe")
 
 
-def batch_objective(module: AutoEncoder, inputs: SparseRows, targets: SparseRows, cfg: TrainConfig,
-                    n_observed: int, runner: torch.nn.Module | None = None, share: float = 1.0) -> tuple[Tensor, Tensor]:
+def batch_objective(module: AutoEncoder, inputs: SparseRows, targets: SparseRows, cfg: TrainConfig, n_observed: int,
+                    runner: torch.nn.Module | None = None, share: float = 1.0) -> tuple[Tensor, Tensor]:
     """(masked MSE, full objective) of one batch: MSE + L2 (unless adamw decays) + the model's penalty.
 
     ``runner`` is the module's DistributedDataParallel wrapper in distributed training, and ``share`` this rank's

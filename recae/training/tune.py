@@ -10,7 +10,7 @@ Protocol (test ratings are never passed in):
     rest          the other training ratings: a trial trains ONE member (no ensemble, partner or ranker) on them,
                   stopping early on an inner carve of the rest (``val_fraction``, seed ``seed``), as
                   ``fit_cross_carved``'s member 0 does, and reads all of the rest as its inputs when scored
-    ranker        EASE's lambda is chosen on its own carve by ``recae.models.rankers.search_ease_lambda`` (NDCG@10) for the
+    ranker        EASE's lambda is chosen on its own carve by ``rankers.search_ease_lambda`` (NDCG@10) for the
                   ``value`` input and, when the budget allows, the ``binary`` one; the better input wins
 
 Search: greedy coordinate search, cheap first. Trials stop early with patience ``TRIAL_PATIENCE`` (the final
