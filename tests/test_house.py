@@ -2,8 +2,8 @@
 
 Why: a loop means two modules cannot be read (or changed) apart, and a module past a few hundred lines usually
 holds two jobs. The import graph counts every import that runs, the ones inside functions included: a lazy
-import is still a dependency a reader must follow. Imports under ``if TYPE_CHECKING:`` only name types for annotations and never
-run, so they are left out.
+import is still a dependency a reader must follow. Imports under ``if TYPE_CHECKING:`` only name types for
+annotations and never run, so they are left out.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The data behind each figure is prepared by a pure function (``curve_members``, ``errors_by_activity``, and
 ``recae.insight.latent``); the ``plot_*`` functions only draw, with matplotlib's headless Agg backend, imported
-when first needed (``pip install "recae[plot]"``). Each PNG is written to a temporary name beside the target and moved into
-place, so a failed plot never leaves half a file.
+when first needed (``pip install "recae[plot]"``). Each PNG is written to a temporary name beside the target
+and moved into place, so a failed plot never leaves half a file.
 """
 
 from __future__ import annotations
