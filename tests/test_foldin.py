@@ -84,13 +84,13 @@ def test_movies_unknown_to_the_model_are_ignored_and_scores_stay_on_scale(plante
 def test_the_ridge_solution_is_the_normal_equations_in_both_forms(n_rated: int) -> None:
     import torch
 
-    from recae.serving.foldin import _ridge_closed_form
+    from recae.models.ridge import ridge_closed_form
 
     rng = np.random.default_rng(n_rated)
     x = torch.from_numpy(rng.normal(size=(n_rated, 12)))
     y = torch.from_numpy(rng.normal(3, 1, n_rated))
     w0, b0 = torch.from_numpy(rng.normal(size=12)), torch.tensor(0.5, dtype=torch.float64)
-    w, b = _ridge_closed_form(x, y, w0, b0, ridge=5.0, bias_ridge=1.0)
+    w, b = ridge_closed_form(x, y, w0, b0, ridge=5.0, bias_ridge=1.0)
     a = np.hstack([x.numpy(), np.ones((n_rated, 1))])
     penalty = np.diag([5.0] * 12 + [1.0])
     p0 = np.append(w0.numpy(), 0.5)

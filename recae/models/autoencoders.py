@@ -361,6 +361,28 @@ class AutoEncoder(nn.Module):
         """(batch, n_outputs) every output unit: the dense path, for small data and tests."""
         return self.out_act(feats @ self.output_weight().t() + self.b_out)
 
+    def fold_in_unit(self, feats: Tensor, cols: np.ndarray, values: np.ndarray, prior: int | None, ridge: float,
+                     bias_ridge: float) -> Tensor:
+        """(n_vectors,) predictions of a new output unit rated ``values`` at vectors ``cols`` (item orientation: a
+        new user over every movie): its decoder row and bias by ridge regression on ``feats`` (n_vectors, h_1),
+        pulled towards a prior, the unit's own row when known, else the average unit's (``recae.models.ridge``)."""
+        from recae.models.ridge import ridge_closed_form, ridge_iterative
+
+        if prior is None:
+            w0, b0 = self.w_out.mean(0).double(), self.b_out.mean().double()
+        else:
+            w0, b0 = self.w_out[prior].double(), self.b_out[prior].double()
+        if cols.size:
+            x = feats[torch.from_numpy(cols)].double()  # (n_rated, h_1): only the rated films in float64
+            y = torch.from_numpy(values).double()  # (n_rated,)
+            if self.config.output_activation == "identity":
+                w, b = ridge_closed_form(x, y, w0, b0, ridge, bias_ridge)
+            else:
+                w, b = ridge_iterative(x, y, w0, b0, ridge, bias_ridge, self.out_act)
+        else:
+            w, b = w0, b0
+        return self.out_act(feats @ w.float() + b.float())  # no float64 copy of every film's features
+
     def unit_scores(self, feats: Tensor, units: Tensor) -> Tensor:
         """(len(units), n_vectors) output units ``units`` for every vector of ``feats`` (item orientation: those
         users over all movies), by one addmm, row-major, with no transposed copies. The RBM for CF has its own."""

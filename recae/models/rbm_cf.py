@@ -205,10 +205,11 @@ class RatingRBM(nn.Module):
         return self.weight.permute(1, 0, 2).reshape(self.n_units, -1)
 
     def fold_in_unit(self, feats: Tensor, cols: np.ndarray, values: np.ndarray, prior: int | None,
-                     ridge: float) -> Tensor:
+                     ridge: float, bias_ridge: float = 0.0) -> Tensor:
         """Expected ratings (n_vectors,) of a new unit with ``values`` at vectors ``cols``: its weights (K, F) and
         biases (K,) fitted by softmax regression on the vectors' hidden probabilities, pulled towards a prior (its
-        own row when known, else the average unit's) with ``ridge``. A conditional RBM's vectors keep their codes:
+        own row when known, else the average unit's) with ``ridge`` (biases too: ``bias_ridge`` is the
+        autoencoders'). A conditional RBM's vectors keep their codes:
         the new unit's D row would only enter them through r, and it is not learned here."""
         if prior is None:
             w0, b0 = self.weight.mean(1), self.visible_bias.mean(1)  # (K, F), (K,)

@@ -108,60 +108,6 @@ def _fit_output_unit(
     trained: TrainedModel, cols: np.ndarray, values: np.ndarray, user_row: int | None, ridge: float,
     bias_ridge: float,
 ) -> np.ndarray:
-    module = trained.module.eval()
-    if hasattr(module, "fold_in_unit"):  # the RBM for CF: softmax regression on the movies' hidden probabilities
-        feats = trained._features(np.arange(trained.index.n_movies))
-        return module.fold_in_unit(feats, cols, values, user_row, ridge).numpy()
+    """Every film's prediction for a user who is an output unit: the module fits the unit (its own way)."""
     feats = trained._features(np.arange(trained.index.n_movies))  # (n_movies, h_1) float32, cached per model
-    if user_row is None:
-        w0, b0 = module.w_out.mean(0).double(), module.b_out.mean().double()
-    else:
-        w0, b0 = module.w_out[user_row].double(), module.b_out[user_row].double()
-    if cols.size:
-        x = feats[torch.from_numpy(cols)].double()  # (n_rated, h_1): only the rated films in float64
-        y = torch.from_numpy(values).double()  # (n_rated,)
-        if trained.model_config.output_activation == "identity":
-            w, b = _ridge_closed_form(x, y, w0, b0, ridge, bias_ridge)
-        else:
-            w, b = _ridge_iterative(x, y, w0, b0, ridge, bias_ridge, module.out_act)
-    else:
-        w, b = w0, b0
-    return module.out_act(feats @ w.float() + b.float()).numpy()  # no float64 copy of every film's features
-
-
-def _ridge_closed_form(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, ridge: float,
-                       bias_ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve the ridge problem with the bias as an extra column: (A^T A + L) d = A^T (y - A p0), p = p0 + d.
-
-    By Woodbury, d = L^-1 A^T (I + A L^-1 A^T)^-1 (y - A p0): an n_rated x n_rated system instead of one of the
-    code's width (h_1 + 1 = 1,201 for the default model), the same solution for a user with a handful of ratings.
-    """
-    a = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)  # (n_rated, h_1 + 1)
-    p0 = torch.cat([w0, b0.reshape(1)])
-    penalty = torch.full((a.shape[1],), ridge, dtype=x.dtype)
-    penalty[-1] = bias_ridge
-    residual = y - a @ p0  # (n_rated,)
-    if a.shape[0] < a.shape[1]:  # fewer ratings than features: the n_rated x n_rated (Woodbury) system
-        scaled = a / penalty  # A L^-1
-        delta = scaled.T @ torch.linalg.solve(torch.eye(a.shape[0], dtype=x.dtype) + scaled @ a.T, residual)
-    else:
-        delta = torch.linalg.solve(a.T @ a + torch.diag(penalty), a.T @ residual)
-    p = p0 + delta
-    return p[:-1], p[-1]
-
-
-def _ridge_iterative(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, ridge: float,
-                     bias_ridge: float, act) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
-    w = w0.clone().requires_grad_(True)
-    b = b0.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([w, b], max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = ((y - act(x @ w + b)) ** 2).sum() + ridge * ((w - w0) ** 2).sum() + bias_ridge * (b - b0) ** 2
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return w.detach(), b.detach()
+    return trained.module.eval().fold_in_unit(feats, cols, values, user_row, ridge, bias_ridge).numpy()
