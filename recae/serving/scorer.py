@@ -19,11 +19,12 @@ from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.names import Orientation
 from recae.models.rankers import EaseRanker
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.blend import blend
+from recae.training.blend import blend, mix
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from recae.models.svd_part import SvdPart
     from recae.training.config import TrainConfig
 
 _SCORE_CHUNK = 2048  # vectors encoded at once when predicting (bounds memory) ...
@@ -50,6 +51,10 @@ class TrainedModel:
     # an autoencoder of the other orientation on the same inputs, mixed in as ``w * ours + (1 - w) * partner's``
     partner: TrainedModel | None = None
     blend_weight: float = 1.0  # w, fitted on validation (recae.training.blend)
+    # a Soft-Impute SVD (TrainConfig.blend_svd) mixed in as ``w_0 * ours + w_1 * partner's + w_2 * svd's`` with
+    # ``mix_weights`` (convex, fitted on the blend carve); None: the blend above alone
+    svd: SvdPart | None = None
+    mix_weights: tuple[float, ...] = ()
     # the top-N model that orders recommendations (recae.models.rankers); None: order by predicted rating
     ranker: EaseRanker | None = None
     ranker_search: dict[str, Any] = field(default_factory=dict)  # how the ranker's settings were chosen
@@ -101,11 +106,13 @@ class TrainedModel:
 
     def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Clipped predicted ratings at (user row, movie col) pairs: (n,) float32 (blended with the partner's)."""
-        return self._blended(self._predict_own(rows, cols), lambda partner: partner.predict(rows, cols))
+        return self._blended(self._predict_own(rows, cols), lambda partner: partner.predict(rows, cols),
+                             lambda svd: svd.predict(rows, cols))
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
         """Clipped predicted ratings of every movie for users ``rows``: (len(rows), n_movies) float32."""
-        return self._blended(self._score_rows_own(rows), lambda partner: partner.score_rows(rows))
+        return self._blended(self._score_rows_own(rows), lambda partner: partner.score_rows(rows),
+                             lambda svd: svd.score_rows(rows))
 
     def rank_rows(self, rows: np.ndarray) -> np.ndarray:
         """Ranking scores of every movie for users ``rows`` (higher first): (len(rows), n_movies) float32.
@@ -116,7 +123,10 @@ class TrainedModel:
             return self.score_rows(rows)
         return self.ranker.score_rows(self.inputs.csr[np.asarray(rows, dtype=np.int64)])
 
-    def _blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray]) -> np.ndarray:
+    def _blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray],
+                 svd_scores: Callable[[SvdPart], np.ndarray]) -> np.ndarray:
+        if self.svd is not None and self.partner is not None:
+            return mix([ours, theirs(self.partner), svd_scores(self.svd)], np.asarray(self.mix_weights))
         if self.partner is None or self.blend_weight >= 1.0:
             return ours
         return blend(ours, theirs(self.partner), self.blend_weight)

@@ -25,7 +25,8 @@ from recae.training.config import TrainConfig
 from recae.training.loop import EpochReport, FitResult
 
 if TYPE_CHECKING:
-    from recae.training.blend import FittedBlend
+    from recae.models.svd_part import SvdPart
+    from recae.training.blend import FittedBlend, FittedMix
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +151,29 @@ def blend_carve(train: RatingMatrix, cfg: TrainConfig) -> tuple[RatingMatrix, Ra
 def fitted_blend(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix, blend_part: RatingMatrix,
                  seed: int) -> FittedBlend:
     """The blend of the shipped main ensemble and partner, fitted on the blend part (the fit part as inputs)."""
-    from recae.serving.scorer import TrainedModel
     from recae.training.blend import fit_blend
+
+    ours, theirs, values = _blend_part_predictions(main, partner, fit_part, blend_part)
+    return fit_blend(ours, theirs, values, seed=seed)
+
+
+def fitted_mix(main: AutoEncoder, partner: AutoEncoder, svd: SvdPart, fit_part: RatingMatrix,
+               blend_part: RatingMatrix, seed: int) -> FittedMix:
+    """The convex mix of main ensemble, partner and SVD (``svd`` fitted on ``fit_part`` alone), fitted on the blend
+    part like :func:`fitted_blend` (recae.training.blend.fit_mix)."""
+    from recae.training.blend import fit_mix
+
+    ours, theirs, values = _blend_part_predictions(main, partner, fit_part, blend_part)
+    rows, cols, _ = blend_part.coo()
+    return fit_mix([ours, theirs, svd.predict(rows, cols)], values, seed=seed)
+
+
+def _blend_part_predictions(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix,
+                            blend_part: RatingMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(main's, partner's predictions, true ratings) on the blend part, both reading the fit part as inputs."""
+    from recae.serving.scorer import TrainedModel
 
     rows, cols, values = blend_part.coo()
     ours = TrainedModel.from_fit(main, fit_part).predict(rows, cols)
     theirs = TrainedModel.from_fit(partner, fit_part).predict(rows, cols)
-    return fit_blend(ours, theirs, values, seed=seed)
+    return ours, theirs, values

@@ -31,7 +31,15 @@ from recae.store.matrix import RatingMatrix
 from recae.training import distributed
 from recae.training.checkpoint import CHECKPOINT_FILE, Checkpointer, resume_run, run_fingerprint
 from recae.training.config import AUTO_ONE_THREAD_BELOW, FULL_BATCH, TrainConfig
-from recae.training.ensemble import Carve, blend_carve, cross_carves, fit_ensemble, fitted_blend, partner_configs
+from recae.training.ensemble import (
+    Carve,
+    blend_carve,
+    cross_carves,
+    fit_ensemble,
+    fitted_blend,
+    fitted_mix,
+    partner_configs,
+)
 from recae.training.loop import (
     EpochReport,
     FitResult,
@@ -350,6 +358,10 @@ def train_split(
                        val_rmse=fitted.cross_fitted_rmse, blend_weight=round(fitted.weight, 6),
                        n_blend=blend_part.nnz)
         fits.append(partner)
+        if train_cfg.blend_svd:
+            trained, svd_metrics = _mix_in_svd(trained, result.module, partner.module, fit_part, blend_part,
+                                               train_cfg, on_progress)
+            metrics.update(svd_metrics)
     ranker_seconds = 0.0
     if train_cfg.ranker != "none":
         started = time.perf_counter()
@@ -388,6 +400,29 @@ def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainCo
     return fit_cross_carved(train, partner_model, partner_train,
                             run_dir=run_dir / "partner" if run_dir is not None else None, resume=resume,
                             on_epoch=on_epoch, on_progress=on_progress)
+
+
+def _mix_in_svd(trained: TrainedModel, main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix,
+                blend_part: RatingMatrix, train_cfg: TrainConfig,
+                on_progress: Callable[[str], None] | None) -> tuple[TrainedModel, dict[str, float]]:
+    """``trained`` with a Soft-Impute SVD fitted on ``fit_part`` (never the blend carve) mixed in by convex weights
+    fitted on ``blend_part``, and the figures: each component's and the cross-fitted mix's blend-carve RMSE."""
+    from recae.models.svd_part import fit_svd_part
+
+    if on_progress:
+        on_progress("Soft-Impute SVD for the blend")
+    started = time.perf_counter()
+    svd = fit_svd_part(fit_part, seed=train_cfg.seed)
+    fitted = fitted_mix(main, partner, svd, fit_part, blend_part, train_cfg.seed)
+    w_main, w_partner, w_svd = fitted.weights
+    pair = w_main + w_partner
+    trained = replace(trained, svd=svd, mix_weights=fitted.weights,
+                      blend_weight=w_main / pair if pair > 0 else 1.0)  # the AE pair's own share, for display
+    return trained, {"main_val_rmse": fitted.rmses[0], "partner_val_rmse": fitted.rmses[1],
+                     "svd_val_rmse": fitted.rmses[2], "val_rmse": fitted.cross_fitted_rmse,
+                     "blend_weight": round(trained.blend_weight, 6), "blend_weight_main": round(w_main, 6),
+                     "blend_weight_partner": round(w_partner, 6), "blend_weight_svd": round(w_svd, 6),
+                     "svd_seconds": round(time.perf_counter() - started, 3)}
 
 
 def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
