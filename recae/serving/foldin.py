@@ -12,6 +12,8 @@
   output this is closed-form; other outputs take a few L-BFGS steps from the prior.
 - **a blended model** (an item AE with a user-AE partner): each folds the user in its own way; the scores are
   mixed with the model's blend weight.
+- **a Soft-Impute SVD part** (``blend_svd``): the user's bias and factor by ridge regression on the item factors of
+  the films they rated, prior zero, closed form (recae.models.svd_part); mixed in with the model's three weights.
 - **the ranker** (EASE) needs no fitting: a user's ranking scores are ``x B`` for their rating vector ``x``, so a
   new user's list is ordered exactly as a known user's would be with the same ratings (:func:`fold_in`).
 """
@@ -27,7 +29,7 @@ import torch
 from recae.models.batches import sparse_rows
 from recae.models.names import Orientation
 from recae.serving.scorer import TrainedModel
-from recae.training.blend import blend
+from recae.training.blend import blend, mix
 
 #: Ridge strength on the decoder row and on its bias, measured in "ratings' worth" of evidence.
 DEFAULT_RIDGE = 5.0
@@ -66,6 +68,9 @@ def fold_in_scores(
         return np.clip(scores, *part.rating_scale).astype(np.float32)
 
     scores = scores_of(trained)
+    if trained.svd is not None and trained.partner is not None:
+        parts = [scores, scores_of(trained.partner), trained.svd.fold_in(cols, values)]
+        return mix(parts, np.asarray(trained.mix_weights))
     if trained.partner is not None and trained.blend_weight < 1.0:
         scores = blend(scores, scores_of(trained.partner), trained.blend_weight)
     return scores

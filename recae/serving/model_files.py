@@ -34,7 +34,11 @@ from recae.store.matrix import IdIndex, RatingMatrix
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from recae.models.svd_part import SvdPart
+
 FORMAT_VERSION = 1
+#: The SvdPart arrays stored under ``svd/`` (float64), beside its scalars and mix weights in meta.json's ``svd``.
+SVD_ARRAYS = ("user_bias", "item_bias", "user_factors", "item_factors")
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 T = TypeVar("T")
@@ -131,6 +135,9 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
     tensors = _module_tensors("model/", trained.module)
     if trained.partner is not None:
         tensors.update(_module_tensors("partner/", trained.partner.module))
+    if trained.svd is not None:
+        tensors.update({f"svd/{name}": torch.from_numpy(np.ascontiguousarray(getattr(trained.svd, name), np.float64))
+                        for name in SVD_ARRAYS})
     if trained.ranker is not None:
         tensors["ranker/items"] = torch.from_numpy(np.ascontiguousarray(trained.ranker.items, dtype=np.int64))
         tensors["ranker/weights"] = torch.from_numpy(np.ascontiguousarray(trained.ranker.weights, dtype=np.float32))
@@ -154,6 +161,9 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         "partner": None if trained.partner is None else {
             "model_config": trained.partner.model_config.to_json(), "blend_weight": trained.blend_weight},
         "ranker": None if trained.ranker is None else {**trained.ranker.describe(), "search": trained.ranker_search},
+        **({} if trained.svd is None else {"svd": {
+            "weights": list(trained.mix_weights), "mu": trained.svd.mu, "scale": list(trained.svd.scale),
+            "ridge": trained.svd.ridge, "bias_ridge": trained.svd.bias_ridge}}),
         "tune": trained.tune_search or None,
         "versions": software_versions(),
         "created_at": (created_at or utcnow()).isoformat(),
@@ -202,6 +212,11 @@ def load_model(path: str | Path) -> TrainedModel:
         blend_weight = float(partner_meta["blend_weight"]) if partner_meta else 1.0
         if not 0.0 <= blend_weight <= 1.0:
             raise ValueError(f"blend_weight {blend_weight} is outside [0, 1]")
+        svd_meta = meta.get("svd")
+        mix_weights = tuple(float(w) for w in svd_meta["weights"]) if svd_meta else ()
+        if svd_meta and (partner_cfg is None or len(mix_weights) != 3 or min(mix_weights) < 0
+                         or abs(sum(mix_weights) - 1.0) > 1e-6):
+            raise ValueError(f"svd weights {list(mix_weights)} are not three convex weights beside a partner")
         ranker_meta = meta.get("ranker")
         if ranker_meta is not None and ranker_meta.get("kind") != "ease":
             raise ValueError(f"unknown ranker kind {ranker_meta.get('kind')!r}")
@@ -229,7 +244,8 @@ def load_model(path: str | Path) -> TrainedModel:
         module = _module_from(tensors, "model/", model_cfg, index)
         partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
         ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
-    except (KeyError, ValueError, RuntimeError) as err:  # torch's size mismatches span lines: one line here
+        svd = _svd_from(tensors, svd_meta, index) if svd_meta else None
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:  # torch's size mismatches span lines: one line here
         raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json "
                                    f"({' '.join(str(err).split())})") from err
     train_cfg = None
@@ -247,6 +263,7 @@ def load_model(path: str | Path) -> TrainedModel:
     return TrainedModel(module=module, model_config=model_cfg, inputs=inputs, rating_scale=scale,
                         train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}),
                         history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight,
+                        svd=svd, mix_weights=mix_weights,
                         ranker=ranker, ranker_search=dict((ranker_meta or {}).get("search") or {}),
                         tune_search=dict(meta.get("tune") or {}))
 
@@ -259,6 +276,19 @@ def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: 
         raise ValueError("stored ranker does not fit the IdIndex")
     return EaseRanker(items=items, weights=weights, n_movies=index.n_movies, lam=float(meta["lambda"]),
                       input=str(meta["input"]), rating_max=float(meta["rating_max"]))
+
+
+def _svd_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> SvdPart:
+    """The SVD part stored under ``svd/``; ValueError when it does not fit the IdIndex."""
+    from recae.models.svd_part import SvdPart
+
+    arrays = {name: tensors[f"svd/{name}"].numpy().astype(np.float64) for name in SVD_ARRAYS}
+    svd = SvdPart(mu=float(meta["mu"]), scale=(float(meta["scale"][0]), float(meta["scale"][1])),
+                  ridge=float(meta["ridge"]), bias_ridge=float(meta["bias_ridge"]), **arrays)
+    svd.check()
+    if svd.shape != (index.n_users, index.n_movies):
+        raise ValueError("stored SVD part does not fit the IdIndex")
+    return svd
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
