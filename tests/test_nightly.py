@@ -406,3 +406,25 @@ def test_a_challenger_must_lose_neither_rmse_nor_ndcg_beyond_the_margins() -> No
     unmeasured_lists = Comparison(0.90, 0.89, 100, 100)  # no user with a relevant held-out film: RMSE decides
     assert verdict(unmeasured_lists, margin=0.002, ndcg_margin=0.005) is None
     assert verdict(Comparison(float("nan"), float("nan"), 0, 10), 0.002, 0.005) is not None
+
+
+def test_a_champion_blending_an_svd_gets_a_challenger_trained_from_scratch_with_its_svd_refitted(
+        tmp_path: Path, planted: tuple[Path, Path]) -> None:
+    home = tmp_path / "svd-home"
+    config = tmp_path / "svd.toml"
+    config.write_text(SMALL_CONFIG + "blend_svd = true\n")
+    assert recae(home, "ingest", "--ratings", str(planted[0])).returncode == 0
+    first = recae(home, "retrain", "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    from recae.serving.registry import load_champion
+
+    before = load_champion(engine(home))
+    assert before.svd is not None
+    drop_in_inbox(home, planted[1])
+    result = recae(home, "retrain", "--margin", "0")
+    report = summary(result)
+    assert report["status"] == "succeeded" and report["metrics"]["warm_start"] is False, result.stderr
+    assert "Soft-Impute SVD: training the challenger from scratch" in result.stderr
+    weights = [report["metrics"][f"blend_weight_{k}"] for k in ("main", "partner", "svd")]
+    assert min(weights) >= 0 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert np.isfinite(report["metrics"]["svd_val_rmse"]) and np.isfinite(report["metrics"]["challenger_rmse"])

@@ -12,7 +12,8 @@ One run (``recae retrain``, from cron or a systemd timer):
    holdout, and publishes the challenger only when its RMSE is lower by at least ``margin`` and its NDCG@10 is not
    lower than the champion's by more than ``ndcg_margin``: weights and meta first, then the precomputed
    recommendations and the champion pointer in one transaction (``recae.serving.registry.publish``). Versions
-   beyond the newest ``keep`` (never the champion) are pruned;
+   beyond the newest ``keep`` (never the champion) are pruned. A champion that blends a Soft-Impute SVD
+   (``blend_svd``) gets a challenger trained from scratch instead (its SVD and blend weights refitted, not kept);
 5. records the run in ``retrain_runs`` and returns its summary (the CLI prints it as one JSON line).
 
 With no champion yet, the first run trains one with the default (or ``--config``) configuration and publishes it.
@@ -311,7 +312,11 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
                        "holdout": "recorded", "holdout_of": state.champion_before}
 
     modules = None
-    if not options.cold:
+    if not options.cold and champion.svd is not None:
+        # fine-tuning keeps the blend weights fitted for the champion; with an SVD part they are refitted with it
+        progress("the champion blends a Soft-Impute SVD: training the challenger from scratch, which refits the "
+                 "SVD on its training part and the blend weights on its blend carve")
+    elif not options.cold:
         from recae.models.batches import oriented_csr
 
         def warm(part: TrainedModel) -> AutoEncoder | None:
