@@ -19,7 +19,7 @@ from recae.serving.foldin import fold_in_scores
 from recae.serving.model_files import META_FILE, WEIGHTS_FILE, file_record, load_model, read_tensors, save_model
 from recae.splits import Split, random_split
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.blend import fit_mix, mix, simplex_weights
+from recae.training.blend import fit_mix, mix, stacking_weights
 from recae.training.config import TrainConfig
 from recae.training.train import train_split
 from tests.synthetic import planted_low_rank
@@ -29,31 +29,32 @@ CFG = TrainConfig(ensemble=2, partner_members=1, epochs=6, lr=2e-2, weight_decay
 MODEL = model_config("denoising", hidden=(16,), input_dropout=0.2)
 
 
-def test_simplex_weights_recover_a_planted_three_way_mix() -> None:
+def test_stacking_weights_recover_a_planted_affine_mix() -> None:
     rng = np.random.default_rng(0)
     p = rng.normal(3, 1, (6000, 3))
-    truth = p @ np.array([0.5, 0.2, 0.3]) + rng.normal(0, 0.05, 6000)
-    np.testing.assert_allclose(simplex_weights(p, truth), [0.5, 0.2, 0.3], atol=0.01)
+    truth = p @ np.array([0.9, 0.3, 0.2]) - 0.8 + rng.normal(0, 0.05, 6000)  # stretched: weights sum to 1.4
+    np.testing.assert_allclose(stacking_weights(p, truth), [0.9, 0.3, 0.2, -0.8], atol=0.01)
     # the right component gets the weight whichever column holds it
-    np.testing.assert_allclose(simplex_weights(p[:, [2, 0, 1]], truth), [0.3, 0.5, 0.2], atol=0.01)
-    fitted = fit_mix([p[:, 0], p[:, 1], p[:, 2]], truth, seed=0)
-    assert fitted.weights == pytest.approx(tuple(simplex_weights(p, truth)))
+    np.testing.assert_allclose(stacking_weights(p[:, [2, 0, 1]], truth), [0.2, 0.9, 0.3, -0.8], atol=0.01)
+    scale = (-100.0, 100.0)
+    fitted = fit_mix([p[:, 0], p[:, 1], p[:, 2]], truth, scale, seed=0)
+    assert fitted.weights == pytest.approx(tuple(stacking_weights(p, truth)))
     assert 0.045 < fitted.cross_fitted_rmse < 0.055 < min(fitted.rmses)  # the noise level, out of fold
 
 
-def test_simplex_weights_stay_convex_where_least_squares_would_leave_the_simplex() -> None:
+def test_the_mix_is_clipped_to_the_scale_and_degenerate_data_keeps_the_first_component() -> None:
     rng = np.random.default_rng(1)
     p = rng.normal(3, 1, (3000, 3))
-    outside = 1.3 * p[:, 0] - 0.3 * p[:, 1]  # free least squares: (1.3, -0.3, 0)
-    np.testing.assert_allclose(simplex_weights(p, outside), [1.0, 0.0, 0.0], atol=1e-12)
-    edge = 0.6 * p[:, 1] + 0.4 * p[:, 2] + 0.2 * (p[:, 1] - p[:, 0])  # optimum on the face {1, 2}
-    w = simplex_weights(p, edge)
-    assert w[0] == 0.0 and w.sum() == pytest.approx(1.0) and np.all(w >= 0)
-    same = np.column_stack([p[:, 0], p[:, 0], p[:, 2]])  # a repeated component: still a point of the simplex
-    w = simplex_weights(same, 0.5 * p[:, 0] + 0.5 * p[:, 2])
-    assert w.sum() == pytest.approx(1.0) and w[2] == pytest.approx(0.5)
-    assert list(simplex_weights(np.zeros((0, 3)), np.zeros(0))) == [1.0, 0.0, 0.0]
-    np.testing.assert_allclose(mix([p[:, 0], p[:, 1], p[:, 2]], w), same @ w, atol=1e-12)
+    w = np.array([1.2, 0.1, 0.0, -0.5])
+    mixed = mix([p[:, 0], p[:, 1], p[:, 2]], w, (1.0, 5.0))
+    np.testing.assert_allclose(mixed, np.clip(p @ w[:3] + w[3], 1.0, 5.0), atol=1e-12)
+    assert mixed.min() == 1.0 and mixed.max() == 5.0  # the stretch leaves the scale somewhere: clipped there
+    same = np.column_stack([p[:, 0], p[:, 0], p[:, 2]])  # a repeated component: the minimum-norm solution
+    w = stacking_weights(same, 0.5 * p[:, 0] + 0.5 * p[:, 2])
+    np.testing.assert_allclose(w, [0.25, 0.25, 0.5, 0.0], atol=1e-9)
+    assert list(stacking_weights(np.zeros((0, 3)), np.zeros(0))) == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="shapes differ"):
+        stacking_weights(np.zeros((3, 2)), np.zeros(2))
 
 
 def planted_split() -> Split:
@@ -72,13 +73,16 @@ def test_training_mixes_main_partner_and_svd_with_weights_fitted_on_the_blend_ca
     trained, metrics = run.trained, run.metrics
     assert trained.svd is not None and trained.partner is not None
     w = np.asarray(trained.mix_weights)
-    assert w.shape == (3,) and np.all(w >= 0) and w.sum() == pytest.approx(1.0)
-    assert [metrics[f"blend_weight_{k}"] for k in ("main", "partner", "svd")] == pytest.approx(list(w), abs=1e-6)
-    assert {"svd_val_rmse", "main_val_rmse", "partner_val_rmse", "val_rmse"} <= set(metrics)
+    assert w.shape == (4,) and np.all(np.isfinite(w))
+    keys = ("blend_weight_main", "blend_weight_partner", "blend_weight_svd", "blend_intercept")
+    assert [metrics[k] for k in keys] == pytest.approx(list(w), abs=1e-6)
+    assert {"svd_val_rmse", "main_val_rmse", "partner_val_rmse", "pair_val_rmse", "val_rmse"} <= set(metrics)
+    assert 0.0 <= trained.blend_weight <= 1.0  # the pair's own weight, kept for readers of the two-model blend
     rows, cols, _ = split.test.coo()
     parts = [replace(trained, partner=None, svd=None).predict(rows, cols), trained.partner.predict(rows, cols),
              trained.svd.predict(rows, cols)]
-    np.testing.assert_allclose(trained.predict(rows, cols), sum(wj * pj for wj, pj in zip(w, parts)), atol=1e-5)
+    expected = np.clip(sum(wj * pj for wj, pj in zip(w, parts)) + w[3], *trained.rating_scale)
+    np.testing.assert_allclose(trained.predict(rows, cols), expected, atol=1e-5)
     n_movies = trained.index.n_movies
     users = np.array([0, 7, 7, 80])
     np.testing.assert_allclose(trained.score_rows(users).reshape(-1),
@@ -157,7 +161,7 @@ def test_a_missing_svd_tensor_or_bad_svd_weights_are_one_line_corrupt_artifact_e
     assert "\n" not in str(caught.value)
     save_model(svd_run[1].trained, tmp_path / "w", version="w")
     meta = json.loads((tmp_path / "w" / META_FILE).read_text())
-    meta["svd"]["weights"] = [0.9, 0.9, -0.8]
+    meta["svd"]["weights"] = [0.9, 0.9, -0.8]  # no intercept
     (tmp_path / "w" / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(CorruptArtifactError, match="svd weights") as caught:
         load_model(tmp_path / "w")
@@ -191,7 +195,8 @@ def test_fold_in_of_a_new_user_beats_the_movie_means_and_mixes_the_three_fold_in
     ratings = {int(trained.index.movie_ids[j]): float(r) for j, r in [(0, 5.0), (3, 1.0), (10, 4.0)]}
     parts = [fold_in_scores(replace(trained, partner=None, svd=None), ratings),
              fold_in_scores(trained.partner, ratings), trained.svd.fold_in(np.array([0, 3, 10]), [5.0, 1.0, 4.0])]
-    expected = sum(w * p for w, p in zip(trained.mix_weights, parts))
+    w = trained.mix_weights
+    expected = np.clip(sum(wj * pj for wj, pj in zip(w, parts)) + w[3], *trained.rating_scale)
     np.testing.assert_allclose(fold_in_scores(trained, ratings), expected, atol=1e-5)
 
 
@@ -222,7 +227,7 @@ def test_recae_train_with_blend_svd_in_the_config_file_end_to_end(tmp_path: Path
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     text = json.dumps(summary)
-    for key in ("blend_weight_main", "blend_weight_partner", "blend_weight_svd", "svd_val_rmse"):
+    for key in ("blend_weight_main", "blend_weight_partner", "blend_weight_svd", "blend_intercept", "svd_val_rmse"):
         assert key in text, key
-    weights = [summary[f"blend_weight_{k}"] for k in ("main", "partner", "svd")]
-    assert min(weights) >= 0 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert all(np.isfinite(summary[k]) for k in ("blend_weight_main", "blend_weight_partner", "blend_weight_svd",
+                                                     "blend_intercept", "svd_val_rmse"))

@@ -425,6 +425,7 @@ def test_a_champion_blending_an_svd_gets_a_challenger_trained_from_scratch_with_
     report = summary(result)
     assert report["status"] == "succeeded" and report["metrics"]["warm_start"] is False, result.stderr
     assert "Soft-Impute SVD: training the challenger from scratch" in result.stderr
-    weights = [report["metrics"][f"blend_weight_{k}"] for k in ("main", "partner", "svd")]
-    assert min(weights) >= 0 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    weights = [report["metrics"][k] for k in ("blend_weight_main", "blend_weight_partner", "blend_weight_svd",
+                                               "blend_intercept")]
+    assert np.all(np.isfinite(weights))
     assert np.isfinite(report["metrics"]["svd_val_rmse"]) and np.isfinite(report["metrics"]["challenger_rmse"])

@@ -226,9 +226,9 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
         "test_ndcg@10": metrics.get("test_ndcg@10"), "ranker_lambda": metrics.get("ranker_lambda"),
         "seconds": metrics.get("seconds"), "champion": published.is_champion,
     }
-    if result.trained.svd is not None:  # blend_svd: the mix's three weights and the SVD's own blend-carve RMSE
+    if result.trained.svd is not None:  # blend_svd: the mix's weights, intercept, the SVD's own blend-carve RMSE
         summary.update({key: metrics.get(key) for key in (
-            "blend_weight_main", "blend_weight_partner", "blend_weight_svd", "svd_val_rmse")})
+            "blend_weight_main", "blend_weight_partner", "blend_weight_svd", "blend_intercept", "svd_val_rmse")})
     if result.trained.tune_search:
         summary["tuned"] = tune_summary(result.trained.tune_search)
     echo_data(render(summary, fmt) if fmt == "json" else render(

@@ -13,7 +13,7 @@
 - **a blended model** (an item AE with a user-AE partner): each folds the user in its own way; the scores are
   mixed with the model's blend weight.
 - **a Soft-Impute SVD part** (``blend_svd``): the user's bias and factor by ridge regression on the item factors of
-  the films they rated, prior zero, closed form (recae.models.svd_part); mixed in with the model's three weights.
+  the films they rated, prior zero, closed form (recae.models.svd_part); mixed in with the model's three weights and intercept.
 - **the ranker** (EASE) needs no fitting: a user's ranking scores are ``x B`` for their rating vector ``x``, so a
   new user's list is ordered exactly as a known user's would be with the same ratings (:func:`fold_in`).
 """
@@ -70,7 +70,7 @@ def fold_in_scores(
     scores = scores_of(trained)
     if trained.svd is not None and trained.partner is not None:
         parts = [scores, scores_of(trained.partner), trained.svd.fold_in(cols, values)]
-        return mix(parts, np.asarray(trained.mix_weights))
+        return mix(parts, np.asarray(trained.mix_weights), trained.rating_scale)
     if trained.partner is not None and trained.blend_weight < 1.0:
         scores = blend(scores, scores_of(trained.partner), trained.blend_weight)
     return scores

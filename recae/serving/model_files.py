@@ -214,9 +214,8 @@ def load_model(path: str | Path) -> TrainedModel:
             raise ValueError(f"blend_weight {blend_weight} is outside [0, 1]")
         svd_meta = meta.get("svd")
         mix_weights = tuple(float(w) for w in svd_meta["weights"]) if svd_meta else ()
-        if svd_meta and (partner_cfg is None or len(mix_weights) != 3 or min(mix_weights) < 0
-                         or abs(sum(mix_weights) - 1.0) > 1e-6):
-            raise ValueError(f"svd weights {list(mix_weights)} are not three convex weights beside a partner")
+        if svd_meta and (partner_cfg is None or len(mix_weights) != 4 or not np.all(np.isfinite(mix_weights))):
+            raise ValueError(f"svd weights {list(mix_weights)} are not three weights and an intercept beside a partner")
         ranker_meta = meta.get("ranker")
         if ranker_meta is not None and ranker_meta.get("kind") != "ease":
             raise ValueError(f"unknown ranker kind {ranker_meta.get('kind')!r}")

@@ -51,8 +51,8 @@ class TrainedModel:
     # an autoencoder of the other orientation on the same inputs, mixed in as ``w * ours + (1 - w) * partner's``
     partner: TrainedModel | None = None
     blend_weight: float = 1.0  # w, fitted on validation (recae.training.blend)
-    # a Soft-Impute SVD (TrainConfig.blend_svd) mixed in as ``w_0 * ours + w_1 * partner's + w_2 * svd's`` with
-    # ``mix_weights`` (convex, fitted on the blend carve); None: the blend above alone
+    # a Soft-Impute SVD (TrainConfig.blend_svd): then the prediction is ``clip(w_0 * ours + w_1 * partner's +
+    # w_2 * svd's + c)`` with ``mix_weights = (w_0, w_1, w_2, c)`` fitted on the blend carve; None: the blend above
     svd: SvdPart | None = None
     mix_weights: tuple[float, ...] = ()
     # the top-N model that orders recommendations (recae.models.rankers); None: order by predicted rating
@@ -126,7 +126,8 @@ class TrainedModel:
     def _blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray],
                  svd_scores: Callable[[SvdPart], np.ndarray]) -> np.ndarray:
         if self.svd is not None and self.partner is not None:
-            return mix([ours, theirs(self.partner), svd_scores(self.svd)], np.asarray(self.mix_weights))
+            return mix([ours, theirs(self.partner), svd_scores(self.svd)], np.asarray(self.mix_weights),
+                       self.rating_scale)
         if self.partner is None or self.blend_weight >= 1.0:
             return ours
         return blend(ours, theirs(self.partner), self.blend_weight)

@@ -159,13 +159,13 @@ def fitted_blend(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix
 
 def fitted_mix(main: AutoEncoder, partner: AutoEncoder, svd: SvdPart, fit_part: RatingMatrix,
                blend_part: RatingMatrix, seed: int) -> FittedMix:
-    """The convex mix of main ensemble, partner and SVD (``svd`` fitted on ``fit_part`` alone), fitted on the blend
+    """The stacked mix of main ensemble, partner and SVD (``svd`` fitted on ``fit_part`` alone), fitted on the blend
     part like :func:`fitted_blend` (recae.training.blend.fit_mix)."""
     from recae.training.blend import fit_mix
 
     ours, theirs, values = _blend_part_predictions(main, partner, fit_part, blend_part)
     rows, cols, _ = blend_part.coo()
-    return fit_mix([ours, theirs, svd.predict(rows, cols)], values, seed=seed)
+    return fit_mix([ours, theirs, svd.predict(rows, cols)], values, fit_part.rating_scale(), seed=seed)
 
 
 def _blend_part_predictions(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix,

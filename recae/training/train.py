@@ -361,7 +361,7 @@ def train_split(
         if train_cfg.blend_svd:
             trained, svd_metrics = _mix_in_svd(trained, result.module, partner.module, fit_part, blend_part,
                                                train_cfg, on_progress)
-            metrics.update(svd_metrics)
+            metrics.update(pair_val_rmse=metrics["val_rmse"], **svd_metrics)
     ranker_seconds = 0.0
     if train_cfg.ranker != "none":
         started = time.perf_counter()
@@ -374,7 +374,7 @@ def train_split(
     metrics.update({
         "best_epoch": result.best_epoch,
         "epochs": sum(f.epochs_run for f in fits),
-        "seconds": round(sum(f.seconds for f in fits) + ranker_seconds, 3),
+        "seconds": round(sum(f.seconds for f in fits) + ranker_seconds + metrics.get("svd_seconds", 0.0), 3),
         "seconds_to_best": round(sum(f.seconds_to_best for f in fits), 3),
         "n_train": split.train.nnz,
         "n_test": split.test.nnz,
@@ -405,8 +405,9 @@ def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainCo
 def _mix_in_svd(trained: TrainedModel, main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix,
                 blend_part: RatingMatrix, train_cfg: TrainConfig,
                 on_progress: Callable[[str], None] | None) -> tuple[TrainedModel, dict[str, float]]:
-    """``trained`` with a Soft-Impute SVD fitted on ``fit_part`` (never the blend carve) mixed in by convex weights
-    fitted on ``blend_part``, and the figures: each component's and the cross-fitted mix's blend-carve RMSE."""
+    """``trained`` with a Soft-Impute SVD fitted on ``fit_part`` (never the blend carve) stacked in with the pair by
+    weights and an intercept fitted on ``blend_part``, and the figures: each component's and the cross-fitted mix's
+    blend-carve RMSE (the pair's own weight and cross-fitted RMSE stay as ``blend_weight``, ``pair_val_rmse``)."""
     from recae.models.svd_part import fit_svd_part
 
     if on_progress:
@@ -414,15 +415,12 @@ def _mix_in_svd(trained: TrainedModel, main: AutoEncoder, partner: AutoEncoder, 
     started = time.perf_counter()
     svd = fit_svd_part(fit_part, seed=train_cfg.seed)
     fitted = fitted_mix(main, partner, svd, fit_part, blend_part, train_cfg.seed)
-    w_main, w_partner, w_svd = fitted.weights
-    pair = w_main + w_partner
-    trained = replace(trained, svd=svd, mix_weights=fitted.weights,
-                      blend_weight=w_main / pair if pair > 0 else 1.0)  # the AE pair's own share, for display
-    return trained, {"main_val_rmse": fitted.rmses[0], "partner_val_rmse": fitted.rmses[1],
-                     "svd_val_rmse": fitted.rmses[2], "val_rmse": fitted.cross_fitted_rmse,
-                     "blend_weight": round(trained.blend_weight, 6), "blend_weight_main": round(w_main, 6),
-                     "blend_weight_partner": round(w_partner, 6), "blend_weight_svd": round(w_svd, 6),
-                     "svd_seconds": round(time.perf_counter() - started, 3)}
+    w_main, w_partner, w_svd, intercept = fitted.weights
+    return replace(trained, svd=svd, mix_weights=fitted.weights), {
+        "svd_val_rmse": fitted.rmses[2], "val_rmse": fitted.cross_fitted_rmse,
+        "blend_weight_main": round(w_main, 6), "blend_weight_partner": round(w_partner, 6),
+        "blend_weight_svd": round(w_svd, 6), "blend_intercept": round(intercept, 6),
+        "svd_seconds": round(time.perf_counter() - started, 3)}
 
 
 def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
