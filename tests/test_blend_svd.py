@@ -231,3 +231,35 @@ def test_recae_train_with_blend_svd_in_the_config_file_end_to_end(tmp_path: Path
         assert key in text, key
     assert all(np.isfinite(summary[k]) for k in ("blend_weight_main", "blend_weight_partner", "blend_weight_svd",
                                                      "blend_intercept", "svd_val_rmse"))
+
+
+def test_a_blend_svd_model_folds_new_users_in_far_better_than_the_movie_means() -> None:
+    """The served mix (item AE, user AE, SVD) for 40 users it never saw, from 35 ratings each."""
+    data = planted_low_rank(n_users=200, n_movies=100, rank=3, density=0.35, noise=0.1, seed=5)
+    rows, cols, values = data.observed.coo()
+    seen = rows < 160
+    index = IdIndex(data.observed.index.user_ids[:160], data.observed.index.movie_ids)
+    train = RatingMatrix.from_positions(rows[seen], cols[seen], values[seen], None, index)
+    cfg = TrainConfig(ensemble=2, partner_members=1, epochs=60, lr=2e-2, weight_decay=0.05, patience=10,
+                      batch_ratings=1024, blend_fraction=0.1, threads=1, ranker="none", blend_svd=True)
+    no_test = train.subset(np.zeros(train.nnz, bool))
+    trained = train_split(Split(planted_split().spec, train, no_test), model_config("denoising", hidden=(48,)),
+                          cfg).trained
+    movie_means = np.asarray(train.csr.sum(0)).ravel() / np.maximum(np.diff(train.csr.tocsc().indptr), 1)
+    rng = np.random.default_rng(1)
+    errors, errors_pair, errors_means = [], [], []
+    for user in range(160, 200):
+        rated = rng.choice(100, 35, replace=False)
+        others = np.setdiff1d(np.arange(100), rated)
+        fresh = {int(index.movie_ids[c]): float(data.full[user, c]) for c in rated}
+        errors.append(fold_in_scores(trained, fresh)[others] - data.full[user, others])
+        errors_pair.append(fold_in_scores(replace(trained, svd=None, mix_weights=()), fresh)[others]
+                           - data.full[user, others])
+        errors_means.append(movie_means[others] - data.full[user, others])
+
+    def rmse(parts: list[np.ndarray]) -> float:
+        return float(np.sqrt(np.mean(np.concatenate(parts) ** 2)))
+
+    # measured over init seeds 0-2: 0.381-0.392 against movie means 1.073 (ratio 0.36), the pair alone 0.50-0.53
+    assert rmse(errors) < 0.5 * rmse(errors_means), (rmse(errors), rmse(errors_means))
+    assert rmse(errors) < rmse(errors_pair), (rmse(errors), rmse(errors_pair))

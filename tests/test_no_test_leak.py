@@ -83,12 +83,12 @@ def other_values(values: np.ndarray) -> np.ndarray:
     return np.where(values <= 3.0, values + 2.0, values - 2.0)
 
 
-def train_on(root: Path, name: str, ratings: Ratings, *split_args: str) -> Learned:
-    """Ingest ``ratings`` into a fresh home, `recae train` there, and read the champion's files."""
+def train_on(root: Path, name: str, ratings: Ratings, *split_args: str, config: str = "tiny.toml") -> Learned:
+    """Ingest ``ratings`` into a fresh home, `recae train --config root/config` there, and read the champion's files."""
     home = root / name
     code, _, err = run(home, "ingest", "--ratings", str(ratings.write(root / f"{name}.csv")))
     assert code == 0, err
-    code, _, err = run(home, "train", "--config", str(root / "tiny.toml"), *split_args)
+    code, _, err = run(home, "train", "--config", str(root / config), *split_args)
     assert code == 0, err
     folder = next(p for p in (home / "models").iterdir() if p.is_dir() and not p.name.startswith("."))
     meta = json.loads((folder / "meta.json").read_text())
@@ -165,3 +165,18 @@ def test_a_test_ratings_file_learns_nothing_from_its_values(base: tuple[Path, Ra
     assert first.metrics["all"]["n_test"] == held.sum()
     assert first.metrics["all"]["test_rmse"] != second.metrics["all"]["test_rmse"]
     assert_same_learning(first, second)
+
+
+def test_the_svd_in_the_blend_learns_nothing_from_test_values(base: tuple[Path, Ratings]) -> None:
+    """``blend_svd = true``: the SVD's factors and biases and the stacked weights are bit-equal too."""
+    root, ratings = base
+    (root / "tiny-svd.toml").write_text(TINY + "blend_svd = true\n")
+    held = np.arange(ratings.users.size) % 9 == 4
+    changed = ratings.with_values(held, other_values(ratings.values[held]))
+    first = train_on(root, "svd-a", ratings, "--test-ratings", str(ratings.write(root / "svd-a-test.csv", held, True)),
+                     config="tiny-svd.toml")
+    second = train_on(root, "svd-b", changed, "--test-ratings",
+                      str(changed.write(root / "svd-b-test.csv", held, True)), config="tiny-svd.toml")
+    assert {"svd/user_factors", "svd/item_factors", "svd/user_bias", "svd/item_bias"} <= set(first.tensors)
+    assert first.metrics["all"]["test_rmse"] != second.metrics["all"]["test_rmse"]
+    assert_same_learning(first, second)  # meta.json's svd weights and intercept included
