@@ -12,11 +12,16 @@ closed form, ``rank + 1`` unknowns, prior zero, the bias with the biases' own ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from recae.models.ridge import ridge_closed_form
+
+if TYPE_CHECKING:
+    from recae.baselines import TruncatedSVDBaseline
+    from recae.store.matrix import RatingMatrix
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,11 +38,12 @@ class SvdPart:
     bias_ridge: float  # the user bias's regulariser (reg_user of the biases)
 
     @classmethod
-    def from_baseline(cls, svd: object) -> SvdPart:
+    def from_baseline(cls, svd: TruncatedSVDBaseline) -> SvdPart:
         """The fitted ``TruncatedSVDBaseline``'s parts, balanced (its user factors are ``U diag(s)``, items ``V``)."""
         from recae.baselines import TruncatedSVDBaseline
 
-        assert isinstance(svd, TruncatedSVDBaseline) and svd.biases is not None, "fit the SVD first"
+        if not isinstance(svd, TruncatedSVDBaseline) or svd.biases is None:
+            raise ValueError("SvdPart.from_baseline needs a fitted TruncatedSVDBaseline")
         s = np.linalg.norm(svd.user_factors, axis=0)  # (rank,): U has orthonormal columns
         root = np.sqrt(s)
         user = np.divide(svd.user_factors, root, out=np.zeros_like(svd.user_factors), where=root > 0)
@@ -89,8 +95,8 @@ class SvdPart:
         return np.clip(out, *self.scale).astype(np.float32)
 
 
-def fit_svd_part(fit_part: object, seed: int = 0) -> SvdPart:
+def fit_svd_part(fit_part: RatingMatrix, seed: int = 0) -> SvdPart:
     """Soft-Impute SVD (its documented defaults) fitted on ``fit_part`` alone, as an SvdPart."""
     from recae.baselines import TruncatedSVDBaseline
 
-    return SvdPart.from_baseline(TruncatedSVDBaseline(seed=seed).fit(fit_part))  # type: ignore[arg-type]
+    return SvdPart.from_baseline(TruncatedSVDBaseline(seed=seed).fit(fit_part))
