@@ -12,8 +12,9 @@
   output this is closed-form; other outputs take a few L-BFGS steps from the prior.
 - **a blended model** (an item AE with a user-AE partner): each folds the user in its own way; the scores are
   mixed with the model's blend weight.
-- **a Soft-Impute SVD part** (``blend_svd``): the user's bias and factor by ridge regression on the item factors of
-  the films they rated, prior zero, closed form (recae.models.svd_part); mixed in with the model's three weights and intercept.
+- **a Soft-Impute SVD part** (``blend_svd``): the user's bias and factor by ridge regression on the item factors
+  of the films they rated, prior zero, closed form (recae.models.svd_part); mixed in with the model's three weights
+  and intercept.
 - **the ranker** (EASE) needs no fitting: a user's ranking scores are ``x B`` for their rating vector ``x``, so a
   new user's list is ordered exactly as a known user's would be with the same ratings (:func:`fold_in`).
 """
@@ -29,7 +30,6 @@ import torch
 from recae.models.batches import sparse_rows
 from recae.models.names import Orientation
 from recae.serving.scorer import TrainedModel
-from recae.training.blend import blend, mix
 
 #: Ridge strength on the decoder row and on its bias, measured in "ratings' worth" of evidence.
 DEFAULT_RIDGE = 5.0
@@ -67,13 +67,7 @@ def fold_in_scores(
             scores = _fit_output_unit(part, cols, values, user_row, ridge, bias_ridge)
         return np.clip(scores, *part.rating_scale).astype(np.float32)
 
-    scores = scores_of(trained)
-    if trained.svd is not None and trained.partner is not None:
-        parts = [scores, scores_of(trained.partner), trained.svd.fold_in(cols, values)]
-        return mix(parts, np.asarray(trained.mix_weights), trained.rating_scale)
-    if trained.partner is not None and trained.blend_weight < 1.0:
-        scores = blend(scores, scores_of(trained.partner), trained.blend_weight)
-    return scores
+    return trained.blended(scores_of(trained), scores_of, lambda svd: svd.fold_in(cols, values))
 
 
 def fold_in(

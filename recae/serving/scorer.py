@@ -106,12 +106,12 @@ class TrainedModel:
 
     def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Clipped predicted ratings at (user row, movie col) pairs: (n,) float32 (blended with the partner's)."""
-        return self._blended(self._predict_own(rows, cols), lambda partner: partner.predict(rows, cols),
+        return self.blended(self._predict_own(rows, cols), lambda partner: partner.predict(rows, cols),
                              lambda svd: svd.predict(rows, cols))
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
         """Clipped predicted ratings of every movie for users ``rows``: (len(rows), n_movies) float32."""
-        return self._blended(self._score_rows_own(rows), lambda partner: partner.score_rows(rows),
+        return self.blended(self._score_rows_own(rows), lambda partner: partner.score_rows(rows),
                              lambda svd: svd.score_rows(rows))
 
     def rank_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -123,8 +123,11 @@ class TrainedModel:
             return self.score_rows(rows)
         return self.ranker.score_rows(self.inputs.csr[np.asarray(rows, dtype=np.int64)])
 
-    def _blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray],
-                 svd_scores: Callable[[SvdPart], np.ndarray]) -> np.ndarray:
+    def blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray],
+                svd_scores: Callable[[SvdPart], np.ndarray]) -> np.ndarray:
+        """``ours`` mixed with the partner's and the SVD part's predictions as the model was fitted: the stacked
+        weights when it has an SVD part, else the pair's blend weight, else ``ours`` alone. Scoring and fold-in
+        both mix here, each handing in how its parts predict."""
         if self.svd is not None and self.partner is not None:
             return mix([ours, theirs(self.partner), svd_scores(self.svd)], np.asarray(self.mix_weights),
                        self.rating_scale)

@@ -168,7 +168,21 @@ def _user_ranges(low: int, high: int, n_rows: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
 
 
-class _SqliteSnapshot:
+class _Snapshot:
+    """A read transaction on one raw DBAPI connection: closing it ends the transaction and frees the connection."""
+
+    raw: Any
+    cursor: Any
+
+    def close(self) -> None:
+        try:
+            self.cursor.close()
+            self.raw.rollback()
+        finally:
+            self.raw.close()
+
+
+class _SqliteSnapshot(_Snapshot):
     """One SQLite read transaction, used from a single worker thread (sqlite3 objects stay in their thread)."""
 
     def __init__(self, engine: Engine) -> None:
@@ -186,13 +200,6 @@ class _SqliteSnapshot:
 
     def real_ratings(self, first: int, stop: int) -> str | None:
         return self.cursor.execute(_SQLITE_REAL_RATINGS_SQL, (first, stop)).fetchone()[0]
-
-    def close(self) -> None:
-        try:
-            self.cursor.close()
-            self.raw.rollback()
-        finally:
-            self.raw.close()
 
 
 _SQLITE_READERS = 2  # connections reading ranges in parallel (the GIL is released inside SQLite)
@@ -334,7 +341,7 @@ def _pg_array(data: bytes | None, element: str, width: int) -> np.ndarray:
     return items["value"]
 
 
-class _PostgresSnapshot:
+class _PostgresSnapshot(_Snapshot):
     """One REPEATABLE READ, READ ONLY transaction; the first exports its snapshot, the others import it, so
     every reader sees the same data. Each is used from one worker thread."""
 
@@ -375,13 +382,6 @@ class _PostgresSnapshot:
 
     def columns(self, first: int, stop: int) -> tuple[bytes | None, ...]:
         return tuple(self.cursor.execute(_PG_COLUMNS_SQL, (first, stop), binary=True).fetchone())
-
-    def close(self) -> None:
-        try:
-            self.cursor.close()
-            self.raw.rollback()
-        finally:
-            self.raw.close()
 
 
 def _pg_ranges(snapshot: _PostgresSnapshot) -> list[tuple[int, int]]:

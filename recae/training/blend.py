@@ -13,6 +13,7 @@ own weight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,22 +61,29 @@ def _rmse(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(predicted, np.float64) - truth) ** 2))) if truth.size else float("nan")
 
 
+def cross_fitted(truth: np.ndarray, seed: int, fit_and_apply: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                 ) -> np.ndarray:
+    """Predictions of ``truth``'s entries, each half (drawn with ``seed``) by a fit on the other half:
+    ``fit_and_apply(fit_mask, apply_mask)`` fits on the first and predicts the second (the figure a fresh carve
+    would give, without a second carve)."""
+    first = np.random.default_rng(seed).random(truth.size) < 0.5
+    crossed = np.empty(truth.size, dtype=np.float64)
+    for half in (first, ~first):
+        crossed[half] = fit_and_apply(~half, half)
+    return crossed
+
+
 def fit_blend(main: np.ndarray, partner: np.ndarray, truth: np.ndarray, seed: int = 0) -> FittedBlend:
-    """The weight fitted on all of the carve, and an RMSE it did not see: halves drawn with ``seed``, each scored
-    with the weight fitted on the other (the figure a fresh carve would give, without a second carve)."""
+    """The weight fitted on all of the carve, and an RMSE it did not see (:func:`cross_fitted`)."""
     a = np.asarray(main, dtype=np.float64)
     b = np.asarray(partner, dtype=np.float64)
     y = np.asarray(truth, dtype=np.float64)
-    first = np.random.default_rng(seed).random(y.size) < 0.5
-    crossed = np.empty_like(y)
-    for half in (first, ~first):
-        weight = blend_weight(a[~half], b[~half], y[~half])
-        crossed[half] = blend(a[half], b[half], weight)
+    crossed = cross_fitted(y, seed, lambda fit, on: blend(a[on], b[on], blend_weight(a[fit], b[fit], y[fit])))
     return FittedBlend(weight=blend_weight(a, b, y), main_rmse=_rmse(a, y), partner_rmse=_rmse(b, y),
                        cross_fitted_rmse=_rmse(crossed, y))
 
 
-# --- three components (TrainConfig.blend_svd): main, partner and a Soft-Impute SVD, stacked ----------------------------------
+# --- three components (TrainConfig.blend_svd): main, partner and a Soft-Impute SVD, stacked ---------------------------
 
 
 def stacking_weights(predictions: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -127,10 +135,7 @@ def fit_mix(predictions: list[np.ndarray], truth: np.ndarray, scale: tuple[float
     (the same halves as :func:`fit_blend`), each scored with the weights fitted on the other."""
     p = np.column_stack([np.asarray(x, dtype=np.float64) for x in predictions])
     y = np.asarray(truth, dtype=np.float64)
-    first = np.random.default_rng(seed).random(y.size) < 0.5
-    crossed = np.empty_like(y)
-    for half in (first, ~first):
-        crossed[half] = mix(list(p[half].T), stacking_weights(p[~half], y[~half]), scale)
+    crossed = cross_fitted(y, seed, lambda fit, on: mix(list(p[on].T), stacking_weights(p[fit], y[fit]), scale))
     weights = stacking_weights(p, y)
-    return FittedMix(weights=tuple(float(w) for w in weights), rmses=tuple(_rmse(p[:, j], y) for j in range(p.shape[1])),
-                     cross_fitted_rmse=_rmse(crossed, y))
+    return FittedMix(weights=tuple(float(w) for w in weights),
+                     rmses=tuple(_rmse(p[:, j], y) for j in range(p.shape[1])), cross_fitted_rmse=_rmse(crossed, y))
