@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from recae.cli import cli
-from recae.errors import CorruptArtifactError, TrainingError
+from recae.errors import CorruptArtifactError
 from recae.models.build import model_config
 from recae.models.svd_part import fit_svd_part
 from recae.serving.foldin import fold_in_scores
@@ -100,8 +100,30 @@ def test_the_two_model_path_is_unchanged_when_blend_svd_is_off(svd_run) -> None:
                          (without.trained.partner.module, with_svd.trained.partner.module)):  # type: ignore[union-attr]
         for name, tensor in ours.state_dict().items():
             assert torch.equal(tensor, theirs.state_dict()[name]), name
-    with pytest.raises(TrainingError, match="blend_svd needs a partner"):
-        replace(CFG, partner_members=0).validate()
+
+
+def test_without_a_partner_the_main_ensemble_and_the_svd_are_mixed_and_round_trip(tmp_path: Path) -> None:
+    split = planted_split()
+    run = train_split(split, MODEL, replace(CFG, partner_members=0))
+    trained, metrics = run.trained, run.metrics
+    assert trained.partner is None and trained.svd is not None
+    w = np.asarray(trained.mix_weights)
+    assert w.shape == (3,) and np.all(np.isfinite(w))
+    assert [metrics[k] for k in ("blend_weight_main", "blend_weight_svd", "blend_intercept")] == pytest.approx(
+        list(w), abs=1e-6)
+    assert "blend_weight_partner" not in metrics and "pair_val_rmse" not in metrics and metrics["n_blend"] > 0
+    rows, cols, _ = split.test.coo()
+    parts = [replace(trained, svd=None).predict(rows, cols), trained.svd.predict(rows, cols)]
+    expected = np.clip(w[0] * parts[0] + w[1] * parts[1] + w[2], *trained.rating_scale)
+    np.testing.assert_allclose(trained.predict(rows, cols), expected, atol=1e-5)
+    save_model(trained, tmp_path / "v", version="v")
+    loaded = load_model(tmp_path / "v")
+    assert loaded.partner is None and loaded.mix_weights == trained.mix_weights
+    np.testing.assert_allclose(loaded.predict(rows, cols), trained.predict(rows, cols), atol=1e-5)
+    ratings = {int(trained.index.movie_ids[j]): float(r) for j, r in [(0, 5.0), (3, 1.0)]}
+    folded = [fold_in_scores(replace(trained, svd=None), ratings), trained.svd.fold_in(np.array([0, 3]), [5.0, 1.0])]
+    np.testing.assert_allclose(fold_in_scores(trained, ratings),
+                               np.clip(w[0] * folded[0] + w[1] * folded[1] + w[2], *trained.rating_scale), atol=1e-5)
 
 
 def test_the_svd_reads_neither_the_blend_carve_nor_the_test_part(svd_run) -> None:  # type: ignore[no-untyped-def]

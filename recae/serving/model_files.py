@@ -214,8 +214,9 @@ def load_model(path: str | Path) -> TrainedModel:
             raise ValueError(f"blend_weight {blend_weight} is outside [0, 1]")
         svd_meta = meta.get("svd")
         mix_weights = tuple(float(w) for w in svd_meta["weights"]) if svd_meta else ()
-        if svd_meta and (partner_cfg is None or len(mix_weights) != 4 or not np.all(np.isfinite(mix_weights))):
-            raise ValueError(f"svd weights {list(mix_weights)} are not three weights and an intercept beside a partner")
+        components = 3 if partner_cfg is not None else 2
+        if svd_meta and (len(mix_weights) != components + 1 or not np.all(np.isfinite(mix_weights))):
+            raise ValueError(f"svd weights {list(mix_weights)} are not {components} weights and an intercept")
         ranker_meta = meta.get("ranker")
         if ranker_meta is not None and ranker_meta.get("kind") != "ease":
             raise ValueError(f"unknown ranker kind {ranker_meta.get('kind')!r}")

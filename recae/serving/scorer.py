@@ -52,7 +52,8 @@ class TrainedModel:
     partner: TrainedModel | None = None
     blend_weight: float = 1.0  # w, fitted on validation (recae.training.blend)
     # a Soft-Impute SVD (TrainConfig.blend_svd): then the prediction is ``clip(w_0 * ours + w_1 * partner's +
-    # w_2 * svd's + c)`` with ``mix_weights = (w_0, w_1, w_2, c)`` fitted on the blend carve; None: the blend above
+    # w_2 * svd's + c)`` with ``mix_weights = (w_0, w_1, w_2, c)`` fitted on the blend carve (without a partner
+    # ``clip(w_0 * ours + w_1 * svd's + c)``, three numbers); None: the blend above
     svd: SvdPart | None = None
     mix_weights: tuple[float, ...] = ()
     # the top-N model that orders recommendations (recae.models.rankers); None: order by predicted rating
@@ -128,9 +129,9 @@ class TrainedModel:
         """``ours`` mixed with the partner's and the SVD part's predictions as the model was fitted: the stacked
         weights when it has an SVD part, else the pair's blend weight, else ``ours`` alone. Scoring and fold-in
         both mix here, each handing in how its parts predict."""
-        if self.svd is not None and self.partner is not None:
-            return mix([ours, theirs(self.partner), svd_scores(self.svd)], np.asarray(self.mix_weights),
-                       self.rating_scale)
+        if self.svd is not None:
+            partner = [] if self.partner is None else [theirs(self.partner)]
+            return mix([ours, *partner, svd_scores(self.svd)], np.asarray(self.mix_weights), self.rating_scale)
         if self.partner is None or self.blend_weight >= 1.0:
             return ours
         return blend(ours, theirs(self.partner), self.blend_weight)

@@ -139,3 +139,11 @@ def fit_mix(predictions: list[np.ndarray], truth: np.ndarray, scale: tuple[float
     weights = stacking_weights(p, y)
     return FittedMix(weights=tuple(float(w) for w in weights),
                      rmses=tuple(_rmse(p[:, j], y) for j in range(p.shape[1])), cross_fitted_rmse=_rmse(crossed, y))
+
+
+def mix_figures(fitted: FittedMix) -> dict[str, float]:
+    """A stacked mix's weights, intercept, the SVD's own and the mix's cross-fitted blend-carve RMSE, as metrics."""
+    names = ["blend_weight_main", *(["blend_weight_partner"] if len(fitted.weights) == 4 else []), "blend_weight_svd",
+             "blend_intercept"]
+    return {"svd_val_rmse": fitted.rmses[-1], "val_rmse": fitted.cross_fitted_rmse,
+            **{name: round(weight, 6) for name, weight in zip(names, fitted.weights, strict=True)}}

@@ -60,8 +60,8 @@ class TrainConfig:
     # share of the training ratings that no member and no partner trains or stops on: the blend weight of the shipped
     # ensemble and partner is fitted there, and the reported validation RMSE is cross-fitted on its halves
     blend_fraction: float = 0.02
-    # a third blend component: Soft-Impute SVD (recae.baselines.TruncatedSVDBaseline) fitted on the members' fit part,
-    # mixed in with the main ensemble and partner by weights fitted on the blend carve (needs partner_members >= 1)
+    # one more blend component: Soft-Impute SVD (recae.baselines.TruncatedSVDBaseline) fitted on the members' fit part,
+    # stacked with the main ensemble (and partner) by weights and an intercept fitted on the blend carve
     blend_svd: bool = False
     # the top-N model that orders recommendations (recae.models.rankers): "ease", or "none" to order by predicted rating
     ranker: str = "ease"
@@ -105,8 +105,6 @@ class TrainConfig:
         if self.partner_members < 0 or not 0.0 < self.blend_fraction < 1.0:
             raise TrainingError(f"partner_members must be >= 0 (got {self.partner_members}) and blend_fraction in "
                                 f"(0, 1) (got {self.blend_fraction})")
-        if self.blend_svd and self.partner_members < 1:
-            raise TrainingError("blend_svd needs a partner (partner_members >= 1): the SVD joins its blend carve")
         if not 0.0 < self.val_fraction < 1.0:
             raise TrainingError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0 or self.weight_decay < 0 or any(w < 0 for w in self.weight_decay_grid):

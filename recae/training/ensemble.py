@@ -137,6 +137,11 @@ def partner_configs(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[Mod
     return replace(model_cfg, orientation=other), replace(train_cfg, ensemble=train_cfg.partner_members)
 
 
+def carves_blend(cfg: TrainConfig) -> bool:
+    """Whether training keeps a blend carve: there is a partner or an SVD part to mix in."""
+    return cfg.partner_members > 0 or cfg.blend_svd
+
+
 def blend_carve(train: RatingMatrix, cfg: TrainConfig) -> tuple[RatingMatrix, RatingMatrix]:
     """(fit part, blend part): ``blend_fraction`` of the training ratings kept from every member and the partner.
 
@@ -153,27 +158,26 @@ def fitted_blend(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix
     """The blend of the shipped main ensemble and partner, fitted on the blend part (the fit part as inputs)."""
     from recae.training.blend import fit_blend
 
-    ours, theirs, values = _blend_part_predictions(main, partner, fit_part, blend_part)
+    (ours, theirs), values = _blend_part_predictions([main, partner], fit_part, blend_part)
     return fit_blend(ours, theirs, values, seed=seed)
 
 
-def fitted_mix(main: AutoEncoder, partner: AutoEncoder, svd: SvdPart, fit_part: RatingMatrix,
+def fitted_mix(main: AutoEncoder, partner: AutoEncoder | None, svd: SvdPart, fit_part: RatingMatrix,
                blend_part: RatingMatrix, seed: int) -> FittedMix:
-    """The stacked mix of main ensemble, partner and SVD (``svd`` fitted on ``fit_part`` alone), fitted on the blend
-    part like :func:`fitted_blend` (recae.training.blend.fit_mix)."""
+    """The stacked mix of main ensemble, partner (when there is one) and SVD (``svd`` fitted on ``fit_part``
+    alone), fitted on the blend part like :func:`fitted_blend` (recae.training.blend.fit_mix)."""
     from recae.training.blend import fit_mix
 
-    ours, theirs, values = _blend_part_predictions(main, partner, fit_part, blend_part)
+    members = [main] if partner is None else [main, partner]
+    predictions, values = _blend_part_predictions(members, fit_part, blend_part)
     rows, cols, _ = blend_part.coo()
-    return fit_mix([ours, theirs, svd.predict(rows, cols)], values, fit_part.rating_scale(), seed=seed)
+    return fit_mix([*predictions, svd.predict(rows, cols)], values, fit_part.rating_scale(), seed=seed)
 
 
-def _blend_part_predictions(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix,
-                            blend_part: RatingMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(main's, partner's predictions, true ratings) on the blend part, both reading the fit part as inputs."""
+def _blend_part_predictions(modules: list[AutoEncoder], fit_part: RatingMatrix, blend_part: RatingMatrix,
+                            ) -> tuple[list[np.ndarray], np.ndarray]:
+    """(each module's predictions, true ratings) on the blend part, every module reading the fit part as inputs."""
     from recae.serving.scorer import TrainedModel
 
     rows, cols, values = blend_part.coo()
-    ours = TrainedModel.from_fit(main, fit_part).predict(rows, cols)
-    theirs = TrainedModel.from_fit(partner, fit_part).predict(rows, cols)
-    return ours, theirs, values
+    return [TrainedModel.from_fit(module, fit_part).predict(rows, cols) for module in modules], values

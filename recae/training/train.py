@@ -34,6 +34,7 @@ from recae.training.config import AUTO_ONE_THREAD_BELOW, FULL_BATCH, TrainConfig
 from recae.training.ensemble import (
     Carve,
     blend_carve,
+    carves_blend,
     cross_carves,
     fit_ensemble,
     fitted_blend,
@@ -339,7 +340,7 @@ def train_split(
         from recae.models.rbm_cf import single_network
 
         train_cfg = single_network(train_cfg)
-    fit_part, blend_part = blend_carve(split.train, train_cfg) if train_cfg.partner_members else (split.train, None)
+    fit_part, blend_part = blend_carve(split.train, train_cfg) if carves_blend(train_cfg) else (split.train, None)
     result = fit_cross_carved(fit_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                               on_progress=on_progress)
     chosen = result.weight_decay if result.weight_decay is not None else train_cfg.weight_decay
@@ -348,7 +349,8 @@ def train_split(
                                     split_spec=split.spec.to_json(), history=[asdict(h) for h in result.history])
     metrics: dict[str, float] = {"val_rmse": result.best_val_rmse, "weight_decay": chosen}
     fits = [result]
-    if blend_part is not None:
+    partner: FitResult | None = None
+    if blend_part is not None and train_cfg.partner_members:
         partner = _fit_partner(fit_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume,
                                on_epoch=on_epoch, on_progress=on_progress)
         fitted = fitted_blend(result.module, partner.module, fit_part, blend_part, train_cfg.seed)
@@ -358,10 +360,11 @@ def train_split(
                        val_rmse=fitted.cross_fitted_rmse, blend_weight=round(fitted.weight, 6),
                        n_blend=blend_part.nnz)
         fits.append(partner)
-        if train_cfg.blend_svd:
-            trained, svd_metrics = _mix_in_svd(trained, result.module, partner.module, fit_part, blend_part,
-                                               train_cfg, on_progress)
-            metrics.update(pair_val_rmse=metrics["val_rmse"], **svd_metrics)
+    if blend_part is not None and train_cfg.blend_svd:
+        trained, svd_metrics = _mix_in_svd(trained, result.module, partner.module if partner else None, fit_part,
+                                           blend_part, train_cfg, on_progress)
+        metrics.update(**({"pair_val_rmse": metrics["val_rmse"]} if partner else {}), n_blend=blend_part.nnz,
+                       **svd_metrics)
     ranker_seconds = 0.0
     if train_cfg.ranker != "none":
         started = time.perf_counter()
@@ -402,25 +405,24 @@ def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainCo
                             on_epoch=on_epoch, on_progress=on_progress)
 
 
-def _mix_in_svd(trained: TrainedModel, main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix,
+def _mix_in_svd(trained: TrainedModel, main: AutoEncoder, partner: AutoEncoder | None, fit_part: RatingMatrix,
                 blend_part: RatingMatrix, train_cfg: TrainConfig,
                 on_progress: Callable[[str], None] | None) -> tuple[TrainedModel, dict[str, float]]:
-    """``trained`` with a Soft-Impute SVD fitted on ``fit_part`` (never the blend carve) stacked in with the pair by
-    weights and an intercept fitted on ``blend_part``, and the figures: each component's and the cross-fitted mix's
-    blend-carve RMSE (the pair's own weight and cross-fitted RMSE stay as ``blend_weight``, ``pair_val_rmse``)."""
+    """``trained`` with a Soft-Impute SVD fitted on ``fit_part`` (never the blend carve) stacked in with the main
+    ensemble (and partner) by weights and an intercept fitted on ``blend_part``, and the figures: each component's
+    and the cross-fitted mix's blend-carve RMSE (a pair's own weight and cross-fitted RMSE stay as ``blend_weight``,
+    ``pair_val_rmse``)."""
     from recae.models.svd_part import fit_svd_part
+    from recae.training.blend import mix_figures
 
     if on_progress:
         on_progress("Soft-Impute SVD for the blend")
     started = time.perf_counter()
     svd = fit_svd_part(fit_part, seed=train_cfg.seed)
     fitted = fitted_mix(main, partner, svd, fit_part, blend_part, train_cfg.seed)
-    w_main, w_partner, w_svd, intercept = fitted.weights
     return replace(trained, svd=svd, mix_weights=fitted.weights), {
-        "svd_val_rmse": fitted.rmses[2], "val_rmse": fitted.cross_fitted_rmse,
-        "blend_weight_main": round(w_main, 6), "blend_weight_partner": round(w_partner, 6),
-        "blend_weight_svd": round(w_svd, 6), "blend_intercept": round(intercept, 6),
-        "svd_seconds": round(time.perf_counter() - started, 3)}
+        **mix_figures(fitted), "svd_seconds": round(time.perf_counter() - started, 3)}
+
 
 
 def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
