@@ -146,6 +146,13 @@ def test_inherited_partition_keeps_old_sides_and_splits_only_new_ratings() -> No
     assert 0.07 < new_share < 0.13  # new ratings follow the 10% rule
     again = inherited_partition(data, keys[old & ~held_old], keys[held_old], keys[val_old], 0.1, 0.05, seed=0)
     assert np.array_equal(again.test, part.test)
+    assert not part.blend.any()  # no blend carve recorded: none drawn
+    blend_old = old & ~held_old & (rng.random(keys.size) < 0.02)
+    stacked = inherited_partition(data, keys[old & ~held_old], keys[held_old], keys[val_old], 0.1, 0.05, seed=0,
+                                  blend_keys=keys[blend_old], blend_fraction=0.1)
+    assert np.array_equal(stacked.blend[old], blend_old[old]) and np.array_equal(stacked.test, part.test)
+    assert not (stacked.blend & (stacked.val | stacked.test)).any()
+    assert 0.06 < stacked.blend[~old & ~part.test].mean() < 0.14  # new training ratings follow the 10% rule
 
 
 # --- the job in real processes ----------------------------------------------------------------------------------
@@ -349,7 +356,8 @@ def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutr
 
     data = planted_low_rank(60, 40, density=0.4, seed=4, user_id_offset=10).observed
     champion = train_split(random_split(data, 0.1, 0), model_config("stacked", hidden=(8,)),
-                           TrainConfig(epochs=3, ensemble=1, partner_members=0, weight_decay=10.0)).trained
+                           TrainConfig(epochs=3, ensemble=1, partner_members=0, weight_decay=10.0,
+                                       blend_svd=False)).trained  # the module alone
     wider = IdIndex(np.concatenate([[1, 2], data.index.user_ids, [500]]), data.index.movie_ids)  # 3 new users
     rows, cols, values = champion.inputs.coo()
     moved = RatingMatrix.from_ids(data.index.user_ids[rows], data.index.movie_ids[cols], values, index=wider)
@@ -408,24 +416,50 @@ def test_a_challenger_must_lose_neither_rmse_nor_ndcg_beyond_the_margins() -> No
     assert verdict(Comparison(float("nan"), float("nan"), 0, 10), 0.002, 0.005) is not None
 
 
-def test_a_champion_blending_an_svd_gets_a_challenger_trained_from_scratch_with_its_svd_refitted(
-        tmp_path: Path, planted: tuple[Path, Path]) -> None:
-    home = tmp_path / "svd-home"
-    config = tmp_path / "svd.toml"
-    config.write_text(SMALL_CONFIG + "blend_svd = true\n")
-    assert recae(home, "ingest", "--ratings", str(planted[0])).returncode == 0
-    first = recae(home, "retrain", "--config", str(config))
-    assert first.returncode == 0, first.stderr
+def test_a_champion_stacking_an_svd_is_fine_tuned_and_its_svd_and_weights_refitted_on_its_blend_carve(
+        home: Path, planted: tuple[Path, Path]) -> None:
+    """blend_svd (the default): the first champion records its blend carve; the warm challenger keeps it (new
+    ratings join it by the seeded rule), refits the SVD for today's users and movies and the stacking weights."""
+    from recae.retrain.holdout import blend_keys, read_holdout
+    from recae.retrain.job import RetrainOptions, run_retrain
     from recae.serving.registry import load_champion
 
     before = load_champion(engine(home))
-    assert before.svd is not None
+    assert before.svd is not None and len(before.mix_weights) == 4
+    record = read_holdout(home / "models" / champion(home))
+    assert record is not None and record.blend is not None and record.blend.size > 0
+    assert np.array_equal(np.sort(record.blend), np.sort(blend_keys(before)))  # the carve training kept
+    assert np.isin(record.blend, matrix_keys(before.inputs)).all()
+    drop_in_inbox(home, planted[1])
+    report = run_retrain(engine(home), home / "models", home / "locks",
+                         RetrainOptions(inbox=home / "inbox", margin=-1.0, ndcg_margin=1.0, warm_epochs=3))
+    metrics = report.metrics
+    assert report.decision == "published" and metrics["warm_start"] is True, report
+    weights = [metrics[k] for k in ("blend_weight_main", "blend_weight_partner", "blend_weight_svd", "blend_intercept")]
+    assert np.all(np.isfinite(weights)) and np.isfinite(metrics["svd_val_rmse"]) and metrics["n_blend"] > 0
+    after = load_champion(engine(home))
+    assert after.svd is not None and after.svd.shape == (after.index.n_users, after.index.n_movies)
+    assert after.index.n_users > before.index.n_users  # the fresh users have SVD factors of their own
+    assert list(after.mix_weights) == pytest.approx(weights, abs=1e-6) and after.mix_weights != before.mix_weights
+    grown = read_holdout(home / "models" / str(report.champion_after))
+    assert grown is not None and grown.blend is not None
+    assert np.isin(record.blend, grown.blend).all()  # the champion's carve stays a carve
+    assert grown.blend.size > record.blend.size  # and fresh ratings joined it
+    assert not np.isin(grown.blend, grown.test).any() and not np.isin(grown.blend, grown.val).any()
+
+
+def test_a_stacked_champion_without_a_recorded_blend_carve_gets_a_challenger_trained_from_scratch(
+        home: Path, planted: tuple[Path, Path]) -> None:
+    from recae.retrain.holdout import HoldoutRecord, read_holdout, write_holdout
+
+    folder = home / "models" / champion(home)
+    record = read_holdout(folder)
+    assert record is not None
+    write_holdout(folder, HoldoutRecord(test=record.test, val=record.val, store_fingerprint=record.store_fingerprint))
+    assert read_holdout(folder).blend is None  # type: ignore[union-attr]  # a folder written before blend carves
     drop_in_inbox(home, planted[1])
     result = recae(home, "retrain", "--margin", "0")
     report = summary(result)
     assert report["status"] == "succeeded" and report["metrics"]["warm_start"] is False, result.stderr
-    assert "Soft-Impute SVD: training the challenger from scratch" in result.stderr
-    weights = [report["metrics"][k] for k in ("blend_weight_main", "blend_weight_partner", "blend_weight_svd",
-                                               "blend_intercept")]
-    assert np.all(np.isfinite(weights))
+    assert "no recorded blend carve" in result.stderr
     assert np.isfinite(report["metrics"]["svd_val_rmse"]) and np.isfinite(report["metrics"]["challenger_rmse"])

@@ -12,7 +12,10 @@ it was trained; ratings ingested by hand since then count as held out, never as 
 Both models are compared on the holdout pairs whose user and movie the champion knows. Early stopping of the
 warm start needs validation ratings the champion never fitted (else epoch 0 always looks best), so validation
 pairs are inherited the same way: the champion's stay validation, and a new training rating validates when
-``u(seed + 1, user_id, movie_id) < val_fraction``.
+``u(seed + 1, user_id, movie_id) < val_fraction``. A champion that stacks a Soft-Impute SVD (``blend_svd``) also
+records its blend carve, the ratings no autoencoder and no SVD of its line ever fitted: they stay blend ratings, a
+new training rating joins them when ``u(seed + 2, user_id, movie_id) < blend_fraction``, and the warm challenger's
+stacking weights are refitted there (its SVD is refitted beside them, on the fit part).
 """
 
 from __future__ import annotations
@@ -74,34 +77,42 @@ def seeded_uniform(user_ids: np.ndarray, movie_ids: np.ndarray, seed: int) -> np
 
 @dataclass(frozen=True)
 class Partition:
-    """Which ratings of a matrix are held out (``test``) and which validate early stopping (``val``); both (nnz,)."""
+    """Which ratings of a matrix are held out (``test``), validate early stopping (``val``) and fit the stacking
+    weights of a blend (``blend``); each (nnz,), disjoint."""
 
     test: np.ndarray
     val: np.ndarray
+    blend: np.ndarray
 
 
 def inherited_partition(matrix: RatingMatrix, read_keys: np.ndarray, held_keys: np.ndarray, val_keys: np.ndarray,
-                        test_fraction: float, val_fraction: float, seed: int) -> Partition:
+                        test_fraction: float, val_fraction: float, seed: int, blend_keys: np.ndarray | None = None,
+                        blend_fraction: float = 0.0) -> Partition:
     """Split ``matrix`` the way the champion was split, extended to ratings it never saw (module docstring).
 
     ``read_keys`` are the ratings the champion read (its training ratings), ``held_keys`` its holdout, ``val_keys``
-    its validation ratings (a subset of ``read_keys``). A held-out rating stays held out and a validation rating
-    stays validation; a rating the champion never saw is held out when ``u(seed) < test_fraction``, else used for
-    validation when ``u(seed + 1) < val_fraction``, else fitted.
+    its validation ratings and ``blend_keys`` its blend carve (subsets of ``read_keys``; None: no blend carve). A
+    held-out rating stays held out, a blend rating blend and a validation rating validation; a rating the champion
+    never saw is held out when ``u(seed) < test_fraction``, else (with ``blend_keys``) blend when
+    ``u(seed + 2) < blend_fraction``, else used for validation when ``u(seed + 1) < val_fraction``, else fitted.
     """
     keys = matrix_keys(matrix)
     held = np.isin(keys, held_keys)
     new = ~held & ~np.isin(keys, read_keys)
     test = held.copy()
-    val = np.isin(keys, val_keys) & ~held
+    blend = np.isin(keys, blend_keys) & ~held if blend_keys is not None else np.zeros(keys.size, dtype=bool)
+    val = np.isin(keys, val_keys) & ~held & ~blend
     if new.any():
         rows, cols, _ = matrix.coo()
         users, movies = matrix.index.user_ids[rows[new]], matrix.index.movie_ids[cols[new]]
         drawn_test = seeded_uniform(users, movies, seed) < test_fraction
-        drawn_val = ~drawn_test & (seeded_uniform(users, movies, seed + 1) < val_fraction)
+        drawn_blend = ~drawn_test & (blend_keys is not None) & (seeded_uniform(users, movies, seed + 2)
+                                                                 < blend_fraction)
+        drawn_val = ~drawn_test & ~drawn_blend & (seeded_uniform(users, movies, seed + 1) < val_fraction)
         test[new] = drawn_test
+        blend[new] = drawn_blend
         val[new] = drawn_val
-    return Partition(test=test, val=val)
+    return Partition(test=test, val=val, blend=blend)
 
 
 # --- holdout records -------------------------------------------------------------------------------------------
@@ -109,14 +120,16 @@ def inherited_partition(matrix: RatingMatrix, read_keys: np.ndarray, held_keys: 
 
 @dataclass(frozen=True)
 class HoldoutRecord:
-    """A version's held-out and validation ratings as sorted int64 pair keys (see ``pair_keys``).
+    """A version's held-out, validation and blend-carve ratings as sorted int64 pair keys (see ``pair_keys``).
 
-    ``store_fingerprint`` is the fingerprint of the whole store the version was trained from, when known.
+    ``blend`` is None for a version without an SVD part (or recorded before blend carves were). ``store_fingerprint``
+    is the fingerprint of the whole store the version was trained from, when known.
     """
 
     test: np.ndarray
     val: np.ndarray
     store_fingerprint: str | None = None
+    blend: np.ndarray | None = None
 
 
 def write_holdout(folder: Path, record: HoldoutRecord) -> None:
@@ -126,7 +139,8 @@ def write_holdout(folder: Path, record: HoldoutRecord) -> None:
 
     tmp = folder / f".{HOLDOUT_FILE}.{os.getpid()}.tmp"
     tensors = {name: torch.from_numpy(np.sort(np.asarray(keys, dtype=np.int64)))
-               for name, keys in (("test_keys", record.test), ("val_keys", record.val))}
+               for name, keys in (("test_keys", record.test), ("val_keys", record.val), ("blend_keys", record.blend))
+               if keys is not None}
     metadata = {"store_fingerprint": record.store_fingerprint} if record.store_fingerprint else None
     save_file(tensors, str(tmp), metadata=metadata)
     with open(tmp, "rb") as handle:
@@ -143,9 +157,11 @@ def read_holdout(folder: Path) -> HoldoutRecord | None:
         return None
     try:
         with safe_open(str(path), framework="np") as handle:
+            blend = np.asarray(handle.get_tensor("blend_keys"), dtype=np.int64) if "blend_keys" in handle.keys() \
+                else None
             return HoldoutRecord(test=np.asarray(handle.get_tensor("test_keys"), dtype=np.int64),
                                  val=np.asarray(handle.get_tensor("val_keys"), dtype=np.int64),
-                                 store_fingerprint=(handle.metadata() or {}).get("store_fingerprint"))
+                                 store_fingerprint=(handle.metadata() or {}).get("store_fingerprint"), blend=blend)
     except Exception as err:  # noqa: BLE001 - a damaged record is rebuilt like a missing one
         log.warning("holdout record %s is unreadable (%s); rebuilding it", path, err)
         return None
@@ -158,6 +174,17 @@ def validation_keys(train: RatingMatrix, cfg: TrainConfig | None) -> np.ndarray:
 
     cfg = cfg or TrainConfig()
     return matrix_keys(holdout_validation(train, cfg.val_fraction, cfg.seed)[1])
+
+
+def blend_keys(model: TrainedModel) -> np.ndarray | None:
+    """Pair keys of the blend carve ``recae.training.train.train_split`` kept from ``model``'s training ratings (its
+    inputs), for a model with an SVD part (whose warm start refits the stacking weights there); else None."""
+    from recae.training.config import TrainConfig
+    from recae.training.ensemble import blend_carve
+
+    if model.svd is None:
+        return None
+    return matrix_keys(blend_carve(model.inputs, model.train_config or TrainConfig())[1])
 
 
 def _trained_on_this_store(engine: Engine, store: RatingMatrix, champion: TrainedModel, version: str) -> bool:
@@ -193,7 +220,7 @@ def ensure_holdout(engine: Engine, folder: Path, champion: TrainedModel, version
     held = stored[~np.isin(stored, matrix_keys(champion.inputs))]
     same = _trained_on_this_store(engine, store, champion, version)
     record = HoldoutRecord(test=held, val=validation_keys(champion.inputs, champion.train_config),
-                           store_fingerprint=store.fingerprint() if same else None)
+                           store_fingerprint=store.fingerprint() if same else None, blend=blend_keys(champion))
     write_holdout(folder, record)
     log.info("recorded %d held-out ratings of the champion in %s", held.size, folder / HOLDOUT_FILE)
     return record

@@ -12,8 +12,10 @@ One run (``recae retrain``, from cron or a systemd timer):
    holdout, and publishes the challenger only when its RMSE is lower by at least ``margin`` and its NDCG@10 is not
    lower than the champion's by more than ``ndcg_margin``: weights and meta first, then the precomputed
    recommendations and the champion pointer in one transaction (``recae.serving.registry.publish``). Versions
-   beyond the newest ``keep`` (never the champion) are pruned. A champion that blends a Soft-Impute SVD
-   (``blend_svd``) gets a challenger trained from scratch instead (its SVD and blend weights refitted, not kept);
+   beyond the newest ``keep`` (never the champion) are pruned. A champion that stacks a Soft-Impute SVD
+   (``blend_svd``) is fine-tuned alike; its SVD is refitted on the fit part (seconds) and the stacking weights on
+   the blend carve its line recorded (``recae.retrain.holdout``), never kept from the champion. Without such a
+   record (a folder written before it) the challenger is trained from scratch;
 5. records the run in ``retrain_runs`` and returns its summary (the CLI prints it as one JSON line).
 
 With no champion yet, the first run trains one with the default (or ``--config``) configuration and publishes it.
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from recae.errors import ModelNotFoundError, RecaeError, TrainingError
 from recae.retrain.holdout import (
     HoldoutRecord,
+    blend_keys,
     ensure_holdout,
     inherited_partition,
     matrix_keys,
@@ -271,7 +274,7 @@ def _first_champion(engine: Engine, models_dir: Path, options: RetrainOptions, m
     state.metrics = {k: v for k, v in result.metrics.items()}
     state.metrics["challenger_rmse"] = result.metrics.get("test_rmse")
     record = HoldoutRecord(test=matrix_keys(split.test), val=validation_keys(split.train, train_cfg),
-                           store_fingerprint=matrix.fingerprint())
+                           store_fingerprint=matrix.fingerprint(), blend=blend_keys(result.trained))
     _publish(engine, models_dir, result.trained, matrix, record, state, progress, stage)
     state.decision = "first"
     state.message = f"no champion before; {state.challenger} now serves"
@@ -304,18 +307,19 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     if recorded is None:
         raise ModelNotFoundError(f"champion {state.champion_before} has no holdout record in {champion_dir}")
     train_cfg = champion.train_config or TrainConfig()
+    stacked = champion.svd is not None  # its SVD and stacking weights are refitted, the weights on the blend carve
     part = inherited_partition(matrix, matrix_keys(champion.inputs), recorded.test, recorded.val, fraction,
-                               train_cfg.val_fraction, seed)
+                               train_cfg.val_fraction, seed, blend_keys=recorded.blend if stacked else None,
+                               blend_fraction=train_cfg.blend_fraction)
     train, holdout = matrix.subset(~part.test), matrix.subset(part.test)
-    fit_part, val_part = matrix.subset(~part.test & ~part.val), matrix.subset(part.val)
+    fit_part, val_part = matrix.subset(~part.test & ~part.val & ~part.blend), matrix.subset(part.val)
     challenger_spec = {**SplitSpec.from_json(spec_json or {"name": "random"}).to_json(),
                        "holdout": "recorded", "holdout_of": state.champion_before}
 
     modules = None
-    if not options.cold and champion.svd is not None:
-        # fine-tuning keeps the blend weights fitted for the champion; with an SVD part they are refitted with it
-        progress("the champion blends a Soft-Impute SVD: training the challenger from scratch, which refits the "
-                 "SVD on its training part and the blend weights on its blend carve")
+    if not options.cold and stacked and recorded.blend is None:
+        progress("the champion stacks a Soft-Impute SVD but has no recorded blend carve to refit its weights on: "
+                 "training the challenger from scratch")
     elif not options.cold:
         from recae.models.batches import oriented_csr
 
@@ -341,6 +345,9 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
                               blend_weight=champion.blend_weight)
             fitted = {**fitted, "partner_val_rmse": tuned[1]["val_rmse"], "blend_weight": champion.blend_weight,
                       "seconds": round(sum(t["seconds"] for t in tuned), 3)}
+        if stacked:
+            trained, fitted = _restacked(trained, modules, fit_part, matrix.subset(part.blend), train_cfg, fitted,
+                                         progress)
         if train_cfg.ranker != "none":  # EASE has a closed form: refitted on the grown data, not fine-tuned
             progress("refitting the ranker (EASE)")
             ranker, search = fit_ranker(train, train_cfg)
@@ -350,7 +357,8 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
                                    **test_metrics(trained, holdout)}
         trained = with_metrics(trained, metrics)
         record = HoldoutRecord(test=matrix_keys(holdout), val=matrix_keys(val_part),
-                               store_fingerprint=state.fingerprint)
+                               store_fingerprint=state.fingerprint,
+                               blend=matrix_keys(matrix.subset(part.blend)) if stacked else None)
     else:
         model_cfg = champion.model_config
         if train_cfg.ensemble > 1 and all(h % train_cfg.ensemble == 0 for h in model_cfg.hidden):
@@ -362,7 +370,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         trained = with_metrics(replace(result.trained, split_spec=challenger_spec, _cache=result.trained._cache),
                                metrics)
         record = HoldoutRecord(test=matrix_keys(holdout), val=validation_keys(train, train_cfg),
-                               store_fingerprint=state.fingerprint)
+                               store_fingerprint=state.fingerprint, blend=blend_keys(trained))
 
     result_cmp = compare(champion, trained, holdout)
     state.metrics = {**metrics, "champion_rmse": result_cmp.champion_rmse,
@@ -380,6 +388,25 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     state.message = (f"challenger RMSE {result_cmp.challenger_rmse:.4f} beat champion {result_cmp.champion_rmse:.4f} "
                      f"on {result_cmp.n_compared} held-out ratings; {state.challenger} now serves "
                      f"(roll back: recae models use {state.champion_before})")
+
+
+def _restacked(trained: TrainedModel, modules: list[AutoEncoder], fit_part: RatingMatrix, blend_part: RatingMatrix,
+               train_cfg: TrainConfig, fitted: dict[str, Any], progress: Callable[[str], None],
+               ) -> tuple[TrainedModel, dict[str, Any]]:
+    """The fine-tuned challenger with a Soft-Impute SVD refitted on ``fit_part`` (what the autoencoders were tuned
+    on) and the stacking weights refitted on ``blend_part`` (ratings no model of the line fitted), and its figures."""
+    from recae.models.svd_part import fit_svd_part
+    from recae.training.blend import mix_figures
+    from recae.training.ensemble import fitted_mix
+
+    progress(f"refitting the Soft-Impute SVD and the stacking weights ({blend_part.nnz} blend ratings)")
+    started = time.perf_counter()
+    svd = fit_svd_part(fit_part, seed=train_cfg.seed)
+    mixed = fitted_mix(modules[0], modules[1] if len(modules) == 2 else None, svd, fit_part, blend_part,
+                       train_cfg.seed)
+    figures = {**mix_figures(mixed), "n_blend": blend_part.nnz, "svd_seconds": round(time.perf_counter() - started, 3)}
+    return replace(trained, svd=svd, mix_weights=mixed.weights), {**fitted, "tuned_val_rmse": fitted["val_rmse"],
+                                                                   **figures}
 
 
 def _publish(engine: Engine, models_dir: Path, trained: TrainedModel, matrix: RatingMatrix, record: HoldoutRecord,
