@@ -52,7 +52,8 @@ def blended_run():  # type: ignore[no-untyped-def]
     observed = planted_low_rank(n_users=250, n_movies=150, density=0.3, noise=0.3, seed=5).observed
     split = random_split(observed, test_fraction=0.15, seed=0)
     cfg = TrainConfig(ensemble=2, partner_members=2, epochs=150, lr=2e-2, weight_decay=1.0, patience=10,
-                      batch_ratings=1000, val_fraction=0.1, blend_fraction=0.1, threads=1)
+                      batch_ratings=1000, val_fraction=0.1, blend_fraction=0.1, threads=1,
+                      blend_svd=False)  # the pair alone (tests/test_blend_svd.py: with the SVD)
     return split, train_split(split, model_config("denoising", hidden=(32,), input_dropout=0.2), cfg)
 
 
@@ -141,7 +142,8 @@ def test_no_member_and_no_partner_trains_on_the_blend_carve() -> None:
     observed = planted_low_rank(n_users=90, n_movies=60, density=0.3, noise=0.3, seed=8).observed
     split = random_split(observed, test_fraction=0.1, seed=0)
     cfg = TrainConfig(ensemble=2, partner_members=1, epochs=6, lr=2e-2, weight_decay=1.0, patience=10,
-                      batch_ratings=400, blend_fraction=0.15, threads=1, deterministic=True, ranker="none")
+                      batch_ratings=400, blend_fraction=0.15, threads=1, deterministic=True, ranker="none",
+                      blend_svd=False)
     _, blend_part = blend_carve(split.train, cfg)
     in_blend = np.isin(split.train.row_of_each_rating() * 1000 + split.train.csr.indices,
                        blend_part.row_of_each_rating() * 1000 + blend_part.csr.indices)
