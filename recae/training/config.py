@@ -63,7 +63,7 @@ class TrainConfig:
     # one more blend component: Soft-Impute SVD (recae.baselines.TruncatedSVDBaseline) fitted on the members' fit part,
     # stacked with the main ensemble (and partner) by weights and an intercept fitted on the blend carve; on by default
     # since it won on the development carves of u1.base (0.8968 against 0.8984) and ml-1m (0.8279 against 0.8308)
-    blend_svd: bool = False
+    blend_svd: bool = True
     # the top-N model that orders recommendations (recae.models.rankers): "ease", or "none" to order by predicted rating
     ranker: str = "ease"
     ranker_lambda: float = 0.0  # EASE's lambda (0: chosen on a validation carve of the training ratings)
