@@ -274,11 +274,11 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
 
 
 # The default model on ml-100k u1 (anchors: tuned SVD 0.9234, plain I-AutoRec 0.9028, GLocal-K 0.8889). Measured
-# 0.8961 ± 0.0006 over init seeds 0..4; the bound and its spread are in conftest.
+# 0.8927 ± 0.0005 over init seeds 0..4; the bound and its spread are in conftest.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("init_seed", [0, 1])  # 1: the worst of the five init seeds measured (0.89657)
+@pytest.mark.parametrize("init_seed", [0, 2])  # 2: the worst of the five init seeds measured (0.89323)
 def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int) -> None:
     from recae.splits import Split, SplitSpec
     from recae.training.config import DEFAULT_MODEL
@@ -290,6 +290,7 @@ def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int)
     result = train_split(split, model_config(DEFAULT_MODEL), TrainConfig(init_seed=init_seed, threads=1))
     assert result.metrics["test_rmse"] <= ML100K_U1_RMSE_BOUND, result.metrics
     assert result.trained.partner is not None and 0.5 < result.metrics["blend_weight"] < 0.9  # measured 0.67-0.69
+    assert result.trained.svd is not None and len(result.trained.mix_weights) == 4  # the stacked SVD part
     # Validation came from the training ratings only and the model reads training ratings only.
     assert result.trained.inputs.nnz == train.nnz
 
