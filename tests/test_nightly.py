@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -446,6 +447,44 @@ def test_a_champion_stacking_an_svd_is_fine_tuned_and_its_svd_and_weights_refitt
     assert np.isin(record.blend, grown.blend).all()  # the champion's carve stays a carve
     assert grown.blend.size > record.blend.size  # and fresh ratings joined it
     assert not np.isin(grown.blend, grown.test).any() and not np.isin(grown.blend, grown.val).any()
+
+
+def test_a_pair_champion_stops_its_fine_tuning_and_refits_its_blend_weight_on_the_blend_carve(
+        tmp_path: Path, planted: tuple[Path, Path]) -> None:
+    """blend_svd = false: the item/user pair records its blend carve too. Fine-tuning stops on it (ratings no member
+    fitted: the champion's validation figure there is out of sample, not the in-sample one its recorded validation
+    ratings would give) and the pair's weight is refitted there instead of kept."""
+    from recae.retrain.holdout import pair_keys, read_holdout
+    from recae.retrain.job import RetrainOptions, run_retrain
+    from recae.serving.registry import load_champion
+
+    home = tmp_path / "pair-home"
+    config = tmp_path / "pair.toml"
+    config.write_text(SMALL_CONFIG + "blend_svd = false\n")
+    assert recae(home, "ingest", "--ratings", str(planted[0])).returncode == 0
+    assert recae(home, "retrain", "--config", str(config)).returncode == 0
+    before = load_champion(engine(home))
+    record = read_holdout(home / "models" / champion(home))
+    assert before.svd is None and before.partner is not None and record is not None and record.blend is not None
+    rows, cols, values = before.inputs.coo()
+    keys = pair_keys(before.index.user_ids[rows], before.index.movie_ids[cols])
+    in_carve = np.isin(keys, record.blend)
+    seen = np.isin(keys, record.val) & ~in_carve
+    alone = replace(before, partner=None)
+
+    def rmse(mask: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((alone.predict(rows[mask], cols[mask]) - values[mask]) ** 2)))
+
+    assert rmse(in_carve) > rmse(seen)  # the recorded validation ratings were fitted; the blend carve was not
+    drop_in_inbox(home, planted[1])
+    report = run_retrain(engine(home), home / "models", home / "locks",
+                         RetrainOptions(inbox=home / "inbox", margin=-1.0, ndcg_margin=1.0, warm_epochs=3))
+    assert report.decision == "published" and report.metrics["warm_start"] is True, report
+    after = load_champion(engine(home))
+    assert after.blend_weight == pytest.approx(report.metrics["blend_weight"])
+    assert after.blend_weight != before.blend_weight and 0.0 <= after.blend_weight <= 1.0
+    grown = read_holdout(home / "models" / str(report.champion_after))
+    assert grown is not None and grown.blend is not None and np.isin(record.blend, grown.blend).all()
 
 
 def test_a_stacked_champion_without_a_recorded_blend_carve_gets_a_challenger_trained_from_scratch(

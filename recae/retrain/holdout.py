@@ -12,10 +12,11 @@ it was trained; ratings ingested by hand since then count as held out, never as 
 Both models are compared on the holdout pairs whose user and movie the champion knows. Early stopping of the
 warm start needs validation ratings the champion never fitted (else epoch 0 always looks best), so validation
 pairs are inherited the same way: the champion's stay validation, and a new training rating validates when
-``u(seed + 1, user_id, movie_id) < val_fraction``. A champion that stacks a Soft-Impute SVD (``blend_svd``) also
-records its blend carve, the ratings no autoencoder and no SVD of its line ever fitted: they stay blend ratings, a
-new training rating joins them when ``u(seed + 2, user_id, movie_id) < blend_fraction``, and the warm challenger's
-stacking weights are refitted there (its SVD is refitted beside them, on the fit part).
+``u(seed + 1, user_id, movie_id) < val_fraction``. A champion that blends (a partner, a Soft-Impute SVD) also
+records its blend carve, the ratings no autoencoder and no SVD of its line ever fitted (an ensemble's members each
+stop on their own carve, so every other training rating was fitted by one of them): they stay blend ratings, a new
+training rating joins them when ``u(seed + 2, user_id, movie_id) < blend_fraction``, and the warm challenger stops
+early and refits its blend there (its SVD beside it, on the fit part).
 """
 
 from __future__ import annotations
@@ -178,11 +179,12 @@ def validation_keys(train: RatingMatrix, cfg: TrainConfig | None) -> np.ndarray:
 
 def blend_keys(model: TrainedModel) -> np.ndarray | None:
     """Pair keys of the blend carve ``recae.training.train.train_split`` kept from ``model``'s training ratings (its
-    inputs), for a model with an SVD part (whose warm start refits the stacking weights there); else None."""
+    inputs), for a model that blends (a partner or an SVD part: its warm start stops and refits the blend there);
+    else None."""
     from recae.training.config import TrainConfig
     from recae.training.ensemble import blend_carve
 
-    if model.svd is None:
+    if model.svd is None and model.partner is None:
         return None
     return matrix_keys(blend_carve(model.inputs, model.train_config or TrainConfig())[1])
 

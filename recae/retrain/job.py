@@ -12,10 +12,11 @@ One run (``recae retrain``, from cron or a systemd timer):
    holdout, and publishes the challenger only when its RMSE is lower by at least ``margin`` and its NDCG@10 is not
    lower than the champion's by more than ``ndcg_margin``: weights and meta first, then the precomputed
    recommendations and the champion pointer in one transaction (``recae.serving.registry.publish``). Versions
-   beyond the newest ``keep`` (never the champion) are pruned. A champion that stacks a Soft-Impute SVD
-   (``blend_svd``) is fine-tuned alike; its SVD is refitted on the fit part (seconds) and the stacking weights on
-   the blend carve its line recorded (``recae.retrain.holdout``), never kept from the champion. Without such a
-   record (a folder written before it) the challenger is trained from scratch;
+   beyond the newest ``keep`` (never the champion) are pruned. A champion with a blend carve (a partner or a
+   Soft-Impute SVD) records it (``recae.retrain.holdout``): those ratings are the only ones no member fitted, so
+   fine-tuning stops early there and the blend is refitted there (the pair's weight; with ``blend_svd`` the SVD,
+   refitted on the fit part in seconds, and the stacking weights), never kept from the champion. A stacking
+   champion without such a record (a folder written before it) gets a challenger trained from scratch;
 5. records the run in ``retrain_runs`` and returns its summary (the CLI prints it as one JSON line).
 
 With no champion yet, the first run trains one with the default (or ``--config``) configuration and publishes it.
@@ -297,6 +298,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     from recae.serving.scorer import TrainedModel, with_metrics
     from recae.splits import Split, SplitSpec
     from recae.training.config import TrainConfig
+    from recae.training.ensemble import fitted_blend
     from recae.training.train import fit_ranker, test_metrics, train_split
     from recae.training.validation import unit_means
 
@@ -308,11 +310,16 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         raise ModelNotFoundError(f"champion {state.champion_before} has no holdout record in {champion_dir}")
     train_cfg = champion.train_config or TrainConfig()
     stacked = champion.svd is not None  # its SVD and stacking weights are refitted, the weights on the blend carve
+    carved = recorded.blend is not None  # ratings no model of the line fitted: fine-tuning stops and blends there
     part = inherited_partition(matrix, matrix_keys(champion.inputs), recorded.test, recorded.val, fraction,
-                               train_cfg.val_fraction, seed, blend_keys=recorded.blend if stacked else None,
+                               train_cfg.val_fraction, seed, blend_keys=recorded.blend,
                                blend_fraction=train_cfg.blend_fraction)
     train, holdout = matrix.subset(~part.test), matrix.subset(part.test)
-    fit_part, val_part = matrix.subset(~part.test & ~part.val & ~part.blend), matrix.subset(part.val)
+    val_part, blend_part = matrix.subset(part.val), matrix.subset(part.blend)
+    # An ensemble's members each stop on their own carve, so every rating outside the blend carve was fitted by
+    # some member: only the blend carve can tell whether fine-tuning helps (else epoch 0 always looks best).
+    fit_part = matrix.subset(~part.test & ~part.blend) if carved else matrix.subset(~part.test & ~part.val)
+    stop_part = blend_part if carved else val_part
     challenger_spec = {**SplitSpec.from_json(spec_json or {"name": "random"}).to_json(),
                        "holdout": "recorded", "holdout_of": state.champion_before}
 
@@ -335,19 +342,22 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         progress(f"fine-tuning the champion on {train.nnz} ratings (at most {options.warm_epochs} epochs)")
         on_epoch = _after_first_epoch(stage)
         tune_cfg = replace(train_cfg, lr=train_cfg.lr * options.warm_lr_scale, patience=options.warm_patience)
-        tuned = [fine_tune(m, fit_part, val_part, tune_cfg, options.warm_epochs,  # type: ignore[arg-type]
+        tuned = [fine_tune(m, fit_part, stop_part, tune_cfg, options.warm_epochs,  # type: ignore[arg-type]
                            on_epoch=lambda epoch, _val: on_epoch(epoch)) for m in modules]
         fitted = tuned[0]
         trained = TrainedModel.from_fit(modules[0], train, train_config=train_cfg,  # type: ignore[arg-type]
                                         split_spec=challenger_spec)
-        if len(modules) == 2:  # the partner is tuned alike and keeps the champion's blend weight
+        if len(modules) == 2:  # the partner is tuned alike; its blend weight refitted on the blend carve, if any
+            weight = champion.blend_weight
+            if carved:
+                weight = fitted_blend(modules[0], modules[1], fit_part, blend_part,  # type: ignore[arg-type]
+                                      train_cfg.seed).weight
             trained = replace(trained, partner=TrainedModel.from_fit(modules[1], train),  # type: ignore[arg-type]
-                              blend_weight=champion.blend_weight)
-            fitted = {**fitted, "partner_val_rmse": tuned[1]["val_rmse"], "blend_weight": champion.blend_weight,
+                              blend_weight=weight)
+            fitted = {**fitted, "partner_val_rmse": tuned[1]["val_rmse"], "blend_weight": weight,
                       "seconds": round(sum(t["seconds"] for t in tuned), 3)}
         if stacked:
-            trained, fitted = _restacked(trained, modules, fit_part, matrix.subset(part.blend), train_cfg, fitted,
-                                         progress)
+            trained, fitted = _restacked(trained, modules, fit_part, blend_part, train_cfg, fitted, progress)
         if train_cfg.ranker != "none":  # EASE has a closed form: refitted on the grown data, not fine-tuned
             progress("refitting the ranker (EASE)")
             ranker, search = fit_ranker(train, train_cfg)
@@ -357,8 +367,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
                                    **test_metrics(trained, holdout)}
         trained = with_metrics(trained, metrics)
         record = HoldoutRecord(test=matrix_keys(holdout), val=matrix_keys(val_part),
-                               store_fingerprint=state.fingerprint,
-                               blend=matrix_keys(matrix.subset(part.blend)) if stacked else None)
+                               store_fingerprint=state.fingerprint, blend=matrix_keys(blend_part) if carved else None)
     else:
         model_cfg = champion.model_config
         if train_cfg.ensemble > 1 and all(h % train_cfg.ensemble == 0 for h in model_cfg.hidden):

@@ -77,7 +77,9 @@ def model_row(name: str, split, init_seed: int) -> dict:  # type: ignore[no-unty
     metrics = train_split(split, model_cfg, train_cfg).metrics
     return {"split": name, "model": "default", "init_seed": init_seed, "test_rmse": metrics["test_rmse"],
             "test_ndcg@10": metrics.get("test_ndcg@10"), "val_rmse": metrics["val_rmse"],
-            "blend_weight": metrics.get("blend_weight"), "seconds": round(time.perf_counter() - started, 1)}
+            "blend_weight": metrics.get("blend_weight"), "seconds": round(time.perf_counter() - started, 1),
+            **{key: value for key, value in metrics.items()
+               if key.startswith("blend_weight_") or key == "blend_intercept"}}  # the stacked mix's weights
 
 
 def read_rows(paths: list[Path]) -> list[dict]:  # type: ignore[type-arg]
