@@ -78,8 +78,8 @@ def seeded_uniform(user_ids: np.ndarray, movie_ids: np.ndarray, seed: int) -> np
 
 @dataclass(frozen=True)
 class Partition:
-    """Which ratings of a matrix are held out (``test``), validate early stopping (``val``) and fit the stacking
-    weights of a blend (``blend``); each (nnz,), disjoint."""
+    """Which ratings of a matrix are held out (``test``), validate early stopping (``val``) and form the blend carve
+    (``blend``: where a blending champion's warm start stops and refits its blend); each (nnz,), disjoint."""
 
     test: np.ndarray
     val: np.ndarray
@@ -123,8 +123,8 @@ def inherited_partition(matrix: RatingMatrix, read_keys: np.ndarray, held_keys: 
 class HoldoutRecord:
     """A version's held-out, validation and blend-carve ratings as sorted int64 pair keys (see ``pair_keys``).
 
-    ``blend`` is None for a version without an SVD part (or recorded before blend carves were). ``store_fingerprint``
-    is the fingerprint of the whole store the version was trained from, when known.
+    ``blend`` is None for a version that blends nothing (no partner, no SVD part) or was recorded before blend
+    carves were. ``store_fingerprint`` is the fingerprint of the whole store the version was trained from, when known.
     """
 
     test: np.ndarray
