@@ -74,8 +74,14 @@ def current() -> World | None:
 
 
 def leave() -> None:
-    """Leave the process group (end of a distributed run)."""
+    """Leave the process group (end of a distributed run).
+
+    Every rank waits at a barrier first: a rank that tore gloo down while the other still had its last collective in
+    flight sometimes aborted at exit ("terminate called without an active exception", about 1 run in 10 on a 2-core
+    machine), although both had finished their work.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
