@@ -298,7 +298,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     from recae.serving.scorer import TrainedModel, with_metrics
     from recae.splits import Split, SplitSpec
     from recae.training.config import TrainConfig
-    from recae.training.ensemble import fitted_blend
+    from recae.training.ensemble import fit_blend_parts
     from recae.training.train import fit_ranker, test_metrics, train_split
     from recae.training.validation import unit_means
 
@@ -347,17 +347,15 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         fitted = tuned[0]
         trained = TrainedModel.from_fit(modules[0], train, train_config=train_cfg,  # type: ignore[arg-type]
                                         split_spec=challenger_spec)
-        if len(modules) == 2:  # the partner is tuned alike; its blend weight refitted on the blend carve, if any
-            weight = champion.blend_weight
-            if carved:
-                weight = fitted_blend(modules[0], modules[1], fit_part, blend_part,  # type: ignore[arg-type]
-                                      train_cfg.seed).weight
+        if len(modules) == 2:  # the partner is tuned alike
             trained = replace(trained, partner=TrainedModel.from_fit(modules[1], train),  # type: ignore[arg-type]
-                              blend_weight=weight)
-            fitted = {**fitted, "partner_val_rmse": tuned[1]["val_rmse"], "blend_weight": weight,
+                              blend_weight=champion.blend_weight)
+            fitted = {**fitted, "partner_val_rmse": tuned[1]["val_rmse"], "blend_weight": champion.blend_weight,
                       "seconds": round(sum(t["seconds"] for t in tuned), 3)}
-        if stacked:
-            trained, fitted = _restacked(trained, modules, fit_part, blend_part, train_cfg, fitted, progress)
+        if carved:  # the blend refitted where fine-tuning stopped, as training fits it; the champion's kept else
+            progress(f"refitting the blend on {blend_part.nnz} blend-carve ratings")
+            trained, blended = fit_blend_parts(trained, fit_part, blend_part, replace(train_cfg, blend_svd=stacked))
+            fitted = {**fitted, "tuned_val_rmse": fitted["val_rmse"], **blended}
         if train_cfg.ranker != "none":  # EASE has a closed form: refitted on the grown data, not fine-tuned
             progress("refitting the ranker (EASE)")
             ranker, search = fit_ranker(train, train_cfg)
@@ -397,25 +395,6 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     state.message = (f"challenger RMSE {result_cmp.challenger_rmse:.4f} beat champion {result_cmp.champion_rmse:.4f} "
                      f"on {result_cmp.n_compared} held-out ratings; {state.challenger} now serves "
                      f"(roll back: recae models use {state.champion_before})")
-
-
-def _restacked(trained: TrainedModel, modules: list[AutoEncoder], fit_part: RatingMatrix, blend_part: RatingMatrix,
-               train_cfg: TrainConfig, fitted: dict[str, Any], progress: Callable[[str], None],
-               ) -> tuple[TrainedModel, dict[str, Any]]:
-    """The fine-tuned challenger with a Soft-Impute SVD refitted on ``fit_part`` (what the autoencoders were tuned
-    on) and the stacking weights refitted on ``blend_part`` (ratings no model of the line fitted), and its figures."""
-    from recae.models.svd_part import fit_svd_part
-    from recae.training.blend import mix_figures
-    from recae.training.ensemble import fitted_mix
-
-    progress(f"refitting the Soft-Impute SVD and the stacking weights ({blend_part.nnz} blend ratings)")
-    started = time.perf_counter()
-    svd = fit_svd_part(fit_part, seed=train_cfg.seed)
-    mixed = fitted_mix(modules[0], modules[1] if len(modules) == 2 else None, svd, fit_part, blend_part,
-                       train_cfg.seed)
-    figures = {**mix_figures(mixed), "n_blend": blend_part.nnz, "svd_seconds": round(time.perf_counter() - started, 3)}
-    return replace(trained, svd=svd, mix_weights=mixed.weights), {**fitted, "tuned_val_rmse": fitted["val_rmse"],
-                                                                   **figures}
 
 
 def _publish(engine: Engine, models_dir: Path, trained: TrainedModel, matrix: RatingMatrix, record: HoldoutRecord,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -25,8 +26,7 @@ from recae.training.config import TrainConfig
 from recae.training.loop import EpochReport, FitResult
 
 if TYPE_CHECKING:
-    from recae.models.svd_part import SvdPart
-    from recae.training.blend import FittedBlend, FittedMix
+    from recae.serving.scorer import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -153,25 +153,39 @@ def blend_carve(train: RatingMatrix, cfg: TrainConfig) -> tuple[RatingMatrix, Ra
     return holdout_validation(train, cfg.blend_fraction, cfg.seed + BLEND_CARVE_SEED)
 
 
-def fitted_blend(main: AutoEncoder, partner: AutoEncoder, fit_part: RatingMatrix, blend_part: RatingMatrix,
-                 seed: int) -> FittedBlend:
-    """The blend of the shipped main ensemble and partner, fitted on the blend part (the fit part as inputs)."""
-    from recae.training.blend import fit_blend
+def fit_blend_parts(trained: TrainedModel, fit_part: RatingMatrix, blend_part: RatingMatrix, cfg: TrainConfig,
+                    on_progress: Callable[[str], None] | None = None) -> tuple[TrainedModel, dict[str, float]]:
+    """``trained`` with its blend fitted on ``blend_part``, which neither its network nor its partner fitted (both
+    read ``fit_part`` as inputs here): the pair's weight (recae.training.blend.fit_blend) when it has a partner, and
+    with ``cfg.blend_svd`` a Soft-Impute SVD fitted on ``fit_part`` (never the blend carve) stacked in by weights
+    and an intercept (recae.training.blend.fit_mix). Both read one set of blend-part predictions. Returns the model
+    and its figures: each part's and the cross-fitted blend's RMSE on the carve, the weights (``pair_val_rmse``
+    keeps the pair's figure when the stack replaces it as ``val_rmse``). Training and the nightly warm start both
+    blend here."""
+    from recae.models.svd_part import fit_svd_part
+    from recae.training.blend import fit_blend, fit_mix, mix_figures
 
-    (ours, theirs), values = _blend_part_predictions([main, partner], fit_part, blend_part)
-    return fit_blend(ours, theirs, values, seed=seed)
-
-
-def fitted_mix(main: AutoEncoder, partner: AutoEncoder | None, svd: SvdPart, fit_part: RatingMatrix,
-               blend_part: RatingMatrix, seed: int) -> FittedMix:
-    """The stacked mix of main ensemble, partner (when there is one) and SVD (``svd`` fitted on ``fit_part``
-    alone), fitted on the blend part like :func:`fitted_blend` (recae.training.blend.fit_mix)."""
-    from recae.training.blend import fit_mix
-
-    members = [main] if partner is None else [main, partner]
-    predictions, values = _blend_part_predictions(members, fit_part, blend_part)
-    rows, cols, _ = blend_part.coo()
-    return fit_mix([*predictions, svd.predict(rows, cols)], values, fit_part.rating_scale(), seed=seed)
+    partner = trained.partner
+    modules = [trained.module] if partner is None else [trained.module, partner.module]
+    predictions, values = _blend_part_predictions(modules, fit_part, blend_part)
+    metrics: dict[str, float] = {"n_blend": blend_part.nnz}
+    if partner is not None:
+        pair = fit_blend(predictions[0], predictions[1], values, seed=cfg.seed)
+        trained = replace(trained, blend_weight=pair.weight)
+        metrics.update(main_val_rmse=pair.main_rmse, partner_val_rmse=pair.partner_rmse,
+                       val_rmse=pair.cross_fitted_rmse, blend_weight=round(pair.weight, 6))
+    if cfg.blend_svd:
+        if on_progress:
+            on_progress("Soft-Impute SVD for the blend")
+        started = time.perf_counter()
+        svd = fit_svd_part(fit_part, seed=cfg.seed)
+        rows, cols, _ = blend_part.coo()
+        stacked = fit_mix([*predictions, svd.predict(rows, cols)], values, fit_part.rating_scale(), seed=cfg.seed)
+        trained = replace(trained, svd=svd, mix_weights=stacked.weights)
+        if partner is not None:
+            metrics["pair_val_rmse"] = metrics["val_rmse"]
+        metrics.update(mix_figures(stacked), svd_seconds=round(time.perf_counter() - started, 3))
+    return trained, metrics
 
 
 def _blend_part_predictions(modules: list[AutoEncoder], fit_part: RatingMatrix, blend_part: RatingMatrix,

@@ -36,9 +36,8 @@ from recae.training.ensemble import (
     blend_carve,
     carves_blend,
     cross_carves,
+    fit_blend_parts,
     fit_ensemble,
-    fitted_blend,
-    fitted_mix,
     partner_configs,
 )
 from recae.training.loop import (
@@ -349,22 +348,14 @@ def train_split(
                                     split_spec=split.spec.to_json(), history=[asdict(h) for h in result.history])
     metrics: dict[str, float] = {"val_rmse": result.best_val_rmse, "weight_decay": chosen}
     fits = [result]
-    partner: FitResult | None = None
     if blend_part is not None and train_cfg.partner_members:
         partner = _fit_partner(fit_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume,
                                on_epoch=on_epoch, on_progress=on_progress)
-        fitted = fitted_blend(result.module, partner.module, fit_part, blend_part, train_cfg.seed)
-        trained = replace(trained, partner=TrainedModel.from_fit(partner.module, split.train),
-                          blend_weight=fitted.weight)
-        metrics.update(main_val_rmse=fitted.main_rmse, partner_val_rmse=fitted.partner_rmse,
-                       val_rmse=fitted.cross_fitted_rmse, blend_weight=round(fitted.weight, 6),
-                       n_blend=blend_part.nnz)
+        trained = replace(trained, partner=TrainedModel.from_fit(partner.module, split.train))
         fits.append(partner)
-    if blend_part is not None and train_cfg.blend_svd:
-        trained, svd_metrics = _mix_in_svd(trained, result.module, partner.module if partner else None, fit_part,
-                                           blend_part, train_cfg, on_progress)
-        metrics.update(**({"pair_val_rmse": metrics["val_rmse"]} if partner else {}), n_blend=blend_part.nnz,
-                       **svd_metrics)
+    if blend_part is not None:
+        trained, blend_metrics = fit_blend_parts(trained, fit_part, blend_part, train_cfg, on_progress)
+        metrics.update(blend_metrics)
     ranker_seconds = 0.0
     if train_cfg.ranker != "none":
         started = time.perf_counter()
@@ -403,26 +394,6 @@ def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainCo
     return fit_cross_carved(train, partner_model, partner_train,
                             run_dir=run_dir / "partner" if run_dir is not None else None, resume=resume,
                             on_epoch=on_epoch, on_progress=on_progress)
-
-
-def _mix_in_svd(trained: TrainedModel, main: AutoEncoder, partner: AutoEncoder | None, fit_part: RatingMatrix,
-                blend_part: RatingMatrix, train_cfg: TrainConfig,
-                on_progress: Callable[[str], None] | None) -> tuple[TrainedModel, dict[str, float]]:
-    """``trained`` with a Soft-Impute SVD fitted on ``fit_part`` (never the blend carve) stacked in with the main
-    ensemble (and partner) by weights and an intercept fitted on ``blend_part``, and the figures: each component's
-    and the cross-fitted mix's blend-carve RMSE (a pair's own weight and cross-fitted RMSE stay as ``blend_weight``,
-    ``pair_val_rmse``)."""
-    from recae.models.svd_part import fit_svd_part
-    from recae.training.blend import mix_figures
-
-    if on_progress:
-        on_progress("Soft-Impute SVD for the blend")
-    started = time.perf_counter()
-    svd = fit_svd_part(fit_part, seed=train_cfg.seed)
-    fitted = fitted_mix(main, partner, svd, fit_part, blend_part, train_cfg.seed)
-    return replace(trained, svd=svd, mix_weights=fitted.weights), {
-        **mix_figures(fitted), "svd_seconds": round(time.perf_counter() - started, 3)}
-
 
 
 def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
