@@ -324,7 +324,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
                        "holdout": "recorded", "holdout_of": state.champion_before}
 
     modules = None
-    if not options.cold and stacked and recorded.blend is None:
+    if not options.cold and stacked and not carved:
         progress("the champion stacks a Soft-Impute SVD but has no recorded blend carve to refit its weights on: "
                  "training the challenger from scratch")
     elif not options.cold:
