@@ -17,7 +17,7 @@ import numpy as np
 from recae.baselines import BiasBaseline, Biases, GlobalMean, TruncatedSVDBaseline, fit_biases
 from recae.errors import DataError, EmptyStoreError
 from recae.metrics import (
-    DEFAULT_RELEVANCE_THRESHOLD,
+    RELEVANT_SHARE,
     ListQuality,
     RankingMetrics,
     RatingMetrics,
@@ -30,6 +30,7 @@ from recae.metrics import (
     ranking_metrics,
     rating_metrics,
     recall_at_k,
+    relevance_threshold,
     rmse,
     top_k_unseen,
 )
@@ -40,12 +41,13 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
+    from recae.serving.scorer import TrainedModel
     from recae.splits import SplitSpec
     from recae.store.ingest import RatingsFile
 
 __all__ = [
     "BASELINES",
-    "DEFAULT_RELEVANCE_THRESHOLD",
+    "RELEVANT_SHARE",
     "BaselineReport",
     "BaselineResult",
     "BiasBaseline",
@@ -71,6 +73,8 @@ __all__ = [
     "ranking_metrics",
     "rating_metrics",
     "recall_at_k",
+    "relevance_threshold",
+    "model_relevance",
     "rmse",
     "top_k_unseen",
 ]
@@ -117,11 +121,13 @@ def evaluate_scorer(
     train: RatingMatrix,
     test: RatingMatrix,
     ranking_k: int | None = None,
-    threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    threshold: float | None = None,
 ) -> BaselineResult:
-    """RMSE/MAE of a fitted ``scorer`` on ``test`` and, when ``ranking_k`` is given, its top-k quality."""
+    """RMSE/MAE of a fitted ``scorer`` on ``test`` and, when ``ranking_k`` is given, its top-k quality (held-out
+    ratings relevant from ``threshold``; None: ``relevance_threshold`` of ``train``'s top rating)."""
     ranking = None
     if ranking_k is not None:
+        threshold = relevance_threshold(train.rating_scale()[1], threshold)
         ranking = ranking_metrics(scorer, train, test, k=ranking_k, threshold=threshold)
     return BaselineResult(name=name, rating=rating_metrics(scorer, test), ranking=ranking)
 
@@ -130,9 +136,10 @@ def evaluate_baselines(
     train: RatingMatrix,
     test: RatingMatrix,
     ranking_k: int | None = None,
-    threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    threshold: float | None = None,
 ) -> BaselineReport:
-    """Fit each baseline on ``train`` and measure it on ``test`` (both on one IdIndex).
+    """Fit each baseline on ``train`` and measure it on ``test`` (both on one IdIndex); ``threshold`` as in
+    :func:`evaluate_scorer`.
 
     Raises ValueError when the two matrices do not share a shape, EmptyStoreError when ``train`` is empty.
     """
@@ -152,15 +159,18 @@ RANKING_KS = (10, 20, 100)
 
 def ranking_baselines(
     train: RatingMatrix, test: RatingMatrix, ks: tuple[int, ...] = RANKING_KS,
-    threshold: float = DEFAULT_RELEVANCE_THRESHOLD, seed: int = 0,
+    threshold: float | None = None, seed: int = 0,
 ) -> dict[str, ListQuality]:
     """The two lists a top-N model must beat, measured like it on ``test``: ``most_popular`` (films by training
-    rating count) and ``ease`` (Steck 2019 on the binary "has rated" matrix, lambda chosen on a carve of ``train``)."""
+    rating count) and ``ease`` (Steck 2019 on the binary "has rated" matrix, lambda chosen on a carve of ``train``).
+    Held-out ratings are relevant from ``threshold`` (None: as in :func:`evaluate_scorer`), in EASE's lambda search
+    too."""
     from recae.models.rankers import train_ease
 
+    threshold = relevance_threshold(train.rating_scale()[1], threshold)
     counts = np.bincount(train.csr.indices, minlength=train.shape[1]).astype(np.float32)  # (n_movies,)
     popular = RowScores(lambda rows: np.broadcast_to(counts, (rows.size, counts.size)))
-    ease, _ = train_ease(train, input="binary", seed=seed)
+    ease, _ = train_ease(train, input="binary", seed=seed, relevant_from=threshold)
     reference = RowScores(lambda rows: ease.score_rows(train.csr[rows]))
     return {name: list_quality(scorer, train, test, ks=ks, threshold=threshold)
             for name, scorer in (("most_popular", popular), ("ease", reference))}
@@ -189,7 +199,7 @@ class ModelEvaluation:
     ``RANKING_KS``; ``ranking_baselines`` the most-popular and EASE lists measured the same way. ``test_file`` is
     set when the held-out ratings came from a file (``evaluate --ratings``); ``n_skipped`` counts held-out pairs
     not scored because the model does not know the user or the film (for a split rebuilt on a changed store, also
-    the pairs the model read).
+    the pairs the model read). Every list counts a held-out rating relevant from ``relevant_from``.
     """
 
     version: str
@@ -200,6 +210,7 @@ class ModelEvaluation:
     lists: ListQuality
     baselines: BaselineReport
     ranking_baselines: dict[str, ListQuality]
+    relevant_from: float
     k: int = 10
     note: str | None = None
     n_skipped: int = 0
@@ -211,8 +222,8 @@ class ModelEvaluation:
         return self.lists.at[self.k]
 
     def to_json(self) -> dict[str, object]:
-        """Stable keys: ``rmse``, ``mae``, ``n_test``, ``n_skipped``, ``ranking``, ``baselines`` (plus identity,
-        ``test_file`` and a note)."""
+        """Stable keys: ``rmse``, ``mae``, ``n_test``, ``n_skipped``, ``relevant_from``, ``ranking``, ``baselines``
+        (plus identity, ``test_file`` and a note)."""
         baselines: dict[str, object] = {
             b.name: {"rmse": b.rating.rmse, "mae": b.rating.mae, "ranking": lists_json(_single(b.ranking))}
             for b in self.baselines.results()}
@@ -221,7 +232,8 @@ class ModelEvaluation:
         return {
             "version": self.version, "model": self.model, "split": self.split,
             "test_file": self.test_file, "rmse": self.rating.rmse, "mae": self.rating.mae, "n_test": self.n_test,
-            "n_skipped": self.n_skipped, "ranking": lists_json(self.lists), "baselines": baselines, "note": self.note,
+            "n_skipped": self.n_skipped, "relevant_from": self.relevant_from, "ranking": lists_json(self.lists),
+            "baselines": baselines, "note": self.note,
         }
 
     def rows(self) -> list[dict[str, object]]:
@@ -300,15 +312,25 @@ def _on_model(user_ids: np.ndarray, movie_ids: np.ndarray,
     return user_rows, movie_cols, known, seen
 
 
+def model_relevance(trained: TrainedModel, relevant_from: float | None = None) -> float:
+    """The rating from which a held-out rating is relevant for this model: ``relevant_from`` when given, else the
+    one it was trained with (``relevant_from`` in its train config, also used by its ranker's lambda search), else
+    ``RELEVANT_SHARE`` x the top of its training ratings (4 on 1-5 and 0.5-5, 8 on 2-10)."""
+    if relevant_from is None and trained.train_config is not None:
+        relevant_from = trained.train_config.relevant_from
+    return relevance_threshold(trained.rating_scale[1], relevant_from)
+
+
 def evaluate_model(
     engine: Engine, version: str | None = None, split: SplitSpec | None = None, k: int = 10,
-    threshold: float = DEFAULT_RELEVANCE_THRESHOLD, models_dir: Path | None = None, held: RatingsFile | None = None,
+    relevant_from: float | None = None, models_dir: Path | None = None, held: RatingsFile | None = None,
 ) -> ModelEvaluation:
     """Score a published model (default: the champion) on the held-out ratings of the split it was trained on.
 
     The split is rebuilt from the store by its stored name and seed; ``split`` overrides it, ``held`` (a ratings
     file, see ``file_for_model``) replaces it. Baselines are fitted on exactly the model's training ratings and
-    measured on the same held-out ratings.
+    measured on the same held-out ratings. Held-out ratings are relevant from ``relevant_from`` (None: the model's
+    own threshold, see :func:`model_relevance`), for the model and every baseline alike.
     """
     from recae.serving.registry import get_version, load_champion, load_version
     from recae.splits import SplitSpec, split_from_store
@@ -336,10 +358,12 @@ def evaluate_model(
             raise EmptyStoreError(f"split {spec.name!r} leaves no held-out ratings this model has not seen")
     rating = rating_metrics(trained, test)
     ks = tuple(sorted({k, *RANKING_KS}))
+    threshold = model_relevance(trained, relevant_from)
     lists = list_quality(trained, trained.inputs, test, ks=ks, threshold=threshold)
     baselines = evaluate_baselines(trained.inputs, test, ranking_k=k, threshold=threshold)
     seed = trained.train_config.seed if trained.train_config is not None else 0
     others = ranking_baselines(trained.inputs, test, ks=ks, threshold=threshold, seed=seed)
     return ModelEvaluation(version=info.version, model=info.model, split=spec.name, n_test=test.nnz,
-                           rating=rating, lists=lists, baselines=baselines, ranking_baselines=others, k=k, note=note,
+                           rating=rating, lists=lists, baselines=baselines, ranking_baselines=others,
+                           relevant_from=threshold, k=k, note=note,
                            n_skipped=dropped, test_file=str(held.path) if held is not None else None)

@@ -18,8 +18,11 @@ import numpy as np
 if TYPE_CHECKING:
     from recae.store.matrix import RatingMatrix
 
-#: Held-out ratings at or above this value count as relevant (liked) in ranking metrics.
-DEFAULT_RELEVANCE_THRESHOLD = 4.0
+#: A held-out rating counts as relevant (liked) in ranking metrics from this share of the top rating: 0.8 x 5 = 4
+#: stars on MovieLens' 1-5 and 0.5-5 scales alike, 8 on 2-10, 80 on 1-100. The top alone sets it, because a scale's
+#: bottom says nothing of where liking starts (0.5-5 and 1-5 both start at 4), and a multiple of the ratings moves
+#: the threshold with them, so the same tastes on another scale count the same films relevant.
+RELEVANT_SHARE = 0.8
 
 
 @runtime_checkable
@@ -203,12 +206,26 @@ class ListQuality:
     list_k: int
 
 
+def relevance_threshold(rating_max: float, relevant_from: float | None = None) -> float:
+    """The rating from which a held-out rating is relevant: ``relevant_from`` when set (> 0), else
+    ``RELEVANT_SHARE * rating_max`` (``rating_max``: the top of the scale, the highest training rating).
+
+    Raises ValueError for a top that is not positive, where no share of it separates liked from disliked.
+    """
+    if relevant_from is not None and relevant_from > 0:
+        return float(relevant_from)
+    if not math.isfinite(rating_max) or rating_max <= 0:
+        raise ValueError(f"the top rating is {rating_max:g}; relevance needs a positive scale (set relevant_from)")
+    return RELEVANT_SHARE * float(rating_max)
+
+
 def ranking_metrics(
     scorer: Scorer,
     train: RatingMatrix,
     test: RatingMatrix,
     k: int = 10,
-    threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    *,
+    threshold: float,
     batch_users: int = 1024,
 ) -> RankingMetrics:
     """Mean precision@k, recall@k and NDCG@k over test users with a relevant held-out film (see list_quality)."""
@@ -220,7 +237,8 @@ def list_quality(
     train: RatingMatrix,
     test: RatingMatrix,
     ks: tuple[int, ...] = (10, 20, 100),
-    threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    *,
+    threshold: float,
     batch_users: int = 1024,
     list_k: int = 10,
 ) -> ListQuality:

@@ -178,7 +178,7 @@ def test_two_users_by_hand() -> None:
         precision=1 / 3, recall=(1 / 2 + 1) / 2, ndcg=(ndcg_user0 + ndcg_user1) / 2, k=3, n_users=2, n_skipped=1
     )
     for batch_users in (1, 2, 1024):
-        result = ranking_metrics(TableScorer(table), train, test, k=3, batch_users=batch_users)
+        result = ranking_metrics(TableScorer(table), train, test, k=3, threshold=4.0, batch_users=batch_users)
         assert result.n_users == expected.n_users and result.n_skipped == expected.n_skipped
         assert result.k == 3
         assert result.precision == pytest.approx(expected.precision)
@@ -197,7 +197,7 @@ def test_training_films_scored_highest_are_still_excluded() -> None:
     table = np.where(train_mask, 100.0, np.where(test_mask & (test_values >= 4), 50.0, rng.random((n_users, n_movies))))
     train = matrix([(r, c, 3.0) for r, c in zip(*np.nonzero(train_mask), strict=True)], n_users, n_movies)
     test = matrix([(r, c, test_values[r, c]) for r, c in zip(*np.nonzero(test_mask), strict=True)], n_users, n_movies)
-    result = ranking_metrics(TableScorer(table), train, test, k=k)
+    result = ranking_metrics(TableScorer(table), train, test, k=k, threshold=4.0)
     assert result.n_users > 0
     assert result.ndcg == pytest.approx(1.0)
     n_rel = ((test_values >= 4) & test_mask).sum(axis=1)
@@ -209,7 +209,7 @@ def test_training_films_scored_highest_are_still_excluded() -> None:
 def test_k_beyond_the_catalogue_counts_missing_places_as_misses() -> None:
     train = matrix([(0, 0, 3.0)], n_users=1, n_movies=3)
     test = matrix([(0, 1, 5.0)], n_users=1, n_movies=3)
-    result = ranking_metrics(TableScorer(np.array([[0.0, 2.0, 1.0]])), train, test, k=5)
+    result = ranking_metrics(TableScorer(np.array([[0.0, 2.0, 1.0]])), train, test, k=5, threshold=4.0)
     assert result.precision == pytest.approx(1 / 5)
     assert result.recall == pytest.approx(1.0)
     assert result.ndcg == pytest.approx(1.0)
@@ -218,11 +218,11 @@ def test_k_beyond_the_catalogue_counts_missing_places_as_misses() -> None:
 def test_no_relevant_user_gives_nan_and_counts_the_skipped() -> None:
     train = matrix([(0, 0, 3.0)], n_users=2, n_movies=3)
     test = matrix([(0, 1, 2.0), (1, 2, 3.0)], n_users=2, n_movies=3)
-    result = ranking_metrics(TableScorer(np.zeros((2, 3))), train, test, k=2)
+    result = ranking_metrics(TableScorer(np.zeros((2, 3))), train, test, k=2, threshold=4.0)
     assert result.n_users == 0 and result.n_skipped == 2
     assert math.isnan(result.precision) and math.isnan(result.ndcg)
 
 
 def test_mismatched_matrices_are_refused() -> None:
     with pytest.raises(ValueError, match="share one IdIndex"):
-        ranking_metrics(TableScorer(np.zeros((2, 3))), matrix([], 2, 3), matrix([], 2, 4))
+        ranking_metrics(TableScorer(np.zeros((2, 3))), matrix([], 2, 3), matrix([], 2, 4), threshold=4.0)

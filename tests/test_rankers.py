@@ -185,13 +185,13 @@ def test_list_quality_agrees_with_ranking_metrics_and_measures_the_lists() -> No
     train, test = ratings.subset(~mask), ratings.subset(mask)
     counts = np.bincount(train.csr.indices, minlength=train.shape[1]).astype(np.float32)
     popular = RowScores(lambda rows: np.broadcast_to(counts, (rows.size, counts.size)))
-    quality = list_quality(popular, train, test, ks=(5, 10), list_k=5)
-    single = ranking_metrics(popular, train, test, k=10)
+    quality = list_quality(popular, train, test, ks=(5, 10), threshold=4.0, list_k=5)
+    single = ranking_metrics(popular, train, test, k=10, threshold=4.0)
     assert quality.at[10] == single
     # the most-popular list shows few distinct films, all of them popular
     ranker = fit_ease(train.csr, lam=5.0)
     personal = list_quality(RowScores(lambda rows: ranker.score_rows(train.csr[rows])), train, test, ks=(10,),
-                            list_k=5)
+                            threshold=4.0, list_k=5)
     assert personal.coverage > quality.coverage
     assert personal.mean_popularity < quality.mean_popularity
     assert personal.at[10].ndcg > quality.at[10].ndcg

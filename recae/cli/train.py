@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import click
 
 from recae.cli.app import Context, cli, echo_data, echo_info, pass_context
 from recae.cli.options import (
+    F,
     CountOrShare,
     LazyChoice,
     format_option,
@@ -22,6 +24,21 @@ from recae.models.names import MODEL_NAMES, ORIENTATIONS, PRETRAINS
 from recae.settings import DEVICES
 
 
+def _positive_rating(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A finite rating above 0, or None when not given (click's FloatRange lets nan and inf through)."""
+    if value is not None and not 0 < value < float("inf"):
+        raise click.BadParameter(f"{value:g} is not a rating above 0", ctx=ctx, param=param)
+    return value
+
+
+def relevant_from_option(default: str) -> Callable[[F], F]:
+    """``--relevant-from RATING``: where liking starts, for ranking figures and the ranker's lambda search."""
+    return click.option("--relevant-from", "relevant_from", type=float, metavar="RATING", callback=_positive_rating,
+                        help=f"Held-out ratings from this one on count as liked (relevant) where lists are scored: "
+                             f"precision/recall/NDCG and the ranker's lambda search (default: {default}0.8 x the top "
+                             f"rating: 4 on 1-5 and 0.5-5, 8 on 2-10).")
+
+
 @cli.command()
 @version_option()
 @click.option("--split", "split_name", help="Score on another split instead of the model's own (e.g. u2).")
@@ -31,15 +48,18 @@ from recae.settings import DEVICES
               help="Score on this CSV user_id,movie_id,rating (the ingest --ratings format) of ratings the model "
                    "never read, instead of its split's held-out part.")
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Ranking cut-off.")
+@relevant_from_option("the model's, which it was trained with, else ")
 @format_option
 @pass_context
 def evaluate(obj: Context, version: str | None, split_name: str | None, test_fraction: float, seed: int,
-             ratings_file: str | None, k: int, fmt: str) -> None:
+             ratings_file: str | None, k: int, relevant_from: float | None, fmt: str) -> None:
     """RMSE and MAE on the held-out ratings of the model's own split, beside the baselines.
 
     Predictions are clipped to the rating scale. Ranking quality (precision, recall, NDCG at k) counts held-out
-    ratings >= 4 as relevant and never ranks films the model read in training. Baselines (global mean,
-    user+item biases, truncated SVD) are fitted on the same training ratings.
+    ratings from --relevant-from on as relevant (default: the model's own threshold, which is 0.8 x its top
+    rating unless trained with --relevant-from: 4 on 1-5 and 0.5-5, 8 on 2-10) and never ranks films the model
+    read in training. Baselines (global mean, user+item biases, truncated SVD) are fitted on the same training
+    ratings.
 
     With --ratings FILE the held-out ratings are the file's (they need not be in the store: last month's ratings
     kept aside, a published test set); pairs whose user or film the model does not know are skipped and counted
@@ -50,6 +70,7 @@ def evaluate(obj: Context, version: str | None, split_name: str | None, test_fra
       recae evaluate
       recae evaluate --model 20261123-101500-stacked --format json
       recae evaluate --ratings last-month.csv --format json
+      recae evaluate --relevant-from 4.5
     """
     from recae.cli.output import render
     from recae.evaluate import evaluate_model
@@ -62,14 +83,16 @@ def evaluate(obj: Context, version: str | None, split_name: str | None, test_fra
 
         held = read_ratings_file(ratings_file)
     spec = SplitSpec(split_name, test_fraction, seed) if split_name else None
-    report = evaluate_model(obj.engine(), version, spec, k=k, models_dir=obj.paths().models_dir, held=held)
+    report = evaluate_model(obj.engine(), version, spec, k=k, relevant_from=relevant_from,
+                            models_dir=obj.paths().models_dir, held=held)
     if report.note:
         echo_info(f"note: {report.note}")
     if fmt == "json":
         echo_data(render(report.to_json(), fmt))
     else:
         source = f"{held.label}" if held is not None else f"split {report.split}"
-        echo_data(render(report.rows(), fmt, title=f"Held-out ratings of {source} (n={report.n_test})"))
+        echo_data(render(report.rows(), fmt, title=f"Held-out ratings of {source} (n={report.n_test}, "
+                                                   f"relevant from {report.relevant_from:g})"))
 
 
 @cli.command()
@@ -150,6 +173,7 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
                    "carves of the training part, then train the best; the search is kept with the model.")
 @click.option("--budget", type=click.FloatRange(0.0, min_open=True), metavar="MINUTES",
               help="With --tune: minutes for the search and the final training together (default 10).")
+@relevant_from_option("the config's relevant_from, else ")
 @summary_format_option
 @pass_context
 def train_command(obj: Context, model_name: str | None, pretrain: str | None, orientation: str | None,
@@ -157,7 +181,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
                   test_ratings: str | None,
                   epochs: int | None, ensemble: int | None,
                   config_file: str | None, deterministic: bool | None, device: str | None, resume: bool,
-                  tune: bool, budget: float | None, fmt: str) -> None:
+                  tune: bool, budget: float | None, relevant_from: float | None, fmt: str) -> None:
     """Train an autoencoder on the store's ratings, evaluate it on the split's test part, and publish it.
 
     Validation for early stopping is carved from the training part, never the test part. The new version
@@ -176,6 +200,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
       recae train --tune --budget 20                # settings searched on validation carves, 20 minutes in all
     """
     from recae.cli.output import render
+    from recae.evaluate import model_relevance
     from recae.serving.publish import train_and_publish
     from recae.splits import SplitSpec
     from recae.training.config import resolve
@@ -193,7 +218,8 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
                                "train the chosen settings under torchrun")
     model_cfg, train_cfg = resolve(config_file, {
         "name": model_name, "orientation": orientation, "pretrain": pretrain, "seed": seed, "init_seed": init_seed,
-        "epochs": epochs, "ensemble": ensemble, "deterministic": deterministic, "device": device})
+        "epochs": epochs, "ensemble": ensemble, "deterministic": deterministic, "device": device,
+        "relevant_from": relevant_from})
     if test_ratings is not None:
         from recae.store.ingest import read_ratings_file
 
@@ -223,7 +249,8 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
         "version": published.version, "model": published.model, "orientation": published.orientation,
         "split": published.split, "best_epoch": metrics.get("best_epoch"), "val_rmse": metrics.get("val_rmse"),
         "test_rmse": metrics.get("test_rmse"), "test_mae": metrics.get("test_mae"),
-        "test_ndcg@10": metrics.get("test_ndcg@10"), "ranker_lambda": metrics.get("ranker_lambda"),
+        "test_ndcg@10": metrics.get("test_ndcg@10"), "relevant_from": model_relevance(result.trained),
+        "ranker_lambda": metrics.get("ranker_lambda"),
         "seconds": metrics.get("seconds"), "champion": published.is_champion,
     }
     if result.trained.svd is not None:  # blend_svd: the mix's weights, intercept, the SVD's own blend-carve RMSE

@@ -18,7 +18,8 @@ scores cost O(n_rated x n_items). At ML-25M shape (59k films) a full B is 14 GB,
 ratings) scores one below the user's lowest covered score, so it ranks after every covered film.
 
 Choosing lambda: :func:`choose_ease_lambda` fits EASE on a carve of the training ratings and keeps the lambda with
-the best NDCG@10 on the carve's held-out ratings (relevant = rated >= 4), walking a doubling grid from a start
+the best NDCG@10 on the carve's held-out ratings (relevant = rated >= ``relevant_from``: 0.8 x the top rating, 4
+on 1-5, unless set; ``recae.metrics.relevance_threshold``), walking a doubling grid from a start
 that scales with the data. The test ratings are never read.
 """
 
@@ -252,8 +253,8 @@ def best_trial(trials: list[LambdaTrial]) -> LambdaTrial:
 
 
 def train_ease(train: RatingMatrix, *, lam: float = 0.0, input: str = "value", max_items: int = DEFAULT_MAX_ITEMS,
-               val_fraction: float = 0.1, seed: int = 0,
-               on_trial: Callable[[LambdaTrial], None] | None = None) -> tuple[EaseRanker, dict[str, Any]]:
+               val_fraction: float = 0.1, seed: int = 0, on_trial: Callable[[LambdaTrial], None] | None = None,
+               relevant_from: float | None = None) -> tuple[EaseRanker, dict[str, Any]]:
     """EASE on every training rating, with lambda chosen on a validation carve of them unless ``lam`` > 0.
 
     See :func:`search_ease_lambda` for the choice. Returns the ranker refitted on all of ``train`` and the search
@@ -262,25 +263,27 @@ def train_ease(train: RatingMatrix, *, lam: float = 0.0, input: str = "value", m
     search: dict[str, Any] = {"input": input, "max_items": max_items}
     if lam <= 0:
         search = search_ease_lambda(train, input=input, max_items=max_items, val_fraction=val_fraction, seed=seed,
-                                    on_trial=on_trial)
+                                    on_trial=on_trial, relevant_from=relevant_from)
         lam = search["lambda"]
     search["lambda"] = lam
     return fit_ease(train.csr, lam, input=input, rating_max=train.rating_scale()[1], max_items=max_items), search
 
 
 def search_ease_lambda(train: RatingMatrix, *, input: str = "value", max_items: int = DEFAULT_MAX_ITEMS,
-                       val_fraction: float = 0.1, seed: int = 0,
-                       on_trial: Callable[[LambdaTrial], None] | None = None) -> dict[str, Any]:
+                       val_fraction: float = 0.1, seed: int = 0, on_trial: Callable[[LambdaTrial], None] | None = None,
+                       relevant_from: float | None = None) -> dict[str, Any]:
     """EASE's lambda chosen on a validation carve of ``train``: the search record, ``lambda`` the winner.
 
     The carve (``val_fraction`` of ``train``, seed ``seed``) is split off, EASE is fitted on the rest for each
-    lambda tried, and NDCG@10 on the carve decides (held-out ratings >= 4 relevant, as ``recae evaluate`` counts).
+    lambda tried, and NDCG@10 on the carve decides (held-out ratings >= ``relevant_from`` relevant, by default 0.8 x
+    ``train``'s top rating, as ``recae evaluate`` counts; the record keeps the threshold used).
     ``ndcg@10`` is the winner's figure, so searches with other inputs compare on the same carve.
     """
-    from recae.metrics import RowScores, ranking_metrics
+    from recae.metrics import RowScores, ranking_metrics, relevance_threshold
     from recae.splits import holdout_validation
 
     rating_max = train.rating_scale()[1]
+    threshold = relevance_threshold(rating_max, relevant_from)
     fit, val = holdout_validation(train, val_fraction, seed)
     # one Gram matrix for every lambda tried (only the inverse changes), when a second copy of it is cheap
     fit_items = covered_items(fit.csr, max_items)
@@ -292,7 +295,7 @@ def search_ease_lambda(train: RatingMatrix, *, input: str = "value", max_items: 
         ranker = fit_ease(fit.csr, candidate, input=input, rating_max=rating_max, max_items=max_items,
                           gram=fit_gram)
         carve_scores = RowScores(lambda rows: ranker.score_rows(fit.csr[rows]))
-        ndcg = ranking_metrics(carve_scores, fit, val, k=10).ndcg
+        ndcg = ranking_metrics(carve_scores, fit, val, k=10, threshold=threshold).ndcg
         trial = LambdaTrial(candidate, -math.inf if math.isnan(ndcg) else ndcg)
         if on_trial is not None:
             on_trial(trial)
@@ -304,4 +307,4 @@ def search_ease_lambda(train: RatingMatrix, *, input: str = "value", max_items: 
     log.info("EASE lambda %g chosen on validation (NDCG@10 %.4f, %s input)", best.lam, best.ndcg, input)
     return {"input": input, "max_items": max_items, "val_fraction": val_fraction, "seed": seed, "metric": "ndcg@10",
             "trials": [{"lambda": t.lam, "ndcg@10": round(t.ndcg, 6)} for t in trials], "lambda": best.lam,
-            "ndcg@10": round(best.ndcg, 6)}
+            "ndcg@10": round(best.ndcg, 6), "relevant_from": threshold}

@@ -101,7 +101,8 @@ class RetrainOptions:
 @dataclass(frozen=True)
 class Comparison:
     """Champion and challenger scored on the same held-out ratings: ``rmse = sqrt(mean((clip(rhat) - r)^2))`` and
-    the NDCG@10 of each one's served ranking (held-out ratings >= 4 relevant; NaN when no user has one)."""
+    the NDCG@10 of each one's served ranking (held-out ratings relevant from the challenger's threshold,
+    ``recae.evaluate.model_relevance``, for both; NaN when no user has one)."""
 
     champion_rmse: float
     challenger_rmse: float
@@ -127,7 +128,7 @@ class Comparison:
 def compare(champion: TrainedModel, challenger: TrainedModel, holdout: RatingMatrix) -> Comparison:
     """Both models' RMSE on the holdout ratings whose user and movie the champion knows (``holdout`` is on the
     challenger's index); the champion never read any of them."""
-    from recae.evaluate import held_out_for_model
+    from recae.evaluate import held_out_for_model, model_relevance
     from recae.metrics import ranking_metrics, rating_metrics
 
     rows, cols, _ = holdout.coo()
@@ -141,8 +142,9 @@ def compare(champion: TrainedModel, challenger: TrainedModel, holdout: RatingMat
         raise TrainingError(f"{dropped} holdout ratings were read by the champion; the holdout record is inconsistent")
     champion_rmse = rating_metrics(champion, on_champion).rmse
     challenger_rmse = rating_metrics(challenger, common).rmse
-    champion_ndcg = ranking_metrics(champion, champion.inputs, on_champion, k=10).ndcg
-    challenger_ndcg = ranking_metrics(challenger, challenger.inputs, common, k=10).ndcg
+    threshold = model_relevance(challenger)  # one threshold for both lists: the one the challenger chose lambda by
+    champion_ndcg = ranking_metrics(champion, champion.inputs, on_champion, k=10, threshold=threshold).ndcg
+    challenger_ndcg = ranking_metrics(challenger, challenger.inputs, common, k=10, threshold=threshold).ndcg
     return Comparison(float(champion_rmse), float(challenger_rmse), common.nnz, holdout.nnz, float(champion_ndcg),
                       float(challenger_ndcg))
 

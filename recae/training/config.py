@@ -70,6 +70,9 @@ class TrainConfig:
     ranker_input: str = "value"  # EASE reads r / r_max ("value") or 1 ("binary") per rating; value won on validation
     ranker_max_items: int = 20_000  # EASE covers at most this many (most-rated) films: 1.6 GB of float32 weights
     ranker_val_fraction: float = 0.1  # share of the training ratings carved to choose the ranker's lambda
+    # a held-out rating is relevant (liked) from this rating on, in the ranker's lambda search and in the model's
+    # ranking metrics (0: 0.8 x the top training rating, recae.metrics.relevance_threshold: 4 on 1-5 and 0.5-5)
+    relevant_from: float = 0.0
     threads: int = 0  # CPU threads (0: auto, one below AUTO_ONE_THREAD_BELOW ratings, else torch's default)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
 
@@ -116,6 +119,8 @@ class TrainConfig:
             raise TrainingError(f"unknown ranker_input {self.ranker_input!r}; choose one of {', '.join(RANKER_INPUTS)}")
         if self.ranker_lambda < 0 or self.ranker_max_items < 1 or not 0.0 < self.ranker_val_fraction < 1.0:
             raise TrainingError("ranker_lambda must be >= 0, ranker_max_items positive, ranker_val_fraction in (0, 1)")
+        if not 0.0 <= self.relevant_from < float("inf"):
+            raise TrainingError(f"relevant_from must be a rating >= 0 (0: from the scale), got {self.relevant_from}")
 
     def resolved(self, n_ratings: int) -> TrainConfig:
         """The config with ``batch_ratings`` fixed: auto means ~25 steps per epoch, at least 8192 ratings each.

@@ -381,7 +381,7 @@ def train_split(
 def fit_ranker(train: RatingMatrix, cfg: TrainConfig) -> tuple[EaseRanker, dict[str, Any]]:
     """The top-N ranker of ``cfg`` on the training ratings; its settings chosen on a carve of them (never test)."""
     return train_ease(train, lam=cfg.ranker_lambda, input=cfg.ranker_input, max_items=cfg.ranker_max_items,
-                      val_fraction=cfg.ranker_val_fraction, seed=cfg.seed)
+                      val_fraction=cfg.ranker_val_fraction, seed=cfg.seed, relevant_from=cfg.relevant_from)
 
 
 def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainConfig, *, run_dir: Path | None,
@@ -398,7 +398,9 @@ def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainCo
 
 def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
     """``test_rmse = sqrt(mean((rhat - r)^2))``, ``test_mae = mean(|rhat - r|)`` over the test ratings, and the
-    served ranking's ``test_precision@10``, ``test_recall@10``, ``test_ndcg@10`` (held-out ratings >= 4 relevant)."""
+    served ranking's ``test_precision@10``, ``test_recall@10``, ``test_ndcg@10`` (held-out ratings relevant from
+    ``relevant_from``, see ``recae.evaluate.model_relevance``)."""
+    from recae.evaluate import model_relevance
     from recae.metrics import ranking_metrics
 
     if test.nnz == 0:
@@ -407,7 +409,7 @@ def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
     predicted = trained.predict(rows, cols).astype(np.float64)
     error = predicted - values
     out = {"test_rmse": float(np.sqrt(np.mean(error**2))), "test_mae": float(np.mean(np.abs(error)))}
-    ranking = ranking_metrics(trained, trained.inputs, test, k=10)
+    ranking = ranking_metrics(trained, trained.inputs, test, k=10, threshold=model_relevance(trained))
     if ranking.n_users:
         out.update({"test_precision@10": ranking.precision, "test_recall@10": ranking.recall,
                     "test_ndcg@10": ranking.ndcg})

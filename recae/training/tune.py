@@ -327,7 +327,8 @@ class _Search:
                 self.on_step(f"tuning: ranker ({name} input)", self.elapsed(),
                              self.best().val_rmse if self.trials else None)
             search = search_ease_lambda(train, input=name, max_items=cfg.ranker_max_items,
-                                        val_fraction=cfg.ranker_val_fraction, seed=cfg.seed)
+                                        val_fraction=cfg.ranker_val_fraction, seed=cfg.seed,
+                                        relevant_from=cfg.relevant_from)
             seconds = time.perf_counter() - started
             self.ranker_seconds += seconds
             self.ranker_searches.append({**search, "seconds": round(seconds, 3)})
