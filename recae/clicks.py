@@ -3,8 +3,9 @@
 Why: Mult-VAE (``recae.models.multvae``) learns from *which* films a user liked, not from the stars, and is judged by
 how well it ranks films it never saw for users it never trained on ("strong generalisation"):
 
-1. **Binarise.** A rating counts as a click when it is above ``threshold`` (3.5: four stars and up, the paper's
-   ``rating > 3.5``). Users with fewer than ``min_user_items`` clicks (5) are dropped, as in the paper.
+1. **Binarise.** A rating counts as a click from ``recae.metrics.relevance_threshold`` of the top rating on (0.8 x
+   the top: four stars and up on 1-5 and 0.5-5, the paper's ``rating > 3.5``; 8 and up on 2-10), or when it is
+   above a ``threshold`` given. Users with fewer than ``min_user_items`` clicks (5) are dropped, as in the paper.
 2. **Split users.** A seeded permutation of the remaining users gives ``n_heldout`` validation users,
    ``n_heldout`` test users and the rest for training. Training users are used whole.
 3. **Items** are the films clicked by at least one training user; held-out users' other clicks are dropped
@@ -33,10 +34,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from recae.errors import TrainingError
-from recae.metrics import ndcg_at_k, top_k_unseen
+from recae.metrics import ndcg_at_k, relevance_threshold, top_k_unseen
 from recae.store.matrix import RatingMatrix
 
-DEFAULT_THRESHOLD = 3.5  # keep ratings strictly above this (MovieLens: 4 and 5 stars)
+DEFAULT_THRESHOLD: float | None = None  # keep ratings strictly above this; None: from 0.8 x the top rating on
 DEFAULT_HIDDEN_FRACTION = 0.2  # share of each held-out user's clicks hidden and ranked
 DEFAULT_MIN_USER_ITEMS = 5  # users with fewer clicks are dropped (the paper's min_uc)
 DEFAULT_HELDOUT = 0.1  # validation users, and again test users, as a share of eligible users
@@ -49,10 +50,12 @@ ScoreFn = Callable[[sp.csr_matrix], np.ndarray]
 # --- data ------------------------------------------------------------------------------------------------------
 
 
-def binarize(matrix: RatingMatrix, threshold: float = DEFAULT_THRESHOLD) -> sp.csr_matrix:
-    """(n_users, n_movies) float32 CSR of ones where the rating is above ``threshold``; same IdIndex. O(nnz)."""
+def binarize(matrix: RatingMatrix, threshold: float | None = DEFAULT_THRESHOLD) -> sp.csr_matrix:
+    """(n_users, n_movies) float32 CSR of ones where the rating is above ``threshold`` (None: at or above
+    :func:`liked_from` of the ratings, so that the same tastes on another scale give the same clicks); same IdIndex.
+    O(nnz)."""
     csr = matrix.csr
-    keep = csr.data > threshold
+    keep = csr.data > threshold if threshold is not None else csr.data >= liked_from(matrix)
     kept_before = np.zeros(csr.nnz + 1, dtype=np.int64)
     np.cumsum(keep, out=kept_before[1:])
     out = sp.csr_matrix(
@@ -60,6 +63,12 @@ def binarize(matrix: RatingMatrix, threshold: float = DEFAULT_THRESHOLD) -> sp.c
     )
     out.has_sorted_indices = True
     return out
+
+
+def liked_from(matrix: RatingMatrix) -> float:
+    """The rating from which a film counts as liked by default: ``relevance_threshold`` of the top rating (the
+    relevance ``recae evaluate`` uses); an empty matrix has no top and likes nothing."""
+    return relevance_threshold(float(matrix.csr.data.max())) if matrix.nnz else math.inf
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,7 +199,7 @@ class ImplicitSplit:
     train_user_ids: np.ndarray  # (n_train,)
     validation_user_ids: np.ndarray  # (n_val,)
     test_user_ids: np.ndarray  # (n_test,)
-    spec: dict[str, Any]  # threshold, n_heldout, hidden_fraction, seed, min_user_items, data fingerprint
+    spec: dict[str, Any]  # threshold or liked_from, n_heldout, hidden_fraction, seed, min_user_items, fingerprint
 
     @property
     def train(self) -> sp.csr_matrix:
@@ -212,7 +221,7 @@ class ImplicitSplit:
 def implicit_split(
     matrix: RatingMatrix,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = DEFAULT_THRESHOLD,
     heldout: float = DEFAULT_HELDOUT,
     hidden_fraction: float = DEFAULT_HIDDEN_FRACTION,
     seed: int = 0,
@@ -225,7 +234,8 @@ def implicit_split(
     positions = split_heldout_users(clicks, n_heldout, hidden_fraction=hidden_fraction, seed=seed,
                                     min_user_items=min_user_items)
     user_ids = matrix.index.user_ids
-    spec = {"threshold": threshold, "heldout_users": n_heldout, "hidden_fraction": hidden_fraction, "seed": seed,
+    liked = {"threshold": threshold} if threshold is not None else {"liked_from": liked_from(matrix)}
+    spec = {**liked, "heldout_users": n_heldout, "hidden_fraction": hidden_fraction, "seed": seed,
             "min_user_items": min_user_items, "data_fingerprint": matrix.fingerprint()}
     return ImplicitSplit(
         positions=positions, movie_ids=matrix.index.movie_ids[positions.items],

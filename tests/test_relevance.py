@@ -144,3 +144,20 @@ def test_relevant_from_is_set_on_evaluate_and_kept_with_a_model_trained_with_it(
             code, _, err = run(doubled.home, command, "--relevant-from", bad)
             assert code == 2 and "not a rating above 0" in err and "Traceback" not in err, (command, bad, err)
     assert run(doubled.home, "models", "use", doubled.summary["version"])[0] == 0  # the module's champion back
+
+
+def test_mult_vae_clicks_follow_the_scale_too() -> None:
+    from recae.clicks import binarize, implicit_split
+    from recae.store.matrix import RatingMatrix
+
+    planted = planted_low_rank(60, 30, seed=3).observed
+    rows, cols, values = planted.coo()
+    half_stars = np.clip(np.round(values * 2) / 2, 0.5, 5.0)
+    on = {factor: RatingMatrix.from_positions(rows, cols, half_stars * factor, planted.timestamps, planted.index)
+          for factor in (1, 2)}
+    stars = binarize(on[1])
+    assert np.array_equal(stars.toarray(), binarize(on[1], 3.5).toarray())  # the paper's "rating > 3.5" on 5 stars
+    assert np.array_equal(stars.toarray(), binarize(on[2]).toarray())  # the same clicks on the doubled scale
+    assert np.array_equal(binarize(on[2], 3.5).toarray(), (on[2].csr.toarray() > 3.5))  # a threshold given is kept
+    split = implicit_split(on[2], heldout=0.1, min_user_items=3)
+    assert split.spec["liked_from"] == 8.0 and "threshold" not in split.spec

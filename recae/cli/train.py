@@ -266,8 +266,9 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
 @cli.command("vae")
 @click.option("--heldout-users", "heldout", type=CountOrShare(), default="0.1", show_default=True,
               help="Validation users, and again test users, never trained on: a count (600) or a share of users.")
-@click.option("--threshold", type=float, default=3.5, show_default=True,
-              help="A rating above this counts as a liked film (3.5: four stars and up).")
+@click.option("--threshold", type=float,
+              help="A rating above this counts as a liked film (default: from 0.8 x the top rating on, as evaluate "
+                   "counts relevance: four stars and up on 1-5 and 0.5-5, the paper's > 3.5).")
 @click.option("--hide-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.2,
               show_default=True, help="Share of each held-out user's liked films hidden and ranked (the rest read).")
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True,
@@ -288,12 +289,12 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
               help="New folder for the model (default: HOME/models/vae/<version>).")
 @format_option
 @pass_context
-def vae_command(obj: Context, heldout: float, threshold: float, hide_fraction: float, epochs: int, patience: int,
+def vae_command(obj: Context, heldout: float, threshold: float | None, hide_fraction: float, epochs: int, patience: int,
                 seed: int, batch_users: int, beta_cap: float, anneal_steps: int, hidden: int, latent: int,
                 device: str, out: str | None, fmt: str) -> None:
     """Train Mult-VAE (Liang et al. 2018) for top-N on the liked films in the store; compare with popularity.
 
-    Ratings above --threshold become clicks. Users are split into training, validation and test users; for
+    Liked films become clicks (see --threshold). Users are split into training, validation and test users; for
     each held-out user the model reads their clicks but a hidden --hide-fraction (20%) and ranks every other
     film. Prints Recall@20, Recall@100 (hits / min(k, hidden)), NDCG@20 and NDCG@100 on the test users for
     Mult-VAE and for ranking by popularity, and saves the model (safetensors + meta.json). Progress: stderr.

@@ -187,7 +187,7 @@ class MultVAERun:
 def train_and_evaluate(
     matrix: RatingMatrix,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = DEFAULT_THRESHOLD,
     heldout: float = DEFAULT_HELDOUT,
     hidden_fraction: float = DEFAULT_HIDDEN_FRACTION,
     min_user_items: int = DEFAULT_MIN_USER_ITEMS,
