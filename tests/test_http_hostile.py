@@ -6,49 +6,23 @@ nothing; a real `recae serve` process where it does (the port it cannot bind, th
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
-
-import httpx
 import pytest
 
 from recae.serving.registry import champion_of
 from recae.store.db import open_store
-from tests.serving import NAMED, ROOT, Home, build_home
+from tests.serving import NAMED, ROOT, Home, InProcess, build_home
 
 pytest.importorskip("fastapi", reason="recae serve needs the serve extra: pip install -e '.[serve]'")
-from recae.serving.http import create_app  # noqa: E402 - FastAPI comes with the serve extra
 
 pytestmark = pytest.mark.slow  # a trained home: ~10 s for the module
 
 FOLD_IN = "/v1/recommendations"
-
-
-class Client:
-    """The app called in-process through ASGI, one request at a time (an unexpected error is a 500, as served)."""
-
-    def __init__(self, url: str) -> None:
-        self.app = create_app(url)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
-                return await http.request(method, path, **kwargs)
-
-        return asyncio.run(send())
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("POST", path, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +31,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
 
 
 @pytest.fixture(scope="module")
-def client(home: Home) -> Client:
-    return Client(home.url)
+def client(home: Home) -> InProcess:
+    return InProcess(home.url)
 
 
 def assert_error(response, status: int, kind: str) -> str:  # type: ignore[no-untyped-def]
@@ -94,7 +68,7 @@ def damaged_copy(home: Home, tmp_path: Path, damage: str) -> str:
 # --- row 3: an unknown genre is bad input; any model that cannot be loaded is 503 --------------------------------
 
 
-def test_an_unknown_genre_is_bad_input_with_the_genres_named(client: Client) -> None:
+def test_an_unknown_genre_is_bad_input_with_the_genres_named(client: InProcess) -> None:
     for response in (client.get("/v1/users/7/recommendations", params={"genre": "Nope"}),
                      client.post(FOLD_IN, json={"ratings": {"1": 4}, "genre": "Nope"})):
         message = assert_error(response, 422, "bad_input")
@@ -105,7 +79,7 @@ def test_an_unknown_genre_is_bad_input_with_the_genres_named(client: Client) -> 
                                     "truncated weights", "no weights"])
 def test_a_champion_that_cannot_be_loaded_is_503_and_not_ready(home: Home, tmp_path: Path, damage: str) -> None:
     """Row 7 too: /readyz loads the champion, so it says 503 (with the reason) while fold-in and similar would."""
-    http = Client(damaged_copy(home, tmp_path, damage))
+    http = InProcess(damaged_copy(home, tmp_path, damage))
     for response in (http.get("/readyz"), http.get("/v1/movies/1/similar"),
                      http.post(FOLD_IN, json={"ratings": {"1": 4}}),
                      http.get("/v1/users/7/recommendations", params={"n": 100, "genre": "Drama"}),
@@ -130,7 +104,7 @@ def test_a_champion_put_right_is_loaded_again(home: Home, tmp_path: Path) -> Non
     engine.dispose()
 
 
-def test_ready_names_the_champion_once_it_loads(client: Client) -> None:
+def test_ready_names_the_champion_once_it_loads(client: InProcess) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["version"]
 
@@ -139,12 +113,12 @@ def test_ready_names_the_champion_once_it_loads(client: Client) -> None:
 
 
 @pytest.mark.parametrize("query", ["%00", "%00%00", "%01%1F", "%7F", "%E2%80%8B", "%00%20%09"])
-def test_a_search_of_only_control_characters_finds_nothing(client: Client, query: str) -> None:
+def test_a_search_of_only_control_characters_finds_nothing(client: InProcess, query: str) -> None:
     response = client.get(f"/v1/movies?query={query}")
     assert response.status_code == 200 and response.json()["movies"] == []
 
 
-def test_control_characters_inside_a_search_count_as_spaces(client: Client) -> None:
+def test_control_characters_inside_a_search_count_as_spaces(client: InProcess) -> None:
     found = client.get("/v1/movies?query=star%00wars").json()["movies"]
     assert [m["title"] for m in found] == [NAMED[1]]
 
@@ -176,12 +150,12 @@ def test_control_characters_inside_a_search_count_as_spaces(client: Client) -> N
     b'{"ratings": {"50": 4}, "genre": 5}',
     b'[' * 20_000,
 ])
-def test_a_fold_in_body_is_strictly_typed(client: Client, body: bytes) -> None:
+def test_a_fold_in_body_is_strictly_typed(client: InProcess, body: bytes) -> None:
     response = client.post(FOLD_IN, content=body, headers={"content-type": "application/json"})
     assert_error(response, 422, "bad_input")
 
 
-def test_a_strict_body_still_takes_integers_as_ratings(client: Client) -> None:
+def test_a_strict_body_still_takes_integers_as_ratings(client: InProcess) -> None:
     response = client.post(FOLD_IN, content=b'{"ratings": {"1": 5, "2": 4.5}, "n": 3, "exclude": [3]}',
                            headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
