@@ -146,7 +146,8 @@ slow = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 @slow
 @given(body=invalid_bodies())
 def test_the_app_answers_invalid_bodies_with_422(client: InProcess, body: dict[str, Any]) -> None:
-    assert_refused(client.post(FOLD_IN, content=json.dumps(body).encode(), headers={"content-type": "application/json"}))
+    raw = json.dumps(body).encode()
+    assert_refused(client.post(FOLD_IN, content=raw, headers={"content-type": "application/json"}))
 
 
 @pytest.mark.slow

@@ -171,7 +171,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000, help="requests measured (after --warmup)")
     parser.add_argument("--warmup", type=int, default=500, help="requests sent first and not measured")
     parser.add_argument("--concurrency", type=int, default=8, help="connections sending at once")
-    parser.add_argument("--every", type=int, default=0, help="sample memory every N requests (default: 1/20 of the run)")
+    parser.add_argument("--every", type=int, default=0,
+                        help="sample memory every N requests (default: a 20th of the run)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
