@@ -3,6 +3,7 @@ champion published the way `recae train` publishes) and a real server process on
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -79,6 +81,30 @@ def publish_champion(engine: Engine, home: Path, seed: int) -> str:
     )
     assert run is not None
     return run.published.version
+
+
+class InProcess:
+    """The app of the store at ``url`` called in-process through ASGI, one request at a time: no server process,
+    and an unexpected error is the 500 a client would get, not a raised exception."""
+
+    def __init__(self, url: str) -> None:
+        from recae.serving.http import create_app
+
+        self.app = create_app(url)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                return await http.request(method, path, **kwargs)
+
+        return asyncio.run(send())
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
 
 
 def free_port() -> int:

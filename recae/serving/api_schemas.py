@@ -2,16 +2,20 @@
 
 Bounds live here so that an out-of-range request is refused (422) before any work: ``n`` up to MAX_N (the
 precomputed lists hold DEFAULT_PRECOMPUTED films), ids positive 32-bit integers (PostgreSQL's INTEGER), at most
-MAX_FRESH_RATINGS fresh ratings per request. Response records allow extra fields, so a field added to the
-library's dataclasses (served through ``dataclasses.asdict``) reaches clients without a change here.
+MAX_FRESH_RATINGS fresh ratings per request. A request body's types are strict: ``true`` is not the rating 1,
+``"10"`` is not the count 10, a rating is a finite number, and a movie id key is written one way only (``"50"``:
+no sign, spaces, leading zeros or ``_``), so two keys can never name one film. Response records allow extra
+fields, so a field added to the library's dataclasses (served through ``dataclasses.asdict``) reaches clients
+without a change here.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from recae.serving.recommend import DEFAULT_PRECOMPUTED
 
@@ -24,6 +28,25 @@ MAX_FRESH_RATINGS = 500
 
 MovieId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Count = Annotated[int, Field(ge=1, le=MAX_N)]
+_CANONICAL_ID = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def _movie_id_key(value: Any) -> Any:
+    """A JSON object key naming a film: only the canonical decimal form, so ``" 50"`` and ``"50"`` never merge."""
+    if isinstance(value, str):
+        if not _CANONICAL_ID.fullmatch(value):
+            raise ValueError(f"movie id {value!r} is not written as a plain positive integer (e.g. \"50\")")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"movie id {value!r} is not a positive integer")
+    return value
+
+
+#: Body fields (JSON, so strict: a bool or a string is never a number here; query strings stay lax).
+MovieIdKey = Annotated[int, BeforeValidator(_movie_id_key), Field(ge=1, le=MAX_ID)]
+StrictMovieId = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+StrictCount = Annotated[int, Field(strict=True, ge=1, le=MAX_N)]
+Rating = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class _Open(BaseModel):
@@ -68,12 +91,14 @@ class FoldInRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"ratings": {"50": 5, "172": 4, "133": 1}, "n": 10, "explain": True}]})
 
-    ratings: Annotated[dict[MovieId, float], Field(min_length=1, max_length=MAX_FRESH_RATINGS)]
-    n: Count = 10
-    genre: Annotated[str | None, Field(max_length=64)] = None
-    min_year: Annotated[int | None, Field(ge=0, le=9999)] = None
-    exclude: Annotated[list[MovieId], Field(max_length=MAX_FRESH_RATINGS)] = []
-    explain: bool = Field(False, description="Add `because` to each film (leave-one-out; up to 20 rated films).")
+    ratings: Annotated[dict[MovieIdKey, Rating], Field(
+        min_length=1, max_length=MAX_FRESH_RATINGS, json_schema_extra={"propertyNames": {"pattern": "^[1-9][0-9]*$"}})]
+    n: StrictCount = 10
+    genre: Annotated[str | None, Field(strict=True, max_length=64)] = None
+    min_year: Annotated[int | None, Field(strict=True, ge=0, le=9999)] = None
+    exclude: Annotated[list[StrictMovieId], Field(max_length=MAX_FRESH_RATINGS)] = []
+    explain: bool = Field(False, strict=True,
+                          description="Add `because` to each film (leave-one-out; up to 20 rated films).")
 
 
 class Movie(_Open):

@@ -2,11 +2,13 @@
 
 One bound-parameter query: ``lower(title) LIKE '%<words>%'`` with ``%``, ``_`` and the escape character itself
 escaped, so a query is always matched literally. Titles that start with the query come first, then the rest
-alphabetically. No torch here.
+alphabetically. Control and other invisible characters (Unicode category C) count as spaces: a NUL would end the
+pattern early in SQLite's C API, so ``%00`` would match every title. No torch here.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from sqlalchemy import case, func, select
@@ -34,12 +36,20 @@ def like_literal(text: str) -> str:
     return text.replace(_ESCAPE, _ESCAPE * 2).replace("%", _ESCAPE + "%").replace("_", _ESCAPE + "_")
 
 
+def query_words(query: str) -> str:
+    """``query`` lower-cased with invisible characters as spaces and runs of spaces collapsed ("" when nothing
+    visible is left)."""
+    visible = "".join(" " if unicodedata.category(c).startswith("C") else c for c in query)
+    return " ".join(visible.split()).lower()
+
+
 def search_titles(engine: Engine, query: str, limit: int = 20) -> list[CatalogueMovie]:
     """Films whose title contains ``query`` (case-insensitive, spaces collapsed), prefix matches first.
 
-    An empty query finds nothing rather than the whole catalogue. ``limit`` is capped at MAX_RESULTS.
+    An empty query (or one of only spaces and control characters) finds nothing rather than the whole catalogue.
+    ``limit`` is capped at MAX_RESULTS.
     """
-    words = " ".join(query.split()).lower()
+    words = query_words(query)
     if not words:
         return []
     limit = max(1, min(int(limit), MAX_RESULTS))

@@ -6,7 +6,7 @@ Every route is a thin call into the library, as every CLI command is:
   model itself when the filters exhaust that list, like ``recae recommend --user``;
 - ``POST /v1/recommendations``: fold-in of a visitor's ratings, optionally with "because you rated ..."
   (``recae.serving.explain``); ``GET /v1/movies/{id}/similar``; ``GET /v1/movies?query=`` (title search);
-- ``GET /v1/model``, ``/healthz`` (the process answers), ``/readyz`` (the store answers and a model serves).
+- ``GET /v1/model``, ``/healthz`` (the process answers), ``/readyz`` (the store answers and the champion loads).
 
 The champion pointer is read once per request, and everything that request returns comes from that version,
 so a champion published by ``recae train`` or the nightly job serves from the next request on, with no restart
@@ -16,15 +16,17 @@ and no half-switched answer. Errors are JSON with the CLI's meanings (unknown us
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -38,9 +40,11 @@ from recae import __version__
 from recae.errors import (
     CorruptArtifactError,
     DataError,
+    EmptyStoreError,
     LockHeldError,
     ModelNotFoundError,
     RecaeError,
+    UnknownGenreError,
     UnknownMovieError,
     UnknownUserError,
 )
@@ -76,9 +80,11 @@ CORS_ENV = "RECAE_SERVE_CORS_ORIGINS"
 DATABASE_URL_ENV = "RECAE_SERVE_DATABASE_URL"
 MODELS_DIR_ENV = "RECAE_SERVE_MODELS_DIR"
 
-_STATUS = {UnknownUserError: 404, UnknownMovieError: 404, DataError: 422, ModelNotFoundError: 503,
-           CorruptArtifactError: 503, StoreUnavailableError: 503, LockHeldError: 503}
-_KIND = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 422: "bad_input", 503: "unavailable"}
+_STATUS = {UnknownUserError: 404, UnknownMovieError: 404, DataError: 422, UnknownGenreError: 422,
+           ModelNotFoundError: 503, CorruptArtifactError: 503, StoreUnavailableError: 503, LockHeldError: 503,
+           EmptyStoreError: 503}
+_KIND = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 422: "bad_input", 500: "internal",
+         503: "unavailable"}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (404, 422, 503)
 }
@@ -91,8 +97,31 @@ _PAGE_HEADERS = {
 
 
 def _error(status: int, message: str, detail: list[dict[str, Any]] | None = None) -> JSONResponse:
-    body = ErrorBody(error=_KIND.get(status, "error"), message=message, detail=detail)
+    body = ErrorBody(error=_KIND.get(status, "error"), message=_one_line(message), detail=detail)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped (a key or value from the request may hold a newline or a NUL)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+async def unique_keys(request: Request) -> None:
+    """DataError (422) when a JSON body names one key twice: json.loads would keep the last value silently, so a
+    rating could vanish from a fold-in without a word. Malformed JSON is left to FastAPI's own 422."""
+
+    def refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DataError(f"the key {key!r} appears twice in one JSON object; give each key once")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(await request.body(), object_pairs_hook=refuse_repeats)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep: FastAPI answers for the body
+        pass
 
 
 class BodyLimit:
@@ -181,9 +210,12 @@ def create_app(database_url: str, *, cors_origins: Sequence[str] = (), models_di
 
 def app_from_env() -> FastAPI:
     """uvicorn's factory in each worker: the settings ``serve`` put in the environment."""
+    from recae.serving.live_model import steady_allocator
+
     url = os.environ.get(DATABASE_URL_ENV)
     if not url:
         raise RuntimeError(f"{DATABASE_URL_ENV} is not set; start the server with `recae serve`")
+    steady_allocator()
     return create_app(url, cors_origins=json.loads(os.environ.get(CORS_ENV, "[]")),
                       models_dir=os.environ.get(MODELS_DIR_ENV) or None)
 
@@ -209,6 +241,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 400:  # FastAPI's "error parsing the body" (JSON nested too deep): bad input, as any
+            return _error(422, f"request body: {err.detail}")
         return _error(err.status_code, str(err.detail))
 
     @app.exception_handler(Exception)
@@ -241,7 +275,7 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
         return _json({"version": version, "user_id": user_id, "source": source, "recommendations": _records(recs)})
 
     @app.post("/v1/recommendations", response_model=RecommendationList, responses=_ERRORS,
-              response_model_exclude_unset=True, tags=["recommendations"])
+              response_model_exclude_unset=True, tags=["recommendations"], dependencies=[Depends(unique_keys)])
     def fold_in(request: FoldInRequest) -> dict[str, Any]:
         """A new visitor's list from their ratings (fold-in, no retraining); ``explain`` adds "because you rated"."""
         from recae.serving.recommend import recommend_with_model
@@ -302,9 +336,12 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
 
     @app.get("/readyz", response_model=Health, responses=_ERRORS, tags=["operations"])
     def readyz() -> dict[str, Any]:
-        """The store answers and a model serves (readiness): 503 otherwise."""
+        """The store answers and the champion loads (readiness), so every route can answer: 503 with the reason
+        otherwise. The first call loads the champion into this worker (as the first fold-in would)."""
         with engine.connect() as conn:
-            return {"status": "ready", "version": champion_version(conn)}
+            version = champion_version(conn)
+        models.get(version)
+        return {"status": "ready", "version": version}
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -327,14 +364,48 @@ def _explain(engine: Engine, trained: TrainedModel, fresh: dict[int, float], sco
         record["because"] = [{**asdict(c), "title": titles.get(c.movie_id, (None,))[0]} for c in found]
 
 
+def check_address(host: str, port: int) -> None:
+    """RecaeError (exit 1) in one line when ``host:port`` cannot be listened on: in use, not this machine's, or
+    not allowed. uvicorn would otherwise log several lines and exit 3, a code the CLI does not document.
+
+    Each address ``host`` resolves to is bound the way uvicorn binds it (SO_REUSEADDR, IPv6 only on IPv6) and
+    released at once; an address family the machine lacks is skipped while another resolves.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        raise RecaeError(f"cannot listen on {host}:{port}: {host!r} is not an address of this machine ({err})"
+                         ) from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise RecaeError(f"port {port} on {host} is already in use (another server?); stop it or "
+                                     "choose another with --port") from None
+                if err.errno == errno.EADDRNOTAVAIL and len(infos) > 1:
+                    continue
+                raise RecaeError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
 def serve(database_url: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           cors_origins: Sequence[str] = (), log_level: str = "info", models_dir: str | None = None) -> None:
     """Run uvicorn until interrupted; each worker builds its app with ``app_from_env``."""
     import uvicorn
 
     open_store(database_url).dispose()  # fail fast (bad URL, server down) and migrate once, before the workers
+    check_address(host, port)
     os.environ[DATABASE_URL_ENV] = database_url
     os.environ[CORS_ENV] = json.dumps(list(cors_origins))
     os.environ[MODELS_DIR_ENV] = models_dir or ""  # the home's models (a PostgreSQL store has no folder beside it)
-    uvicorn.run("recae.serving.http:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, server_header=False, access_log=log_level == "debug")
+    try:
+        uvicorn.run("recae.serving.http:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level, server_header=False, access_log=log_level == "debug")
+    except SystemExit as stop:  # uvicorn's 3: startup failed after the check (the port taken since, ...)
+        if stop.code in (0, None):
+            raise
+        raise RecaeError(f"the server could not start on {host}:{port} (the lines above say why)") from None
