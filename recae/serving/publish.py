@@ -79,8 +79,8 @@ def train_and_publish(
     that many seconds, counted from here and covering the final training; the search is stored with the model.
     """
     started = time.perf_counter()
-    if not distributed.is_secondary_rank():
-        remove_orphans(engine, models_dir)  # folders a killed publish left (no version row)
+    if not distributed.is_secondary_rank() and (orphans := remove_orphans(engine, models_dir)):
+        log.warning("removed %s: a publish killed before it recorded the version left it", ", ".join(orphans))
     matrix = RatingMatrix.from_db(engine)
     split = split_from_store(engine, matrix, spec)
     if on_split is not None:

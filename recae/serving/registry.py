@@ -362,7 +362,7 @@ def remove_orphans(engine: Engine, models_dir: Path) -> tuple[str, ...]:
         except OSError as err:  # a read-only home: nothing can be removed, and nothing else is wrong
             log.warning("could not remove %s, a model folder no version names: %s", folder, err)
             continue
-        log.warning("removed %s: its publish was killed before it recorded the version", folder)
+        log.info("removed %s: its publish was killed before it recorded the version", folder)
         removed.append(folder.name)
     return tuple(removed)
 
