@@ -314,3 +314,120 @@ def test_sigkill_mid_training_leaves_the_store_and_champion_and_resume_publishes
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert champion(home)[0] == json.loads(resumed.stdout)["version"] != before[0]
+
+
+# --- faults: two runs at once, a publish killed in its precompute ---------------------------------------------
+
+
+def versions(home: Path) -> list[str]:
+    """The version folders in the models folder (dot-folders hold runs, locks and temps)."""
+    return sorted(p.name for p in (home / "models").iterdir() if not p.name.startswith(".") and p.name != "vae")
+
+
+def wait_for(predicate, job, seconds: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
+def test_a_second_train_of_the_same_run_exits_75_at_once_and_the_first_still_publishes(home: Path) -> None:
+    """Two `recae train` of the same settings and data share one checkpoint folder: the second (with or without
+    --resume) exits 75 in one line naming the folder, without waiting and without touching it; the first goes on
+    and publishes. The first is stopped (SIGSTOP) while it holds its run, so the second cannot just wait it out."""
+    import signal
+    import subprocess
+
+    from recae.errors import EXIT_LOCKED
+
+    config = home.parent / "long.toml"
+    config.write_text(TINY.replace("epochs = 3", "epochs = 40\npatience = 40"))
+    command = [sys.executable, "-m", "recae", "--home", str(home), "train", "--config", str(config), "--format", "json"]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = home / "models" / ".runs"
+    try:
+        wait_for(lambda: runs.is_dir() and any(runs.iterdir()), first)  # training has started
+        first.send_signal(signal.SIGSTOP)
+        (run_dir,) = runs.iterdir()
+        for extra in ([], ["--resume"]):
+            second = subprocess.run([*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert second.returncode == EXIT_LOCKED and second.stdout == "", second.stderr
+            error = second.stderr.strip().splitlines()[-1]  # above it: the line saying what is being trained
+            assert error.startswith("Error: another `recae train` of the same settings and data is running"), error
+            assert f"pid {first.pid}" in error and str(run_dir) in error and second.stderr.count("Error") == 1
+            assert "Traceback" not in second.stderr and run_dir.is_dir()
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert champion(home)[0] == json.loads(out)["version"] and not any(runs.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_publish_killed_in_its_precompute_leaves_a_folder_that_prune_removes_but_never_while_it_runs(
+        home: Path) -> None:
+    """`recae train` killed inside its publish (the version's folder in place, its recommendations precomputed,
+    the transaction not committed) leaves a whole folder no version row names: `recae models prune` keeps it while
+    the publish is alive (it holds the version's publish lock) and removes it once the process is dead."""
+    import signal
+    import subprocess
+
+    config = home.parent / "tiny.toml"
+    config.write_text(TINY)
+    before = champion(home)
+    marker = home.parent / "paused-in-precompute"
+    job = subprocess.Popen([sys.executable, str(ROOT / "tests" / "train_worker.py"), str(marker), "--home", str(home),
+                            "train", "--config", str(config), "--seed", "7"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(marker.exists, job)
+        (orphan,) = [name for name in versions(home) if name != before[0]]
+        code, out, err = run(home, "models", "prune")
+        assert (code, out, err.strip()) == (0, "", "nothing to prune")  # in flight: its folder stays
+        assert (home / "models" / orphan / "meta.json").is_file()
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.communicate()
+    assert job.returncode == -signal.SIGKILL
+    engine = store(home)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM model_versions WHERE version = :v"), {"v": orphan}).scalar() == 0
+    engine.dispose()
+    assert versions(home) == sorted([before[0], orphan])  # what the killed publish left: a folder without a row
+
+    code, out, err = run(home, "models", "prune")
+    assert (code, out.split(), err.strip()) == (0, [orphan], "removed 1 model folder")
+    assert versions(home) == [before[0]] and champion(home) == before
+    assert run(home, "recommend", "--user", "1", "-n", "3")[0] == 0
+
+
+def test_the_next_train_removes_a_folder_no_version_names_and_nothing_else(home: Path) -> None:
+    """A model folder without a version row (as a killed publish leaves) goes at the next `recae train` (and the
+    nightly job's pruning); folders that are no version's (`vae/`, a user's notes, one without meta.json) stay."""
+    from recae.serving.registry import prune_versions
+
+    before = champion(home)
+    models = home / "models"
+    orphan, other = "20261123T101500000000Z-denoising-item", "20261124T101500000000Z-denoising-item"
+    shutil.copytree(models / before[0], models / orphan)
+    kept = [models / "vae" / "20261123T101500000000Z-multvae", models / "notes", models / "20261125-101500-stacked"]
+    for folder in kept:
+        folder.mkdir(parents=True)
+    (models / "vae" / "20261123T101500000000Z-multvae" / "meta.json").write_text("{}")
+    (models / "notes" / "meta.json").write_text("{}")
+    config = home.parent / "tiny.toml"
+    config.write_text(TINY)
+    code, out, err = run(home, "train", "--config", str(config), "--format", "json")
+    assert code == 0, err
+    assert not (models / orphan).exists() and all(folder.is_dir() for folder in kept)
+    assert sorted(versions(home)) == sorted([before[0], json.loads(out)["version"], "20261125-101500-stacked",
+                                             "notes"])
+    shutil.copytree(models / before[0], models / other)
+    assert prune_versions(store(home), models, keep=5) == (other,) and not (models / other).exists()

@@ -230,15 +230,19 @@ def test_unparsable_inbox_files_are_rejected_with_their_reason_and_the_rest_goes
     store.dispose()
 
 
-def test_no_new_data_trains_nothing(home: Path) -> None:
+def test_no_new_data_trains_nothing_and_the_run_prunes_a_folder_no_version_names(home: Path) -> None:
+    import shutil
+
     before = champion(home)
+    orphan = "20261123T101500000000Z-denoising-item"  # as a `recae train` killed in its publish's precompute leaves
+    shutil.copytree(home / "models" / before, home / "models" / orphan)
     result = recae(home, "retrain")
     assert result.returncode == 0, result.stderr
     report = summary(result)
     assert report["decision"] == "unchanged" and report["status"] == "succeeded"
     assert report["metrics"] == {} and report["challenger"] is None
     assert champion(home) == before
-    assert len(list((home / "models").glob("2*"))) == 1
+    assert report["pruned"] == [orphan] and [p.name for p in (home / "models").glob("2*")] == [before]
 
 
 def test_better_challenger_is_published_and_the_old_champion_stays_for_rollback(

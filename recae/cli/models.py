@@ -1,4 +1,4 @@
-"""The published models: list them, show one (its --tune search too), choose the champion.
+"""The published models: list them, show one (its --tune search too), choose the champion, prune.
 
 ``recae models history`` (past retrain runs) registers on this group from ``recae.cli.retrain``.
 """
@@ -14,13 +14,14 @@ from recae.cli.tuning import tune_summary, tune_tables
 
 @cli.group()
 def models() -> None:
-    """See the published models and choose which one serves.
+    """See the published models, choose which one serves, prune old or orphaned ones.
 
     \b
     Examples:
       recae models list
       recae models show            # the champion
       recae models use 20261123-101500-stacked
+      recae models prune --keep 5
     """
 
 
@@ -86,3 +87,26 @@ def models_use(obj: Context, version: str) -> None:
 
     info = use_version(obj.engine(), version)
     echo_info(f"model {info.version} now serves recommendations")
+
+
+@models.command("prune")
+@click.option("--keep", type=click.IntRange(min=1),
+              help="Also delete all but the newest KEEP versions (never the champion): folder, recommendations, row.")
+@pass_context
+def models_prune(obj: Context, keep: int | None) -> None:
+    """Delete model folders no version row names (a publish killed before it recorded its version) and, with
+    --keep, old versions. A publish still in progress in another process keeps its folder.
+
+    \b
+    Examples:
+      recae models prune
+      recae models prune --keep 5
+    """
+    from recae.serving.registry import prune_versions, remove_orphans
+
+    engine, models_dir = obj.engine(), obj.paths().models_dir
+    removed = prune_versions(engine, models_dir, keep) if keep is not None else remove_orphans(engine, models_dir)
+    for version in removed:
+        echo_data(version)
+    echo_info(f"removed {len(removed)} model folder{'' if len(removed) == 1 else 's'}" if removed
+              else "nothing to prune")

@@ -194,7 +194,7 @@ def run_retrain(engine: Engine, models_dir: Path, locks_dir: Path, options: Retr
         LockHeldError: another run holds ``locks_dir/retrain.lock`` (nothing is recorded).
         RecaeError: the run failed (recorded as ``failed``; the champion is untouched).
     """
-    from recae.retrain.lock import job_lock
+    from recae.locks import job_lock
     from recae.store.db import utcnow
 
     with job_lock(locks_dir / LOCK_FILE, "recae retrain"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from recae.errors import ModelNotFoundError
+from recae.errors import LockHeldError, ModelNotFoundError
+from recae.locks import try_lock
 from recae.paths import models_dir_of
 from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
 
@@ -177,16 +179,16 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
     to the folder before it moves into place (the nightly job's holdout record). With ``crown_apart`` the row
     commits on its own first and the recommendations and the pointer follow in a second transaction (``promote``):
     a version killed in between is a row without recommendations, which the nightly job recognises and removes.
-    A failure at any step leaves the store and the current champion as they were (the folder is removed).
+    A failure at any step leaves the store and the current champion as they were (the folder is removed). A kill
+    between the folder's move into place and the commit leaves a folder without a row: the publish holds
+    ``models/.publish-<version>.lock`` until it has committed, so ``remove_orphans`` tells such a folder of a
+    publish in flight from one a killed publish left, and removes only the latter.
     """
-    from sqlalchemy.orm import Session
-
-    from recae.serving.model_files import save_model, version_name, write_atomically
+    from recae.serving.model_files import save_model, version_name
 
     models_dir = Path(models_dir)
     created_at = utcnow()
     version = version_name(created_at, trained.model_config.name, trained.orientation)
-    final = models_dir / version
 
     def write(folder: Path) -> dict[str, Any]:
         meta = save_model(trained, folder, version=version, data_fingerprint=data_fingerprint, created_at=created_at)
@@ -194,6 +196,27 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
             extra_files(folder)
         return meta
 
+    with try_lock(_publish_lock(models_dir, version), remove=True) as mine:
+        if not mine:  # a fresh name: only a publish of the same microsecond could hold it
+            raise LockHeldError(f"another process is publishing {version}; try again")
+        return _publish_locked(engine, models_dir, trained, version, created_at, make_champion=make_champion,
+                               precompute=precompute, write=write, crown_apart=crown_apart)
+
+
+def _publish_lock(models_dir: Path, version: str) -> Path:
+    """The lock a publish of ``version`` holds from before its folder exists until its row has committed."""
+    return models_dir / f".publish-{version}.lock"
+
+
+def _publish_locked(engine: Engine, models_dir: Path, trained: TrainedModel, version: str, created_at: datetime, *,
+                    make_champion: bool, precompute: Precompute | None, write: Callable[[Path], dict[str, Any]],
+                    crown_apart: bool) -> VersionInfo:
+    """``publish``'s steps, under the version's publish lock."""
+    from sqlalchemy.orm import Session
+
+    from recae.serving.model_files import write_atomically
+
+    final = models_dir / version
     meta = write_atomically(final, write)
     split_name = (trained.split_spec or {}).get("name", "")
     seed = trained.train_config.seed if trained.train_config is not None else 0
@@ -280,9 +303,10 @@ def load_champion(engine: Engine, models_dir: str | Path | None = None) -> Train
 
 
 def prune_versions(engine: Engine, models_dir: Path, keep: int) -> tuple[str, ...]:
-    """Delete all but the newest ``keep`` versions (never the champion): rows, recommendations, then folders.
+    """Delete all but the newest ``keep`` versions (never the champion): rows, recommendations, then folders; then
+    the folders no version row names (``remove_orphans``). Returns the names removed.
 
-    Folders are removed only inside ``models_dir``; leftover ``.tmp-*`` folders of dead publishers go too.
+    Folders are removed only inside ``models_dir``.
     """
     with engine.begin() as conn:
         champion = current_champion(conn)
@@ -299,11 +323,55 @@ def prune_versions(engine: Engine, models_dir: Path, keep: int) -> tuple[str, ..
         if folder.parent == root and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
         log.info("pruned model version %s", version)
-    for temp in root.glob(".tmp-*") if root.is_dir() else []:
+    return (*names, *remove_orphans(engine, models_dir))
+
+
+#: A version folder's name: ``20261123T101500123456Z-...`` (and ``20261123-101500-...`` of older releases).
+_VERSION_NAME = re.compile(r"\d{8}(T\d{12}Z|-\d{6})-")
+
+
+def remove_orphans(engine: Engine, models_dir: Path) -> tuple[str, ...]:
+    """Delete the version folders of ``models_dir`` that no ``model_versions`` row names, and dead publishers'
+    ``.tmp-*`` folders; returns the versions removed.
+
+    A publish killed after its folder moved into place and before its row committed (during the precompute, which
+    takes minutes on large data) leaves such a folder, whole and never served. A publish still in flight holds its
+    version's lock (``publish``): its folder is left alone, and a folder is removed only after its lock is taken
+    and its row is checked for again, so a publish that commits meanwhile keeps it. Only folders that look like a
+    version (the name's timestamp, a meta.json) are candidates: ``vae/`` and anything a user put there stay.
+    """
+    root = models_dir.resolve()
+    if not root.is_dir():
+        return ()
+    for temp in root.glob(".tmp-*"):
         pid = temp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(temp, ignore_errors=True)
-    return tuple(names)
+    recorded = _recorded_names(engine)
+    candidates = [f for f in root.iterdir() if _VERSION_NAME.match(f.name) and f.name not in recorded
+                  and f.is_dir() and (f / "meta.json").is_file()]
+    removed = []
+    for folder in candidates:
+        try:
+            with try_lock(_publish_lock(root, folder.name), remove=True) as mine:
+                if not mine or folder.name in _recorded_names(engine):
+                    continue  # being published, or published since the first look
+                doomed = root / f".tmp-{folder.name}-{os.getpid()}"  # killed mid-removal: a dead temp, cleaned next
+                os.replace(folder, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+        except OSError as err:  # a read-only home: nothing can be removed, and nothing else is wrong
+            log.warning("could not remove %s, a model folder no version names: %s", folder, err)
+            continue
+        log.info("removed %s: its publish was killed before it recorded the version", folder)
+        removed.append(folder.name)
+    return tuple(removed)
+
+
+def _recorded_names(engine: Engine) -> set[str]:
+    """Folder names the store's versions use (a version's own, or the last part of an old absolute path)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(ModelVersion.version, ModelVersion.path)).all()
+    return {name for version, path in rows for name in (version, Path(path).name)}
 
 
 def remove_unfinished(engine: Engine, models_dir: Path) -> tuple[str, ...]:
