@@ -185,3 +185,11 @@ def test_the_cli_refuses_a_tampered_model_instead_of_crashing_or_printing_nan(tm
         assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)  # before: -11 (segfault) or 0
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: model artifact") and "NaN" not in done.stdout
+
+
+def test_finite_weights_whose_sum_overflows_still_pass() -> None:
+    from recae.serving.model_checks import check_finite
+
+    check_finite({"w": torch.full((4,), 3e38), "i": torch.arange(3)})  # the sum is inf; every weight is finite
+    with pytest.raises(ValueError, match="tensor w holds non-finite"):
+        check_finite({"w": torch.tensor([3e38, 3e38, float("-inf")])})
