@@ -145,6 +145,14 @@ def test_meta_json_of_the_wrong_type_or_unknown_value_is_refused_in_one_line(tmp
     _refused(folder, fragment)
 
 
+def test_an_rbm_without_its_rating_levels_is_refused_in_one_line(tmp_path: Path) -> None:
+    folder = _saved(tmp_path, name="rbm")
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    meta["model_config"]["rating_levels"] = []
+    rewrite_meta(folder, meta)
+    _refused(folder, "needs rating_levels")  # before: the trainer's TrainingError escaped the loader
+
+
 def test_check_meta_accepts_what_save_model_writes(tmp_path: Path) -> None:
     from recae.models.rankers import RANKER_INPUTS
 

@@ -22,12 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10**6), n_users=st.integers(1, 15), n_movies=st.integers(2, 12),
-       name=st.sampled_from(["stacked", "denoising", "sparse", "contractive"]),
+       name=st.sampled_from(["stacked", "denoising", "sparse", "contractive", "rbm"]),
        orientation=st.sampled_from(["item", "user"]), hidden=st.sampled_from([(3,), (6, 2), (4, 3, 4)]),
        ranker=st.booleans(), svd=st.booleans(), partner=st.booleans(), covered=st.floats(0.3, 1.0))
 def test_random_valid_models_round_trip(tmp_path_factory, seed: int, n_users: int, n_movies: int,  # type: ignore[no-untyped-def]
                                         name: str, orientation: str, hidden: tuple[int, ...], ranker: bool, svd: bool,
                                         partner: bool, covered: float) -> None:
+    hidden = hidden[:1] if name == "rbm" else hidden  # an RBM has one hidden layer
     trained = random_model(seed, n_users, n_movies, name=name, orientation=orientation, hidden=hidden, ranker=ranker,
                            svd=svd, partner=partner, ranker_items=max(1, int(covered * n_movies)))
     folder = tmp_path_factory.mktemp("model") / "v"

@@ -56,7 +56,7 @@ def check_sparse_structure(name: str, indptr: np.ndarray, indices: np.ndarray, d
         if low < 0 or high >= n_cols:
             bad = low if low < 0 else high
             raise ValueError(f"{name}: column index {bad} is outside 0..{n_cols - 1}")
-        if not bool(np.isfinite(data).all()):
+        if not _finite(data):
             raise ValueError(f"{name}: data holds non-finite values (NaN or infinity)")
     if canonical and indices.size > 1:
         increasing = indices[1:] > indices[:-1]  # (nnz - 1,): entry k+1 after entry k
@@ -69,11 +69,21 @@ def check_sparse_structure(name: str, indptr: np.ndarray, indices: np.ndarray, d
 def check_finite(tensors: Mapping[str, torch.Tensor]) -> None:
     """ValueError naming the first floating tensor with a NaN or an infinity (no weight of a model is either)."""
     for key, tensor in tensors.items():
-        # a NaN or an infinity makes the sum non-finite: one pass, no temporary (20x faster than isfinite().all()
-        # on 50M weights); only a non-finite sum (or one that overflowed) pays for the exact element-wise test
-        if (tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor.sum()))
-                and not bool(torch.isfinite(tensor).all())):
+        if tensor.is_floating_point() and tensor.numel() and not _all_finite(tensor):
             raise ValueError(f"tensor {key} holds non-finite values (NaN or infinity)")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """A NaN or an infinity makes the sum non-finite: one pass and no temporary (about 20x faster than
+    ``isfinite(x).all()``: 17 ms for 50M weights); only a sum that is not finite (or overflowed) pays for the
+    element-wise test. numpy's single-threaded sum: torch's threaded one waits on its pool on a busy machine."""
+    return _finite(tensor.numpy() if tensor.dtype != torch.bfloat16 else tensor.float().numpy())  # no numpy bf16
+
+
+def _finite(array: np.ndarray) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum only sends us to the exact test
+        total = array.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(array).all())
 
 
 def check_dtypes(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.dtype]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recae.errors import CorruptArtifactError
+from recae.errors import CorruptArtifactError, RecaeError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model
 from recae.models.names import Orientation
@@ -251,7 +251,8 @@ def load_model(path: str | Path) -> TrainedModel:
         partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
         ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
         svd = _svd_from(tensors, svd_meta, index) if svd_meta else None
-    except (KeyError, ValueError, RuntimeError, TypeError) as err:  # torch's size mismatches span lines: one line here
+    except (KeyError, ValueError, RuntimeError, TypeError, RecaeError) as err:  # torch's size mismatches span lines;
+        # a RecaeError: a model's constructor refused meta.json's settings (an rbm without rating_levels)
         raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json "
                                    f"({' '.join(str(err).split())})") from err
     train_cfg = None
