@@ -234,8 +234,9 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
         with engine.connect() as conn:
             version = champion_version(conn)
         recs = recommend_from_store(engine, user_id, n, filters, version)
-        answer = Answer(recs, "precomputed") if recs is not None else None
-        if answer is None:
+        if recs is not None:
+            answer = Answer(recs, "precomputed")
+        else:
             with models.scoring:
                 answer = answer_with_model(engine, models.get(version), user_id, {}, n, filters)
         return _json({"version": version, "user_id": user_id, "source": answer.source,

@@ -415,20 +415,12 @@ def answer_films(
     return _answer_live(engine, user_id, fresh, n, filters, version, models_dir)
 
 
-def recommend_with_model(
-    engine: Engine, trained: TrainedModel, user_id: int | None, fresh: dict[int, float], n: int = 10,
-    filters: Filters = Filters(),
-) -> tuple[list[RecommendedMovie], np.ndarray]:
-    """The films of :func:`answer_with_model` and the (n_movies,) ranking scores they were cut from."""
-    answer = answer_with_model(engine, trained, user_id, fresh, n, filters)
-    return answer.films, answer.scores
-
-
 def answer_with_model(
     engine: Engine, trained: TrainedModel, user_id: int | None, fresh: dict[int, float], n: int = 10,
     filters: Filters = Filters(),
 ) -> Answer:
-    """The list of ``recommend_live`` from a loaded model, with the (n_movies,) ranking scores it was cut from.
+    """The list of ``recommend_live`` from a loaded model (a server keeps one), with the (n_movies,) ranking scores
+    it was cut from.
 
     The user's stored ratings and the fresh ones both condition the prediction and are both excluded from the
     list; a known user without fresh ratings is scored from their own row. Rated films the model was trained
