@@ -170,7 +170,7 @@ def test_a_genre_filter_gives_only_that_genre_in_both_paths(home: Path, genre: s
 # --- defect 8: an empty answer says so and keeps its header ------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fmt", "expected"), [("csv", "rank,movie_id,title,year,genres,predicted_rating,score"),
+@pytest.mark.parametrize(("fmt", "expected"), [("csv", "rank,movie_id,title,year,genres,predicted_rating,score,basis"),
                                                ("json", "[]")])
 def test_an_empty_answer_says_nothing_matched_and_keeps_the_header(home: Path, fmt: str, expected: str) -> None:
     for args in (["--user", "1"], ["--rate", "1=5"]):

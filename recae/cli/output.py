@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
+
+import numpy as np
 
 Format = Literal["table", "json", "csv"]
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -19,15 +22,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (numpy's too) replaced by None, so that ``json.dumps`` writes
+    valid JSON (``null``) where it would write ``NaN``, which no strict JSON reader accepts."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def render(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], fmt: str, title: str | None = None,
            columns: Sequence[str] = ()) -> str:
     """Format ``rows`` (a list of records, or one record) as ``table``, ``json`` or ``csv`` text.
 
-    JSON keeps the exact structure given (nested dicts allowed); table and CSV flatten one level. ``columns`` come
+    JSON keeps the exact structure given (nested dicts allowed), NaN and infinities written as null; table and CSV flatten one level. ``columns`` come
     first (and are the header of an empty result, so a CSV reader still finds its columns).
     """
     if fmt == "json":
-        return json.dumps(rows, indent=2, default=str)
+        return json.dumps(json_safe(rows), indent=2, default=str, allow_nan=False)
     records = [rows] if isinstance(rows, Mapping) else list(rows)
     columns = list(columns)
     for record in records:

@@ -40,7 +40,7 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
     from dataclasses import asdict, fields
 
     from recae.cli.output import render
-    from recae.serving.recommend import Filters, RecommendedMovie, recommend_films
+    from recae.serving.recommend import Filters, RecommendedMovie, answer_films
 
     fresh = parse_rate(rate)
     if ratings_file:
@@ -50,12 +50,15 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
     if user_id is None and not fresh:
         raise click.UsageError("give --user ID, or fresh ratings with --rate MOVIE_ID=RATING / --ratings-file")
     filters = Filters(genre=genre, min_year=min_year, exclude=parse_ids(exclude))
-    recs = recommend_films(obj.engine(), user_id, fresh, n, filters, version, models_dir=obj.paths().models_dir)
+    answer = answer_films(obj.engine(), user_id, fresh, n, filters, version, models_dir=obj.paths().models_dir)
+    recs = answer.films
     who = f"user {user_id}" if user_id is not None else "the new user"
+    if answer.note:
+        echo_info(f"Note: {answer.note}")
     if not recs:
         echo_info(f"no film matched for {who}: every candidate was rated, excluded or filtered out")
-    echo_data(render([asdict(r) for r in recs], fmt, title=f"Top {len(recs)} for {who}",
-                     columns=[f.name for f in fields(RecommendedMovie)]))
+    title = f"Top {len(recs)} for {who}" if answer.source != "popular" else f"{len(recs)} most popular films"
+    echo_data(render([asdict(r) for r in recs], fmt, title=title, columns=[f.name for f in fields(RecommendedMovie)]))
 
 
 @cli.command()

@@ -72,6 +72,9 @@ class Recommendation(_Open):
     genres: str
     predicted_rating: float = Field(description="The rating autoencoder's predicted rating.")
     score: float = Field(description="The ranker's score: the list is ordered by it, highest first.")
+    basis: Literal["model", "popular"] = Field(
+        "model", description="popular: the model knows none of the rated films; `score` is then the film's "
+                             "number of training ratings.")
     because: list[Reason] | None = Field(
         None, description="Fold-in with explain=true: the rated films that contributed most, largest first.")
 
@@ -81,7 +84,9 @@ class RecommendationList(BaseModel):
 
     version: str
     user_id: int | None
-    source: Literal["precomputed", "live"]
+    source: Literal["precomputed", "live", "popular"] = Field(
+        description="popular: the model knows none of the user's rated films (added after it was trained).")
+    note: str | None = Field(None, description="Rated films the model does not know yet (retrain to use them).")
     recommendations: list[Recommendation]
 
 

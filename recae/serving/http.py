@@ -262,23 +262,25 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
                            ] = [],  # noqa: B006 - FastAPI copies defaults
     ) -> Response:
         """A known user's list: precomputed at publish time (no model work), or scored when filters exhaust it."""
-        from recae.serving.recommend import recommend_with_model
+        from recae.serving.recommend import Answer, answer_with_model
 
         filters = _filters(genre, min_year, exclude)
         with engine.connect() as conn:
             version = champion_version(conn)
-        recs, source = recommend_from_store(engine, user_id, n, filters, version), "precomputed"
-        if recs is None:
+        recs = recommend_from_store(engine, user_id, n, filters, version)
+        if recs is not None:
+            answer = Answer(recs, "precomputed")
+        else:
             with models.scoring:
-                recs, _ = recommend_with_model(engine, models.get(version), user_id, {}, n, filters)
-            source = "live"
-        return _json({"version": version, "user_id": user_id, "source": source, "recommendations": _records(recs)})
+                answer = answer_with_model(engine, models.get(version), user_id, {}, n, filters)
+        return _json({"version": version, "user_id": user_id, "source": answer.source,
+                      **({"note": answer.note} if answer.note else {}), "recommendations": _records(answer.films)})
 
     @app.post("/v1/recommendations", response_model=RecommendationList, responses=_ERRORS,
               response_model_exclude_unset=True, tags=["recommendations"], dependencies=[Depends(unique_keys)])
     def fold_in(request: FoldInRequest) -> dict[str, Any]:
         """A new visitor's list from their ratings (fold-in, no retraining); ``explain`` adds "because you rated"."""
-        from recae.serving.recommend import recommend_with_model
+        from recae.serving.recommend import answer_with_model
 
         filters = _filters(request.genre, request.min_year, [str(m) for m in request.exclude])
         with engine.connect() as conn:
@@ -287,13 +289,14 @@ def _add_routes(app: FastAPI, engine: Engine, models: ModelCache) -> None:
         with models.scoring:
             trained = models.get(version)
             try:
-                recs, scores = recommend_with_model(engine, trained, None, fresh, request.n, filters)
+                answer = answer_with_model(engine, trained, None, fresh, request.n, filters)
             except UnknownMovieError as err:  # a bad id in the body is bad input, not a missing page
                 raise DataError(str(err)) from None
-            records = _records(recs)
+            records = _records(answer.films)
             if request.explain:
-                _explain(engine, trained, fresh, scores, recs, records)
-        return {"version": version, "user_id": None, "source": "live", "recommendations": records}
+                _explain(engine, trained, fresh, answer.scores, answer.films, records)
+        return {"version": version, "user_id": None, "source": answer.source,
+                **({"note": answer.note} if answer.note else {}), "recommendations": records}
 
     @app.get("/v1/movies/{movie_id}/similar", response_model=SimilarList, responses=_ERRORS, tags=["movies"])
     def similar(movie_id: MovieIdPath, n: Count = 10) -> dict[str, Any]:

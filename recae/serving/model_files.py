@@ -23,11 +23,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recae.errors import CorruptArtifactError
+from recae.errors import CorruptArtifactError, RecaeError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model
 from recae.models.names import Orientation
-from recae.models.rankers import EaseRanker
+from recae.models.rankers import RANKER_INPUTS, EaseRanker
+from recae.serving.model_checks import check_dtypes, check_finite, check_ids, check_meta, check_sparse_structure
 from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 #: The SvdPart arrays stored under ``svd/`` (float64), beside its scalars and mix weights in meta.json's ``svd``.
 SVD_ARRAYS = ("user_bias", "item_bias", "user_factors", "item_factors")
+#: The dtype of every tensor save_model writes outside the modules (whose own dtypes the modules give).
+STORED_DTYPES = {"inputs/indptr": torch.int64, "inputs/indices": torch.int32, "inputs/data": torch.float32,
+                 "ranker/items": torch.int64, "ranker/weights": torch.float32,
+                 **{f"svd/{name}": torch.float64 for name in SVD_ARRAYS}}
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 T = TypeVar("T")
@@ -188,6 +193,9 @@ def _module_from(tensors: dict[str, torch.Tensor], prefix: str, config: ModelCon
     with torch.device("meta"):  # no throwaway random weights: the loaded tensors become the parameters
         module = build_model(config, n_units, n_units)
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    for key, wanted in module.state_dict().items():  # assign=True would keep a stored int or float64 tensor as is
+        if key in state and state[key].dtype != wanted.dtype:
+            raise ValueError(f"{prefix}{key} is {state[key].dtype}, expected {wanted.dtype}")
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval()
 
@@ -201,51 +209,50 @@ def load_model(path: str | Path) -> TrainedModel:
     meta_path, weights = require_files(folder, "model artifact", "recae train")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if isinstance(meta, dict) and meta.get("format_version") != FORMAT_VERSION:
+            raise CorruptArtifactError(f"model artifact {folder} has format {meta.get('format_version')}, "
+                                       f"this recae reads format {FORMAT_VERSION}; retrain with `recae train`")
+        check_meta(meta, WEIGHTS_FILE, RANKER_INPUTS)
         expected = meta["files"][WEIGHTS_FILE]
         model_cfg = ModelConfig.from_json(meta["model_config"])
+        model_cfg.validate()
         index = IdIndex.from_json(meta["index"])
         scale = (float(meta["rating_scale"][0]), float(meta["rating_scale"][1]))
-        if not -1e6 < scale[0] < scale[1] < 1e6:
-            raise ValueError(f"rating_scale {meta['rating_scale']} is not [LOW, HIGH] with LOW < HIGH")
         partner_meta = meta.get("partner")
         partner_cfg = ModelConfig.from_json(partner_meta["model_config"]) if partner_meta else None
+        if partner_cfg is not None:
+            partner_cfg.validate()
         blend_weight = float(partner_meta["blend_weight"]) if partner_meta else 1.0
-        if not 0.0 <= blend_weight <= 1.0:
-            raise ValueError(f"blend_weight {blend_weight} is outside [0, 1]")
         svd_meta = meta.get("svd")
         mix_weights = tuple(float(w) for w in svd_meta["weights"]) if svd_meta else ()
         components = 3 if partner_cfg is not None else 2
-        if svd_meta and (len(mix_weights) != components + 1 or not np.all(np.isfinite(mix_weights))):
+        if svd_meta and len(mix_weights) != components + 1:
             raise ValueError(f"svd weights {list(mix_weights)} are not {components} weights and an intercept")
         ranker_meta = meta.get("ranker")
-        if ranker_meta is not None and ranker_meta.get("kind") != "ease":
-            raise ValueError(f"unknown ranker kind {ranker_meta.get('kind')!r}")
-    except (ValueError, KeyError, TypeError, IndexError) as err:
+    except CorruptArtifactError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is unreadable or incomplete ({err})") from err
     except Exception as err:  # a RecaeError from config validation, e.g. unknown setting
         raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is inconsistent ({err})") from err
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CorruptArtifactError(f"model artifact {folder} has format {meta.get('format_version')}, "
-                                   f"this recae reads format {FORMAT_VERSION}; retrain with `recae train`")
     verify_file(weights, expected, f"model artifact {folder}")
     try:
         tensors = read_tensors(weights)
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CorruptArtifactError(f"model artifact {folder}: {WEIGHTS_FILE} is unreadable ({err})") from err
     try:
-        indptr = tensors["inputs/indptr"].numpy()
-        indices = tensors["inputs/indices"].numpy()
-        if indptr.size != index.n_users + 1 or int(indptr[-1]) != indices.size or (
-                indices.size and int(indices.max()) >= index.n_movies):
-            raise ValueError("stored training ratings do not fit the IdIndex")
-        csr = sp.csr_matrix((tensors["inputs/data"].numpy(), tensors["inputs/indices"].numpy(), indptr),
-                            shape=(index.n_users, index.n_movies))
+        check_finite(tensors)
+        check_dtypes(tensors, STORED_DTYPES)
+        indptr, indices, data = (tensors[f"inputs/{k}"].numpy() for k in ("indptr", "indices", "data"))
+        check_sparse_structure("stored training ratings", indptr, indices, data, (index.n_users, index.n_movies))
+        csr = sp.csr_matrix((data, indices, indptr), shape=(index.n_users, index.n_movies))
         inputs = RatingMatrix(csr=csr, timestamps=np.zeros(csr.nnz, np.int64), index=index)
         module = _module_from(tensors, "model/", model_cfg, index)
         partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
         ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
         svd = _svd_from(tensors, svd_meta, index) if svd_meta else None
-    except (KeyError, ValueError, RuntimeError, TypeError) as err:  # torch's size mismatches span lines: one line here
+    except (KeyError, ValueError, RuntimeError, TypeError, RecaeError) as err:  # torch's size mismatches span lines;
+        # a RecaeError: a model's constructor refused meta.json's settings (an rbm without rating_levels)
         raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json "
                                    f"({' '.join(str(err).split())})") from err
     train_cfg = None
@@ -272,8 +279,10 @@ def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: 
     """The EASE ranker stored under ``ranker/``; ValueError when it does not fit the IdIndex."""
     items = tensors["ranker/items"].numpy()
     weights = tensors["ranker/weights"].numpy()
-    if weights.shape != (items.size, items.size) or (items.size and (items.min() < 0 or items.max() >= index.n_movies)):
-        raise ValueError("stored ranker does not fit the IdIndex")
+    check_ids("ranker/items", items, index.n_movies)
+    if weights.shape != (items.size, items.size) or weights.dtype.kind != "f":
+        raise ValueError(f"ranker/weights is {weights.dtype} of shape {weights.shape}, expected float of shape "
+                         f"{(items.size, items.size)} (one row and column per covered film)")
     return EaseRanker(items=items, weights=weights, n_movies=index.n_movies, lam=float(meta["lambda"]),
                       input=str(meta["input"]), rating_max=float(meta["rating_max"]))
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 from sqlalchemy import and_, delete, func, not_, select
@@ -65,6 +65,41 @@ class RecommendedMovie:
     genres: str
     predicted_rating: float
     score: float  # the ranker's score (higher first); the predicted rating for models without a ranker
+    # "popular": the model knows none of the user's rated films, so the list is the most-rated films of its
+    # training data and ``score`` is the film's number of training ratings (see :func:`answer_with_model`)
+    basis: Literal["model", "popular"] = "model"
+
+
+#: Where a list came from: the precomputed table, the model scoring now, or the popular-films fallback.
+Source = Literal["precomputed", "live", "popular"]
+#: Unknown film ids a note names before "and N more".
+_NAMED_IN_NOTE = 10
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A list, where it came from, and the rated films the model could not use (the CLI and the HTTP API show
+    the same ``source`` and ``note``)."""
+
+    films: list[RecommendedMovie]
+    source: Source
+    unknown_movie_ids: tuple[int, ...] = ()  # rated films the model was trained without: ignored
+    # (n_movies,) the model's ranking scores when it answered live (empty for a precomputed list)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False, compare=False)
+
+    @property
+    def note(self) -> str | None:
+        """One line for the user when rated films were ignored, or None."""
+        if not self.unknown_movie_ids:
+            return None
+        ids = ", ".join(str(m) for m in self.unknown_movie_ids[:_NAMED_IN_NOTE])
+        more = len(self.unknown_movie_ids) - _NAMED_IN_NOTE
+        ids += f" and {more} more" if more > 0 else ""
+        films, were = ("film", "was") if len(self.unknown_movie_ids) == 1 else ("films", "were")
+        what = (f"the model knows none of the rated films ({films} {ids} {were} added after it was trained): these "
+                "are the most popular films, not a personal list" if self.source == "popular" else
+                f"{films} {ids} {were} added after the model was trained and {were} ignored")
+        return f"{what}; retrain (`recae retrain` or `recae train`) to use them"
 
 
 @dataclass(frozen=True)
@@ -341,40 +376,57 @@ def recommend_live(
     """Score with the model itself: fresh ratings folded in, or filters the precomputed list cannot satisfy.
 
     Imports torch and loads the model (a few seconds at most); a server keeps the model loaded and calls
-    :func:`recommend_with_model` instead.
+    :func:`answer_with_model` instead.
     """
+    return _answer_live(engine, user_id, fresh, n, filters, version, models_dir).films
+
+
+def _answer_live(engine: Engine, user_id: int | None, fresh: dict[int, float], n: int, filters: Filters,
+                 version: str | None, models_dir: Path | None) -> Answer:
     from recae.serving.registry import load_champion, load_version
 
     trained = load_version(engine, version, models_dir) if version else load_champion(engine, models_dir)
-    return recommend_with_model(engine, trained, user_id, fresh, n, filters)[0]
+    return answer_with_model(engine, trained, user_id, fresh, n, filters)
 
 
 def recommend_films(
     engine: Engine, user_id: int | None, fresh: dict[int, float], n: int = 10,
     filters: Filters = Filters(), version: str | None = None, models_dir: Path | None = None,
 ) -> list[RecommendedMovie]:
+    """The films of :func:`answer_films`."""
+    return answer_films(engine, user_id, fresh, n, filters, version, models_dir).films
+
+
+def answer_films(
+    engine: Engine, user_id: int | None, fresh: dict[int, float], n: int = 10,
+    filters: Filters = Filters(), version: str | None = None, models_dir: Path | None = None,
+) -> Answer:
     """The top ``n`` for a known user, a known user with fresh ratings, or a new user (``user_id`` None).
 
     A known user without fresh ratings is answered from the precomputed list (no torch) when it can answer; fresh
-    ratings, a user who joined after training, or filters that leave the list short go to ``recommend_live``.
+    ratings, a user who joined after training, or filters that leave the list short go to the model.
     """
     if user_id is None and not fresh:
         raise ValueError("recommend_films needs a user id or fresh ratings")
     if user_id is not None and not fresh:
         recs = recommend_from_store(engine, user_id, n, filters, version)
         if recs is not None:
-            return recs
-    return recommend_live(engine, user_id, fresh, n, filters, version, models_dir=models_dir)
+            return Answer(recs, "precomputed")
+    return _answer_live(engine, user_id, fresh, n, filters, version, models_dir)
 
 
-def recommend_with_model(
+def answer_with_model(
     engine: Engine, trained: TrainedModel, user_id: int | None, fresh: dict[int, float], n: int = 10,
     filters: Filters = Filters(),
-) -> tuple[list[RecommendedMovie], np.ndarray]:
-    """The list of ``recommend_live`` from a loaded model, and the (n_movies,) ranking scores it was cut from.
+) -> Answer:
+    """The list of ``recommend_live`` from a loaded model (a server keeps one), with the (n_movies,) ranking scores
+    it was cut from.
 
     The user's stored ratings and the fresh ones both condition the prediction and are both excluded from the
-    list; a known user without fresh ratings is scored from their own row.
+    list; a known user without fresh ratings is scored from their own row. Rated films the model was trained
+    without (ingested later) carry no information for it: they are ignored and named in the answer's note. When
+    the model knows none of the rated films, its ranking has nothing to go on (every score equal: the films came
+    out in id order), so the answer is the most-rated films of its training data, ``source`` "popular".
     """
     from recae.serving.foldin import fold_in
 
@@ -387,9 +439,20 @@ def recommend_with_model(
         with engine.connect() as conn:
             raise UnknownUserError(known_users_message(conn, user_id))
     row = trained.index.user_row(user_id) if known_to_model else None
+    rated = {**stored, **fresh}
+    ids = np.fromiter(rated, dtype=np.int64, count=len(rated))
+    unknown = tuple(sorted(int(m) for m in ids[trained.index.lookup_movies(ids) < 0])) if ids.size else ()
     if row is not None and not fresh:
         ratings, ranks = trained.score_rows(np.array([row]))[0], trained.rank_rows(np.array([row]))[0]
     else:
-        ratings, ranks = fold_in(trained, {**stored, **fresh}, row)
-    recs = rank_scores(engine, trained.index.movie_ids, ranks, set(stored) | set(fresh), n, filters, ratings)
-    return recs, ranks
+        ratings, ranks = fold_in(trained, rated, row)
+    informed = len(unknown) < len(rated) or (row is not None and trained.inputs.csr[row].nnz > 0)
+    if unknown:
+        log.info("user %s: %d rated films unknown to the model ignored", user_id, len(unknown))
+    if informed:
+        films = rank_scores(engine, trained.index.movie_ids, ranks, set(rated), n, filters, ratings)
+        return Answer(films, "live", unknown, ranks)
+    popularity = trained.popularity().astype(np.float32)  # (n_movies,) training ratings per film
+    films = rank_scores(engine, trained.index.movie_ids, popularity, set(rated), n, filters, ratings)
+    films = [replace(film, basis="popular") for film in films]
+    return Answer(films, "popular", unknown, ranks)

@@ -79,6 +79,13 @@ class TrainedModel:
     def orientation(self) -> Orientation:
         return self.model_config.orientation
 
+    def popularity(self) -> np.ndarray:
+        """(n_movies,) int64 number of training ratings of each film: the fallback order when a user's ratings
+        tell the model nothing (recae.serving.recommend.answer_with_model); cached."""
+        if "popularity" not in self._cache:
+            self._cache["popularity"] = np.bincount(self.inputs.csr.indices, minlength=self.index.n_movies)
+        return self._cache["popularity"]
+
     def _oriented(self) -> sp.csr_matrix:
         if "oriented" not in self._cache:
             self._cache["oriented"] = oriented_csr(self.inputs, self.orientation)
