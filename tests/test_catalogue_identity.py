@@ -142,3 +142,18 @@ def test_migration_names_the_catalogue_of_an_existing_store(tmp_path: Path) -> N
     with pytest.raises(CatalogueConflictError):
         ingest_dataset(engine, "ml-1m", write_dataset("ml-1m", tmp_path / "m"), downloads_dir=tmp_path)
     engine.dispose()
+
+
+def test_the_nightly_job_after_a_replace_trains_a_first_champion_of_the_new_catalogue(tmp_path: Path) -> None:
+    from tests.test_nightly import SMALL_CONFIG, recae, summary
+
+    home = build_home(tmp_path / "home").path
+    replacement = write_csv(tmp_path / "other.csv", [f"{u},{m},{(u * m) % 9 / 2 + 1}" for u in range(1, 40)
+                                                     for m in range(1, 25)])
+    assert recae(home, "ingest", "--ratings", str(replacement), "--replace").returncode == 0
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_CONFIG)
+    result = recae(home, "retrain", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["decision"] == "first" and summary(result)["champion_before"] is None
+    assert recae(home, "recommend", "--user", "1", "-n", "3").returncode == 0

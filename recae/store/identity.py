@@ -99,10 +99,21 @@ def replace_data(conn: Connection, release: str | None, run_id: int) -> None:
     _record(conn, release)
 
 
+def _recorded_and_held(conn: Connection, version: str) -> tuple[str | None, CatalogueInfo | None]:
+    recorded = conn.execute(select(ModelVersion.catalogue).where(ModelVersion.version == version)).scalar()
+    return recorded, current_catalogue(conn)
+
+
+def model_fits_catalogue(conn: Connection, version: str) -> bool:
+    """True unless ``version`` was published on another catalogue than the store holds now (a version or store
+    with no record counts as fitting: nothing says otherwise)."""
+    recorded, held = _recorded_and_held(conn, version)
+    return recorded is None or held is None or recorded == held.identity
+
+
 def check_model_catalogue(conn: Connection, version: str) -> None:
     """CatalogueMismatchError when ``version`` was published on another catalogue than the store holds now."""
-    recorded = conn.execute(select(ModelVersion.catalogue).where(ModelVersion.version == version)).scalar()
-    held = current_catalogue(conn)
+    recorded, held = _recorded_and_held(conn, version)
     if recorded is None or held is None or recorded == held.identity:
         return
     raise CatalogueMismatchError(
