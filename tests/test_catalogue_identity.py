@@ -157,3 +157,36 @@ def test_the_nightly_job_after_a_replace_trains_a_first_champion_of_the_new_cata
     assert result.returncode == 0, result.stderr
     assert summary(result)["decision"] == "first" and summary(result)["champion_before"] is None
     assert recae(home, "recommend", "--user", "1", "-n", "3").returncode == 0
+
+
+def test_a_model_trained_while_the_store_was_replaced_records_the_catalogue_it_read(tmp_path: Path) -> None:
+    """The race: `recae train` reads the ratings, `ingest --replace` commits, then train publishes. The version
+    records the catalogue it was trained on, not the one the store holds when it publishes, so it does not serve."""
+    from recae.models.build import model_config
+    from recae.serving.publish import train_and_publish
+    from recae.splits import SplitSpec
+    from recae.training.config import TrainConfig
+
+    home = build_home(tmp_path / "home").path
+    url = f"sqlite:///{home / 'recae.db'}"
+    replacement = write_csv(tmp_path / "other.csv", [f"{u},{m},{(u * m) % 9 / 2 + 1}" for u in range(1, 30)
+                                                     for m in range(1, 20)])
+
+    def replace_meanwhile(_split: object) -> None:
+        other = open_store(url)
+        ingest_ratings_file(other, replacement, replace=True)
+        other.dispose()
+
+    engine = open_store(url)
+    run = train_and_publish(
+        engine, home / "models", SplitSpec("random", test_fraction=0.1, seed=0), model_config("denoising", hidden=[8]),
+        TrainConfig.from_json({"epochs": 2, "ensemble": 1, "partner_members": 0, "threads": 1, "seed": 0}),
+        on_split=replace_meanwhile)
+    assert run is not None
+    with engine.connect() as conn:
+        recorded = conn.execute(text("SELECT catalogue FROM model_versions WHERE version = :v"),
+                                {"v": run.published.version}).scalar_one()
+        assert recorded != current_catalogue(conn).identity
+    engine.dispose()
+    code, _, err = _run(home, "recommend", "--user", "1")
+    assert code == 1 and "trained on catalogue ratings" in err, err

@@ -210,6 +210,8 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
         metrics=json.dumps(trained.metrics),
         config=json.dumps(config), created_at=created_at,
     )
+    if trained.inputs.index.catalogue is not None:  # else the INSERT records the store's catalogue of now
+        row.catalogue = trained.inputs.index.catalogue
     apart = make_champion and crown_apart
     try:
         with Session(engine) as session, session.begin():

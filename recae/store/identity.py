@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from recae.errors import DataError, ModelNotFoundError
 from recae.store.db import Catalogue, FoldTest, IngestRun, ModelVersion, Movie, Rating, Recommendation, utcnow
@@ -55,6 +55,13 @@ def current_catalogue(conn: Connection) -> CatalogueInfo | None:
     """The store's catalogue, or None for a store that holds no data yet."""
     row = conn.execute(select(Catalogue.name, Catalogue.identity, Catalogue.since).where(Catalogue.id == 1)).first()
     return CatalogueInfo(*row) if row is not None else None
+
+
+def catalogue_identity(engine: Engine) -> str | None:
+    """The store's catalogue identity now (None: no data yet); ``RatingMatrix.from_db`` keeps it with the ids."""
+    with engine.connect() as conn:
+        held = current_catalogue(conn)
+    return held.identity if held is not None else None
 
 
 def _new_identity(name: str | None) -> str:
