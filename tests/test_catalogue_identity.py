@@ -74,6 +74,11 @@ def test_replace_swaps_the_whole_store_in_one_transaction(engine, tmp_path: Path
     # replacing back with a file ingested before loads it again (its earlier run no longer counts)
     back = ingest_dataset(engine, "ml-100k", first, downloads_dir=tmp_path, replace=True)
     assert not back.already_ingested and back.rows_loaded == 5
+    with engine.connect() as conn:
+        identity = current_catalogue(conn).identity
+    ingest_dataset(engine, "ml-100k", first, downloads_dir=tmp_path, replace=True)  # the same release: same films
+    with engine.connect() as conn:
+        assert current_catalogue(conn).identity == identity
 
 
 def test_a_store_of_plain_files_takes_the_first_release_as_its_name(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

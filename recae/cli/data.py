@@ -86,8 +86,8 @@ def ingest_command(obj: Context, dataset: str | None, path: str | None, ratings_
         report = ingest_ratings_file(engine, ratings_file, scale=scale, step=step or None, skip_bad=skip_bad,
                                      progress=progress, replace=replace)
     if report.replaced:
-        echo_info(f"replaced the store's ratings and films with {report.dataset}; models trained before no longer "
-                  "serve: run `recae train`")
+        echo_info(f"replaced the store's ratings and films with {report.dataset}; models trained on another "
+                  "catalogue no longer serve: run `recae train`")
     if report.already_ingested:
         echo_info(f"{report.source}: already ingested (sha256 {report.sha256[:12]}...); nothing changed")
     if report.movies_untitled:

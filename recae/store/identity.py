@@ -95,15 +95,19 @@ def claim_catalogue(conn: Connection, release: str | None, source: str) -> None:
 
 
 def replace_data(conn: Connection, release: str | None, run_id: int) -> None:
-    """Inside the ingest's transaction: empty ratings, films, folds and precomputed lists (they name the earlier
-    films), start a new catalogue identity for what the ingest loads next, and mark earlier ingests ``replaced``
-    (so their files load again if asked). Model versions stay listed; those of the earlier catalogue stop serving
+    """Inside the ingest's transaction: empty ratings, films and folds, mark earlier ingests ``replaced`` (so their
+    files load again if asked) and, unless ``release`` is the one already held (its ids mean the same films, its
+    models and lists stay valid), drop the precomputed lists (they name the earlier films) and start a new
+    catalogue identity. Model versions stay listed; those of an earlier catalogue stop serving
     (``check_model_catalogue``)."""
-    for table in (Rating, FoldTest, Movie, Recommendation):
+    held = current_catalogue(conn)
+    same = release is not None and held is not None and held.name == release  # its ids still mean the same films
+    for table in (Rating, FoldTest, Movie) if same else (Rating, FoldTest, Movie, Recommendation):
         conn.execute(delete(table))
     conn.execute(update(IngestRun).where(IngestRun.status == "succeeded", IngestRun.id != run_id)
                  .values(status="replaced"))
-    _record(conn, release)
+    if not same:
+        _record(conn, release)
 
 
 def _recorded_and_held(conn: Connection, version: str) -> tuple[str | None, CatalogueInfo | None]:
