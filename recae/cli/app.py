@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -83,7 +84,7 @@ class RecaeGroup(click.Group):
         except Exception as err:  # noqa: BLE001 - last line of defence: one line, not a traceback
             from recae.store.db import store_error
 
-            known = store_error(err)  # a busy or read-only store: one line, never raw SQL and parameters
+            known = store_error(err, _store_path(ctx))  # busy, read-only, full: one line, never SQL or values
             if known is not None:
                 if _verbosity(ctx) > 0:
                     logging.getLogger("recae").exception("failed")
@@ -93,6 +94,19 @@ class RecaeGroup(click.Group):
                 raise
             click.echo(f"Error: {type(err).__name__}: {err} (run with -v for the traceback)", err=True)
             ctx.exit(EXIT_ERROR)
+
+
+def _store_path(ctx: click.Context) -> Path | None:
+    """The store's SQLite file, else its home: where a full disk is reported."""
+    obj = ctx.find_object(Context)
+    try:
+        paths = obj.paths() if obj else None
+    except Exception:  # noqa: BLE001 - only a hint for a message
+        return None
+    if paths is None:
+        return None
+    database = paths.database_url.removeprefix("sqlite:///")
+    return Path(database) if database != paths.database_url else paths.home
 
 
 def _verbosity(ctx: click.Context) -> int:

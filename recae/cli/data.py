@@ -45,19 +45,25 @@ def db_upgrade(obj: Context) -> None:
               help="A plain CSV user_id,movie_id,rating[,timestamp] (header optional) instead of a DATASET.")
 @rating_scale_options("a --ratings file")
 @click.option("--skip-bad", is_flag=True, help="Load the good rows and report the rejected lines.")
+@click.option("--replace", is_flag=True,
+              help="Replace the store's ratings and films with this data (one transaction); needed to load "
+                   "another MovieLens release into a home that holds one. Models trained before stop serving.")
 @summary_format_option
 @pass_context
 def ingest_command(obj: Context, dataset: str | None, path: str | None, ratings_file: str | None,
-                   scale: tuple[float, float], step: float, skip_bad: bool, fmt: str) -> None:
+                   scale: tuple[float, float], step: float, skip_bad: bool, replace: bool, fmt: str) -> None:
     """Load a MovieLens DATASET or a plain ratings CSV into the store (all or nothing; re-runs change nothing).
 
-    DATASET is one of ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest, ml-latest-small.
+    DATASET is one of ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest, ml-latest-small. A home holds
+    one release (their ids mean different films): another is refused (exit 65) unless --replace is given.
+    Plain CSVs add ratings to the films already there.
 
     \b
     Examples:
       recae ingest ml-100k --path ~/Downloads/ml-100k.zip
       recae ingest ml-latest-small                  # download (cached, sha256-checked)
       recae ingest --ratings new.csv --scale 1 5 --step 1 --skip-bad
+      recae ingest ml-latest-small --replace        # this home now holds ml-latest-small only
     """
     from dataclasses import asdict
 
@@ -75,10 +81,13 @@ def ingest_command(obj: Context, dataset: str | None, path: str | None, ratings_
     progress = sys.stderr.isatty()
     if dataset is not None:
         report = ingest_dataset(engine, dataset, path, downloads_dir=obj.paths().downloads_dir,
-                                skip_bad=skip_bad, progress=progress)
+                                skip_bad=skip_bad, progress=progress, replace=replace)
     else:
         report = ingest_ratings_file(engine, ratings_file, scale=scale, step=step or None, skip_bad=skip_bad,
-                                     progress=progress)
+                                     progress=progress, replace=replace)
+    if report.replaced:
+        echo_info(f"replaced the store's ratings and films with {report.dataset}; models trained on another "
+                  "catalogue no longer serve: run `recae train`")
     if report.already_ingested:
         echo_info(f"{report.source}: already ingested (sha256 {report.sha256[:12]}...); nothing changed")
     if report.movies_untitled:

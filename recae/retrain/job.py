@@ -229,6 +229,14 @@ def run_retrain(engine: Engine, models_dir: Path, locks_dir: Path, options: Retr
     return report
 
 
+def _fits_catalogue(engine: Engine, version: str) -> bool:
+    """False for a champion of a catalogue that ``ingest --replace`` replaced: it cannot be challenged or warmed."""
+    from recae.store.identity import model_fits_catalogue
+
+    with engine.connect() as conn:
+        return model_fits_catalogue(conn, version)
+
+
 def _run_locked(engine: Engine, models_dir: Path, options: RetrainOptions, state: _State,
                 progress: Callable[[str], None], stage: Callable[[str], None]) -> None:
     from recae.serving.model_files import load_model
@@ -237,6 +245,9 @@ def _run_locked(engine: Engine, models_dir: Path, options: RetrainOptions, state
 
     removed = remove_unfinished(engine, models_dir)
     champion_version = champion_of(engine)
+    if champion_version is not None and not _fits_catalogue(engine, champion_version):
+        log.warning("champion %s was trained on a catalogue since replaced; training a first champion", champion_version)
+        champion_version = None
     champion: TrainedModel | None = None
     champion_dir: Path | None = None
     known: set[str] = set()

@@ -29,6 +29,7 @@ from recae.errors import LockHeldError, ModelNotFoundError
 from recae.locks import try_lock
 from recae.paths import models_dir_of
 from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
+from recae.store.identity import check_model_catalogue
 
 if TYPE_CHECKING:
     from recae.serving.scorer import TrainedModel
@@ -117,10 +118,12 @@ def champion_of(engine: Engine) -> str | None:
 
 
 def champion_version(conn: Connection) -> str:
-    """Version of the serving model; ModelNotFoundError when none is published."""
+    """Version of the serving model; ModelNotFoundError when none is published, or when it was trained on another
+    catalogue than the store now holds (``ingest --replace``)."""
     version = current_champion(conn)
     if version is None:
         raise ModelNotFoundError("no trained model yet; run `recae train` (or `recae quickstart`)")
+    check_model_catalogue(conn, version)
     return str(version)
 
 
@@ -155,6 +158,7 @@ def use_version(engine: Engine, version: str) -> VersionInfo:
     """Make ``version`` the champion in one transaction (rollback or roll forward)."""
     get_version(engine, version)
     with engine.begin() as conn:
+        check_model_catalogue(conn, version)
         has_recs = conn.execute(
             select(Recommendation.user_id).where(Recommendation.version == version).limit(1)
         ).first()
@@ -229,6 +233,8 @@ def _publish_locked(engine: Engine, models_dir: Path, trained: TrainedModel, ver
         metrics=json.dumps(trained.metrics),
         config=json.dumps(config), created_at=created_at,
     )
+    if trained.inputs.index.catalogue is not None:  # else the INSERT records the store's catalogue of now
+        row.catalogue = trained.inputs.index.catalogue
     apart = make_champion and crown_apart
     try:
         with Session(engine) as session, session.begin():
@@ -280,6 +286,8 @@ def load_version(engine: Engine, version: str, models_dir: str | Path | None = N
 
     with engine.connect() as conn:
         path = conn.execute(select(ModelVersion.path).where(ModelVersion.version == version)).scalar()
+        if path is not None:
+            check_model_catalogue(conn, version)
     if path is None:
         raise ModelNotFoundError(f"model version {version!r} is not in the store; see `recae models`")
     return load_model(version_folder(path, models_dir or models_dir_of(engine)))
@@ -294,6 +302,8 @@ def load_champion(engine: Engine, models_dir: str | Path | None = None) -> Train
         path = conn.execute(
             select(ModelVersion.path).join(Champion, Champion.version == ModelVersion.version).where(Champion.id == 1)
         ).scalar()
+        if path is not None:
+            champion_version(conn)  # refuses a champion trained on another catalogue
     if path is None:
         raise ModelNotFoundError("no trained model yet; run `recae train`")
     return load_model(version_folder(path, models_dir or models_dir_of(engine)))

@@ -6,8 +6,10 @@ the ORM classes below describe it for queries and for Alembic's autogenerate che
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -39,7 +41,7 @@ from recae.errors import RecaeError
 log = logging.getLogger(__name__)
 
 #: The newest migration's revision id; a test checks it equals Alembic's head.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 #: How long a SQLite writer waits for another's write lock before "database is locked" (exit 75).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -115,8 +117,27 @@ class IngestRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class Catalogue(Base):
+    """The single row naming the catalogue the store holds (``recae.store.identity``): a film id means one film.
+
+    ``name`` is the MovieLens release whose films these are (NULL while only plain ratings files were ingested);
+    ``identity`` changes only when ``ingest --replace`` replaces the data, and every model version records it.
+    """
+
+    __tablename__ = "catalogue"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str | None] = mapped_column(String(64))
+    identity: Mapped[str] = mapped_column(String(64))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ModelVersion(Base):
-    """A trained model whose artifact folder is ``path``; metrics and config are JSON text."""
+    """A trained model whose artifact folder is ``path``; metrics and config are JSON text.
+
+    ``catalogue`` is the store's catalogue identity when the version was published (filled in by the INSERT
+    itself, so every writer records it); NULL only for a version published into a store that had none.
+    """
 
     __tablename__ = "model_versions"
 
@@ -130,6 +151,8 @@ class ModelVersion(Base):
     metrics: Mapped[str] = mapped_column(Text, default="{}")
     config: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    catalogue: Mapped[str | None] = mapped_column(
+        String(64), default=select(Catalogue.identity).where(Catalogue.id == 1).scalar_subquery())
 
 
 class Champion(Base):
@@ -233,10 +256,47 @@ def _set_read_only_pragmas(dbapi_connection, _record) -> None:  # type: ignore[n
     cursor.close()
 
 
-def store_error(err: BaseException) -> RecaeError | None:
-    """The one-line RecaeError a database error means to a user (busy: exit 75; read-only), or None."""
+#: SQLite's SQLITE_FULL result code, PostgreSQL's disk_full SQLSTATE, and the OSError numbers of a full disk.
+_SQLITE_FULL = 13
+_POSTGRES_DISK_FULL = "53100"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """A full disk (or a database at its size limit) under any of the names it surfaces by: SQLAlchemy's
+    OperationalError, a raw sqlite3 error from the bulk writer's cursor, psycopg's disk_full, or ENOSPC."""
+    for cause in (err, getattr(err, "orig", None), err.__cause__, err.__context__):
+        if cause is None:
+            continue
+        if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
+            return True
+        if getattr(cause, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(cause):
+            return True
+        if getattr(cause, "sqlstate", None) == _POSTGRES_DISK_FULL:
+            return True
+    return False
+
+
+def disk_full_message(err: BaseException, where: Path | None) -> str:
+    """"the disk is full at PATH (N MB free there)...": the file the error names, else ``where`` (the store's file
+    or home); never the SQL or the values being written."""
+    named = getattr(err, "filename", None) or getattr(getattr(err, "orig", None), "filename", None)
+    path = Path(named) if named else where
+    if path is None:
+        return "the disk is full; the store was left as it was: free some space and run it again"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    free = f" ({shutil.disk_usage(existing).free / 1e6:,.0f} MB free there)" if existing is not None else ""
+    return (f"the disk is full at {path}{free}; the store was left as it was: free some space there (or use a --home "
+            "on a larger disk) and run it again")
+
+
+def store_error(err: BaseException, where: Path | None = None) -> RecaeError | None:
+    """The one-line RecaeError a database error means to a user (busy: exit 75; read-only; disk full: exit 1,
+    naming ``where``, the store's file or home, when the error names no file), or None."""
     from recae.errors import STORE_BUSY, StoreBusyError
 
+    if is_disk_full(err):
+        return StoreUnavailableError(disk_full_message(err, where))
     if is_lock_timeout(err):
         return StoreBusyError(f"{STORE_BUSY}; nothing was changed, try again when it finishes")
     if isinstance(err, OperationalError) and "readonly" in str(getattr(err, "orig", None) or err).lower():

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from recae.errors import DataError, LockHeldError
 from recae.store.datasets import DataSource, RatingScale, fetch, get_format, sha256_file
 from recae.store.db import IngestRun, is_lock_timeout, utcnow
+from recae.store.identity import claim_catalogue, replace_data
 from recae.store.parse import RatingsLayout, Reject, RejectLog, plain_file_layout, read_movies, read_ratings
 from recae.store.writers import (
     add_fold_tests,
@@ -65,6 +66,7 @@ class IngestReport:
     seconds: float
     movies_untitled: int = 0
     fold_tests_loaded: int = 0
+    replaced: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def _progress(enabled: bool, label: str, total: int):  # type: ignore[no-untyped
                     console=console, transient=True, disable=not (enabled and console.is_terminal))
 
 
-def _run(engine: Engine, plan: _Plan, skip_bad: bool, progress: bool) -> IngestReport:
+def _run(engine: Engine, plan: _Plan, skip_bad: bool, progress: bool, replace: bool = False) -> IngestReport:
     started = time.perf_counter()
 
     def report(**counts: object) -> IngestReport:
@@ -123,7 +125,7 @@ def _run(engine: Engine, plan: _Plan, skip_bad: bool, progress: bool) -> IngestR
         return IngestReport(**base, seconds=round(time.perf_counter() - started, 3))  # type: ignore[arg-type]
 
     with engine.connect() as conn:
-        if _succeeded_run(conn, plan.sha256):
+        if not replace and _succeeded_run(conn, plan.sha256):
             log.info("%s: already ingested (sha256 %s)", plan.source, plan.sha256)
             return report(already_ingested=True)
     rejects = RejectLog(skip_bad)
@@ -134,8 +136,13 @@ def _run(engine: Engine, plan: _Plan, skip_bad: bool, progress: bool) -> IngestR
             run_id = conn.execute(insert(IngestRun).values(
                 dataset=plan.dataset, source=plan.source, sha256=plan.sha256, status="running", rows_read=0,
                 rows_loaded=0, rows_rejected=0, started_at=utcnow())).inserted_primary_key[0]
-            if _succeeded_run(conn, plan.sha256):
+            if not replace and _succeeded_run(conn, plan.sha256):
                 raise _AlreadyIngested  # another process finished the same file meanwhile; roll back our row
+            release = None if plan.dataset == PLAIN else plan.dataset
+            if replace:
+                replace_data(conn, release, run_id)
+            else:
+                claim_catalogue(conn, release, plan.source)
             movies = plan.movies(rejects) if plan.movies else []
             if movies:
                 upsert_movies(conn, movies)
@@ -178,7 +185,7 @@ def _run(engine: Engine, plan: _Plan, skip_bad: bool, progress: bool) -> IngestR
         log.warning("%s: %d rated movies were not in the catalogue; added with NULL title", plan.source, untitled)
     return report(rows_read=rows_read, rows_loaded=rows_loaded, rows_rejected=rejects.count,
                   movies_loaded=len(movies), rejects=tuple(rejects.first), movies_untitled=untitled,
-                  fold_tests_loaded=len(folds))
+                  fold_tests_loaded=len(folds), replaced=replace)
 
 
 def _record_failure(engine: Engine, plan: _Plan, message: str) -> None:
@@ -193,7 +200,7 @@ def _record_failure(engine: Engine, plan: _Plan, message: str) -> None:
 
 
 def ingest_dataset(engine: Engine, name: str, path: str | Path | None = None, *, downloads_dir: Path,
-                   skip_bad: bool = False, progress: bool = False) -> IngestReport:
+                   skip_bad: bool = False, progress: bool = False, replace: bool = False) -> IngestReport:
     """Ingest a MovieLens release from its zip or extracted folder (``path``), else download it by name.
 
     Args:
@@ -202,9 +209,12 @@ def ingest_dataset(engine: Engine, name: str, path: str | Path | None = None, *,
         path: the GroupLens zip or a folder holding its files; None downloads into ``downloads_dir``.
         skip_bad: load the good rows and report rejects instead of failing on the first bad line.
         progress: show a progress bar on stderr (when it is a terminal).
+        replace: replace the store's ratings, films and folds with this release, in the transaction that loads
+            it (``recae.store.identity``); without it, a store holding another release refuses it.
 
     Raises:
-        DataError: a malformed line or unsafe archive (nothing is loaded); DownloadError when offline.
+        DataError: a malformed line or unsafe archive (nothing is loaded); DownloadError when offline;
+            CatalogueConflictError (a DataError) when the store holds another release.
     """
     fmt = get_format(name)
     archive = Path(path).expanduser() if path is not None else fetch(fmt, downloads_dir).path
@@ -230,17 +240,19 @@ def ingest_dataset(engine: Engine, name: str, path: str | Path | None = None, *,
             ratings_size=source.size(fmt.ratings_file), layout=layout, header=fmt.header,
             movies=lambda rejects: read_movies(source, fmt, rejects), folds=folds if fmt.fold_files else None,
         )
-        return _run(engine, plan, skip_bad, progress)
+        return _run(engine, plan, skip_bad, progress, replace)
 
 
 def ingest_ratings_file(engine: Engine, path: str | Path, *, scale: tuple[float, float] = (0.5, 5.0),
-                        step: float | None = 0.5, skip_bad: bool = False, progress: bool = False) -> IngestReport:
+                        step: float | None = 0.5, skip_bad: bool = False, progress: bool = False,
+                        replace: bool = False) -> IngestReport:
     """Ingest a plain ``user_id,movie_id,rating[,timestamp]`` CSV (header optional): new ratings from production.
 
     Movies not yet in the catalogue are added with a NULL title (``IngestReport.movies_untitled``).
 
     Args:
         scale: allowed (low, high) ratings; ``step`` the allowed increment from ``low`` (None: any value).
+        replace: replace the store's ratings, films and folds with this file's ratings (a new catalogue).
     """
     low, high = float(scale[0]), float(scale[1])
     if not low < high:
@@ -249,7 +261,7 @@ def ingest_ratings_file(engine: Engine, path: str | Path, *, scale: tuple[float,
     plan = _Plan(dataset=PLAIN, source=str(file), sha256=sha256_file(file),
                  open_ratings=lambda stack: stack.enter_context(open(file, "rb")),
                  ratings_size=file.stat().st_size, layout=layout, header=None)
-    return _run(engine, plan, skip_bad, progress)
+    return _run(engine, plan, skip_bad, progress, replace)
 
 
 #: Held-out files are compared with stored ratings or predictions, not stored: any finite rating parses.

@@ -91,6 +91,9 @@ class IdIndex:
     movie_ids: np.ndarray  # (n_movies,) int64, strictly increasing
     _user_lookup: _Lookup = field(init=False, repr=False, compare=False)
     _movie_lookup: _Lookup = field(init=False, repr=False, compare=False)
+    #: The store's catalogue identity when these ids were read (``recae.store.identity``; None: not from a store):
+    #: a model publishes the identity of the data it was trained on, not the one the store has at publish time.
+    catalogue: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("user_ids", "movie_ids"):
@@ -318,13 +321,16 @@ class RatingMatrix:
         paths with no Python object per rating; any other database (or data a fast path cannot read exactly)
         streams DBAPI rows (see ``recae.store.readers``).
         """
+        from recae.store.identity import catalogue_identity
+
+        catalogue = catalogue_identity(engine)  # before the ratings: a replace in between makes the model look older
         columns = read_columns(engine)
         if columns.user_ids.size == 0:
             raise EmptyStoreError("the store holds no ratings; run `recae ingest ml-100k` first")
-        return _matrix_from_sorted_columns(columns)
+        return _matrix_from_sorted_columns(columns, catalogue)
 
 
-def _matrix_from_sorted_columns(columns: RatingColumns) -> RatingMatrix:
+def _matrix_from_sorted_columns(columns: RatingColumns, catalogue: str | None = None) -> RatingMatrix:
     """CSR straight from columns in (user_id, movie_id) order: O(nnz), no sort; falls back to a sort otherwise."""
     users, movies = columns.user_ids, columns.movie_ids
     new_user = np.empty(users.size, dtype=bool)
@@ -336,9 +342,10 @@ def _matrix_from_sorted_columns(columns: RatingColumns) -> RatingMatrix:
         np.all((movies[1:] > movies[:-1]) | new_user[1:])
     )
     if not ordered:  # a database that ignored ORDER BY, or duplicates: the general path sorts and checks
-        return RatingMatrix.from_ids(users, movies, columns.values, columns.timestamps)
+        index = IdIndex(_sorted_unique_ids(users), _sorted_unique_ids(movies), catalogue=catalogue)
+        return RatingMatrix.from_ids(users, movies, columns.values, columns.timestamps, index=index)
     del new_user
-    index = IdIndex(user_index, _sorted_unique_ids(movies))
+    index = IdIndex(user_index, _sorted_unique_ids(movies), catalogue=catalogue)
     indptr = np.empty(starts.size + 1, dtype=np.int64)
     indptr[:-1] = starts
     indptr[-1] = users.size

@@ -30,6 +30,14 @@ BLOCK_BYTES = 16 << 20  # ~700k ratings lines per parsed block
 MAX_LINE_BYTES = 1 << 16
 REJECTS_KEPT = 10
 YEAR_AT_END = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*\d{4})?\)\s*$")
+#: The one rule for ids and timestamps, on every line and both parse paths: ASCII digits only (``1e1``, ``1.0``,
+#: ``+1`` or a non-ASCII digit is not an integer id); ratings are ASCII decimal numbers (no ``_``, no other digits).
+INTEGER = re.compile(r"[0-9]+")
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: Bytes the fast path lets through in the id and timestamp fields: digits and blanks (stripped, as the slow path does).
+_INTEGER_FIELD_TEXT = b"0123456789 \t\r\n"
+_INTEGER_FIELD_BYTES = np.zeros(256, dtype=bool)
+_INTEGER_FIELD_BYTES[np.frombuffer(_INTEGER_FIELD_TEXT, dtype=np.uint8)] = True
 
 
 @dataclass(frozen=True)
@@ -150,13 +158,12 @@ def _check_line(line: str, layout: RatingsLayout) -> tuple[int, int, float, floa
         return f"expected {expected} fields separated by {layout.sep!r}, found {len(parts)}"
     ids = []
     for name, value in (("user id", parts[0]), ("movie id", parts[1])):
-        if not re.fullmatch(r"\d+", value) or not 1 <= int(value) <= MAX_ID:
+        if not INTEGER.fullmatch(value) or not 1 <= int(value) <= MAX_ID:
             return f"{name} {value!r} is not an integer in 1..{MAX_ID}"
         ids.append(int(value))
-    try:
-        rating = float(parts[2])
-    except ValueError:
+    if not DECIMAL.fullmatch(parts[2]):
         return f"rating {parts[2]!r} is not a number"
+    rating = float(parts[2])
     scale = layout.scale
     if not np.isfinite(rating) or not scale.low <= rating <= scale.high:
         return f"rating {parts[2]} is outside {scale.describe()}"
@@ -168,7 +175,7 @@ def _check_line(line: str, layout: RatingsLayout) -> tuple[int, int, float, floa
         if layout.timestamp_required:
             return "timestamp is missing"
         return ids[0], ids[1], rating, float("nan")
-    if not re.fullmatch(r"\d+", stamp) or int(stamp) >= MAX_TIMESTAMP:
+    if not INTEGER.fullmatch(stamp) or int(stamp) >= MAX_TIMESTAMP:
         return f"timestamp {stamp!r} is not a whole number of seconds >= 0"
     return ids[0], ids[1], rating, float(stamp) if int(stamp) else float("nan")
 
@@ -193,9 +200,35 @@ def _slow_block(lines: list[str], first_line: int, layout: RatingsLayout,
                         np.asarray(numbers, dtype=np.int64)), n_read
 
 
+def _integer_fields_plain(data: bytes, sep: str) -> bool:
+    """True when every byte outside the rating (the third field) is a digit, a blank, ``sep`` or a line end.
+
+    pandas reads ``1e1``, ``1.0``, ``+1`` or ``NA`` into an int64 or float64 column; the line-by-line rule does
+    not. A block where such a byte sits in an id or timestamp field goes the slow way, so one rule judges every
+    line. Cost: one table lookup per byte, then two binary searches per remaining byte (about one per line when
+    ratings have a decimal point).
+    """
+    rest = data.translate(None, _INTEGER_FIELD_TEXT + sep.encode())
+    if not rest:
+        return True  # digits, blanks and separators only (integer ratings): no byte needs placing
+    codes = np.frombuffer(data, dtype=np.uint8)
+    if rest.count(b".") == len(rest):  # the usual half-star file: only decimal points to place
+        odd = np.flatnonzero(codes == ord("."))
+    else:
+        odd = np.flatnonzero(~_INTEGER_FIELD_BYTES[codes] & (codes != ord(sep)))
+    seps = np.flatnonzero(codes == ord(sep))
+    ends = np.flatnonzero(codes == ord("\n"))
+    line = np.searchsorted(ends, odd)  # the line of each odd byte; its start is one past the previous line end
+    starts = np.where(line > 0, ends[np.maximum(line - 1, 0)] + 1, 0)
+    field = np.searchsorted(seps, odd) - np.searchsorted(seps, starts)
+    return bool(np.all(field == 2))
+
+
 def _fast_block(block: bytes, n_lines: int, layout: RatingsLayout) -> pd.DataFrame | None:
     """The block parsed by pandas with explicit dtypes, or None when it needs the line-by-line path."""
     data, sep = (block.replace(b"::", b"\t"), "\t") if layout.sep == "::" else (block, layout.sep)
+    if not _integer_fields_plain(data, sep):
+        return None
     dtypes = {0: np.int64, 1: np.int64, 2: np.float64, 3: np.float64}
     try:
         frame = pd.read_csv(io.BytesIO(data), sep=sep, header=None, dtype=dtypes, engine="c", quoting=csv.QUOTE_NONE,
@@ -291,7 +324,7 @@ def read_movies(source: DataSource, fmt: DatasetFormat, rejects: RejectLog) -> l
         if len(parts) != expected:
             rejects.add(Reject(fmt.movies_file, number, f"expected {expected} fields, found {len(parts)}"))
             continue
-        if not parts[0].isdigit() or not 1 <= int(parts[0]) <= MAX_ID:
+        if not INTEGER.fullmatch(parts[0]) or not 1 <= int(parts[0]) <= MAX_ID:
             rejects.add(Reject(fmt.movies_file, number, f"movie id {parts[0]!r} is not an integer in 1..{MAX_ID}"))
             continue
         if fmt.movies_kind == "item":
