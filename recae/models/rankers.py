@@ -29,7 +29,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import scipy.linalg.lapack as lapack
@@ -51,6 +51,20 @@ RankerInput = Literal["value", "binary"]
 RANKER_INPUTS: tuple[str, ...] = ("value", "binary")
 #: Films covered by EASE at most: one float32 matrix of this side is 1.6 GB (see the module docstring).
 DEFAULT_MAX_ITEMS = 20_000
+
+
+class Ranker(Protocol):
+    """What serving needs of a fitted ranker (dense :class:`EaseRanker`, ``sparse_ease.SparseEaseRanker``)."""
+
+    n_movies: int
+    lam: float
+
+    @property
+    def items(self) -> np.ndarray: ...  # (n_items,) int64 columns it scores from the data, ascending
+
+    def score_rows(self, ratings: sp.csr_matrix) -> np.ndarray: ...  # (batch, n_movies) float32, higher first
+
+    def describe(self) -> dict[str, object]: ...  # what meta.json records: kind, lambda, items, n_movies, ...
 
 
 @dataclass(frozen=True, eq=False)

@@ -183,7 +183,7 @@ def check_meta(meta: Any, weights_file: str, ranker_inputs: tuple[str, ...]) -> 
 
 
 def _check_ranker_meta(ranker: dict[str, Any], ranker_inputs: tuple[str, ...]) -> None:
-    if ranker.get("kind") != "ease":
+    if ranker.get("kind") not in ("ease", "sparse-ease"):
         raise ValueError(f"unknown ranker kind {ranker.get('kind')!r}")
     if ranker.get("input") not in ranker_inputs:
         raise ValueError(f"ranker.input {ranker.get('input')!r} is not one of {', '.join(ranker_inputs)}")

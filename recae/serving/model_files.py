@@ -27,7 +27,8 @@ from recae.errors import CorruptArtifactError, RecaeError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model
 from recae.models.names import Orientation
-from recae.models.rankers import RANKER_INPUTS, EaseRanker
+from recae.models.rankers import RANKER_INPUTS, EaseRanker, Ranker
+from recae.models.sparse_ease import SparseEaseRanker
 from recae.serving.model_checks import check_dtypes, check_finite, check_ids, check_meta, check_sparse_structure
 from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
@@ -43,6 +44,8 @@ SVD_ARRAYS = ("user_bias", "item_bias", "user_factors", "item_factors")
 #: The dtype of every tensor save_model writes outside the modules (whose own dtypes the modules give).
 STORED_DTYPES = {"inputs/indptr": torch.int64, "inputs/indices": torch.int32, "inputs/data": torch.float32,
                  "ranker/items": torch.int64, "ranker/weights": torch.float32,
+                 "ranker/head": torch.int64, "ranker/tail": torch.int64, "ranker/tail_indptr": torch.int64,
+                 "ranker/tail_indices": torch.int32, "ranker/tail_data": torch.float32,
                  **{f"svd/{name}": torch.float64 for name in SVD_ARRAYS}}
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
@@ -144,8 +147,7 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         tensors.update({f"svd/{name}": torch.from_numpy(np.ascontiguousarray(getattr(trained.svd, name), np.float64))
                         for name in SVD_ARRAYS})
     if trained.ranker is not None:
-        tensors["ranker/items"] = torch.from_numpy(np.ascontiguousarray(trained.ranker.items, dtype=np.int64))
-        tensors["ranker/weights"] = torch.from_numpy(np.ascontiguousarray(trained.ranker.weights, dtype=np.float32))
+        tensors.update(_ranker_tensors(trained.ranker))
     # views of the model's own arrays where the dtype already fits (save_file only reads them)
     tensors["inputs/indptr"] = torch.from_numpy(np.ascontiguousarray(csr.indptr, dtype=np.int64))
     tensors["inputs/indices"] = torch.from_numpy(np.ascontiguousarray(csr.indices, dtype=np.int32))
@@ -275,8 +277,25 @@ def load_model(path: str | Path) -> TrainedModel:
                         tune_search=dict(meta.get("tune") or {}))
 
 
-def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> EaseRanker:
-    """The EASE ranker stored under ``ranker/``; ValueError when it does not fit the IdIndex."""
+def _ranker_tensors(ranker: Ranker) -> dict[str, torch.Tensor]:
+    """The tensors a ranker is stored as under ``ranker/`` (views where the dtype already fits)."""
+    def tensor(array: np.ndarray, dtype: type) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+
+    if isinstance(ranker, SparseEaseRanker):
+        tail = ranker.tail_weights
+        return {"ranker/head": tensor(ranker.head, np.int64), "ranker/weights": tensor(ranker.head_weights, np.float32),
+                "ranker/tail": tensor(ranker.tail, np.int64), "ranker/tail_indptr": tensor(tail.indptr, np.int64),
+                "ranker/tail_indices": tensor(tail.indices, np.int32), "ranker/tail_data": tensor(tail.data, np.float32)}
+    if isinstance(ranker, EaseRanker):
+        return {"ranker/items": tensor(ranker.items, np.int64), "ranker/weights": tensor(ranker.weights, np.float32)}
+    raise TypeError(f"cannot store a ranker of type {type(ranker).__name__}")
+
+
+def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> Ranker:
+    """The ranker stored under ``ranker/``; ValueError when it does not fit the IdIndex."""
+    if meta["kind"] == "sparse-ease":
+        return _sparse_ease_from(tensors, meta, index)
     items = tensors["ranker/items"].numpy()
     weights = tensors["ranker/weights"].numpy()
     check_ids("ranker/items", items, index.n_movies)
@@ -285,6 +304,24 @@ def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: 
                          f"{(items.size, items.size)} (one row and column per covered film)")
     return EaseRanker(items=items, weights=weights, n_movies=index.n_movies, lam=float(meta["lambda"]),
                       input=str(meta["input"]), rating_max=float(meta["rating_max"]))
+
+
+def _sparse_ease_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> SparseEaseRanker:
+    """The sparse EASE stored under ``ranker/``: head ids, dense head weights, tail ids and the (H, T) CSR."""
+    head, tail = tensors["ranker/head"].numpy(), tensors["ranker/tail"].numpy()
+    check_ids("ranker/head", head, index.n_movies)
+    check_ids("ranker/tail", tail, index.n_movies)
+    if np.intersect1d(head, tail).size:
+        raise ValueError("ranker/head and ranker/tail share films")
+    weights = tensors["ranker/weights"].numpy()
+    if weights.shape != (head.size, head.size):
+        raise ValueError(f"ranker/weights has shape {weights.shape}, expected {(head.size, head.size)}")
+    indptr, indices, data = (tensors[f"ranker/tail_{k}"].numpy() for k in ("indptr", "indices", "data"))
+    check_sparse_structure("ranker tail", indptr, indices, data, (head.size, tail.size))
+    tail_weights = sp.csr_matrix((data, indices, indptr), shape=(head.size, tail.size))
+    return SparseEaseRanker(head=head, head_weights=weights, tail=tail, tail_weights=tail_weights,
+                            n_movies=index.n_movies, lam=float(meta["lambda"]), input=str(meta["input"]),
+                            rating_max=float(meta["rating_max"]), neighbours=int(meta["neighbours"]))
 
 
 def _svd_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> SvdPart:

@@ -17,7 +17,7 @@ import torch
 from recae.models.autoencoders import AutoEncoder, ModelConfig, pairs_pattern
 from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.names import Orientation
-from recae.models.rankers import EaseRanker
+from recae.models.rankers import Ranker
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.blend import blend, mix
 
@@ -57,7 +57,7 @@ class TrainedModel:
     svd: SvdPart | None = None
     mix_weights: tuple[float, ...] = ()
     # the top-N model that orders recommendations (recae.models.rankers); None: order by predicted rating
-    ranker: EaseRanker | None = None
+    ranker: Ranker | None = None
     ranker_search: dict[str, Any] = field(default_factory=dict)  # how the ranker's settings were chosen
     tune_search: dict[str, Any] = field(default_factory=dict)  # `train --tune`'s trials and choice (training.tune)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)

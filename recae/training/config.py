@@ -22,7 +22,7 @@ from recae.models.rankers import RANKER_INPUTS
 from recae.settings import DEVICES, UnknownSettingError, setting_names, strict_settings
 
 OPTIMIZERS = ("adam", "adamw", "rprop", "lbfgs")
-RANKERS = ("ease", "none")
+RANKERS = ("auto", "ease", "sparse-ease", "none")
 AUTO_MIN_BATCH = 8192
 AUTO_STEPS_PER_EPOCH = 25
 #: Below this many training ratings one CPU thread trains fastest: the batches are too small to share, and on a
@@ -64,11 +64,15 @@ class TrainConfig:
     # stacked with the main ensemble (and partner) by weights and an intercept fitted on the blend carve; on by default
     # since it won on the development carves of u1.base (0.8968 against 0.8984) and ml-1m (0.8279 against 0.8308)
     blend_svd: bool = True
-    # the top-N model that orders recommendations (recae.models.rankers): "ease", or "none" to order by predicted rating
-    ranker: str = "ease"
+    # the top-N model that orders recommendations: "ease" (dense, recae.models.rankers), "sparse-ease" (every film at
+    # any catalogue size, recae.models.sparse_ease), "auto" (dense EASE while the rated films fit ranker_head_items,
+    # sparse above), or "none" to order by predicted rating
+    ranker: str = "auto"
     ranker_lambda: float = 0.0  # EASE's lambda (0: chosen on a validation carve of the training ratings)
     ranker_input: str = "value"  # EASE reads r / r_max ("value") or 1 ("binary") per rating; value won on validation
-    ranker_max_items: int = 20_000  # EASE covers at most this many (most-rated) films: 1.6 GB of float32 weights
+    ranker_max_items: int = 20_000  # dense EASE covers at most this many (most-rated) films: 1.6 GB of float32 weights
+    ranker_head_items: int = 12_000  # sparse EASE: films with exact EASE among themselves (576 MB); "auto"'s switch
+    ranker_neighbours: int = 64  # sparse EASE: head films each other film is regressed on
     ranker_val_fraction: float = 0.1  # share of the training ratings carved to choose the ranker's lambda
     # a held-out rating is relevant (liked) from this rating on, in the ranker's lambda search and in the model's
     # ranking metrics (0: 0.8 x the top training rating, recae.metrics.relevance_threshold: 4 on 1-5 and 0.5-5)
@@ -117,6 +121,8 @@ class TrainConfig:
             raise TrainingError(f"unknown ranker {self.ranker!r}; choose one of {', '.join(RANKERS)}")
         if self.ranker_input not in RANKER_INPUTS:
             raise TrainingError(f"unknown ranker_input {self.ranker_input!r}; choose one of {', '.join(RANKER_INPUTS)}")
+        if self.ranker_head_items < 1 or self.ranker_neighbours < 1:
+            raise TrainingError("ranker_head_items and ranker_neighbours must be positive")
         if self.ranker_lambda < 0 or self.ranker_max_items < 1 or not 0.0 < self.ranker_val_fraction < 1.0:
             raise TrainingError("ranker_lambda must be >= 0, ranker_max_items positive, ranker_val_fraction in (0, 1)")
         if not 0.0 <= self.relevant_from < float("inf"):

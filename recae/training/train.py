@@ -26,7 +26,7 @@ from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr
 from recae.models.build import bake_kernels, build_model
 from recae.models.losses import l2_penalty, masked_mse
-from recae.models.rankers import EaseRanker, train_ease
+from recae.models.rankers import Ranker, train_ease
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
 from recae.training.checkpoint import CHECKPOINT_FILE, Checkpointer, resume_run, run_fingerprint
@@ -360,7 +360,7 @@ def train_split(
     if train_cfg.ranker != "none":
         started = time.perf_counter()
         if on_progress:
-            on_progress("ranker: EASE, lambda chosen on validation")
+            on_progress(f"ranker: {ranker_kind(split.train, train_cfg)}, lambda chosen on validation")
         ranker, search = fit_ranker(split.train, train_cfg)
         ranker_seconds = time.perf_counter() - started
         trained = replace(trained, ranker=ranker, ranker_search=search)
@@ -378,8 +378,23 @@ def train_split(
     return TrainResult(trained=with_metrics(trained, metrics), fit=result, metrics=metrics)
 
 
-def fit_ranker(train: RatingMatrix, cfg: TrainConfig) -> tuple[EaseRanker, dict[str, Any]]:
+def ranker_kind(train: RatingMatrix, cfg: TrainConfig) -> str:
+    """The ranker ``cfg`` fits on ``train``: ``"auto"`` is dense EASE while the rated films fit the head's budget
+    (``ranker_head_items``; there sparse EASE would be the same model), sparse EASE above it."""
+    if cfg.ranker != "auto":
+        return cfg.ranker
+    rated = int(np.count_nonzero(np.bincount(train.csr.indices, minlength=train.shape[1])))
+    return "ease" if rated <= cfg.ranker_head_items else "sparse-ease"
+
+
+def fit_ranker(train: RatingMatrix, cfg: TrainConfig) -> tuple[Ranker, dict[str, Any]]:
     """The top-N ranker of ``cfg`` on the training ratings; its settings chosen on a carve of them (never test)."""
+    if ranker_kind(train, cfg) == "sparse-ease":
+        from recae.models.sparse_ease import train_sparse_ease
+
+        return train_sparse_ease(train, lam=cfg.ranker_lambda, input=cfg.ranker_input,
+                                 head_items=cfg.ranker_head_items, neighbours=cfg.ranker_neighbours,
+                                 val_fraction=cfg.ranker_val_fraction, seed=cfg.seed, relevant_from=cfg.relevant_from)
     return train_ease(train, lam=cfg.ranker_lambda, input=cfg.ranker_input, max_items=cfg.ranker_max_items,
                       val_fraction=cfg.ranker_val_fraction, seed=cfg.seed, relevant_from=cfg.relevant_from)
 

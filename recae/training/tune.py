@@ -315,8 +315,11 @@ class _Search:
     def search_ranker(self, train: RatingMatrix, first: bool) -> None:
         """EASE's lambda for the ``value`` input (first) or the ``binary`` one (when time allows)."""
         from recae.models.rankers import search_ease_lambda
+        from recae.models.sparse_ease import search_sparse_ease_lambda
+        from recae.training.train import ranker_kind
 
         cfg = self.train_cfg
+        sparse = ranker_kind(train, cfg) == "sparse-ease"
         inputs = [cfg.ranker_input] if first else [i for i in ("value", "binary") if i != cfg.ranker_input]
         for name in inputs:
             if not first and not self.fits(self.ranker_seconds):
@@ -326,9 +329,15 @@ class _Search:
             if self.on_step is not None:
                 self.on_step(f"tuning: ranker ({name} input)", self.elapsed(),
                              self.best().val_rmse if self.trials else None)
-            search = search_ease_lambda(train, input=name, max_items=cfg.ranker_max_items,
-                                        val_fraction=cfg.ranker_val_fraction, seed=cfg.seed,
-                                        relevant_from=cfg.relevant_from)
+            if sparse:
+                search = search_sparse_ease_lambda(train, input=name, head_items=cfg.ranker_head_items,
+                                                   neighbours=cfg.ranker_neighbours,
+                                                   val_fraction=cfg.ranker_val_fraction, seed=cfg.seed,
+                                                   relevant_from=cfg.relevant_from)
+            else:
+                search = search_ease_lambda(train, input=name, max_items=cfg.ranker_max_items,
+                                            val_fraction=cfg.ranker_val_fraction, seed=cfg.seed,
+                                            relevant_from=cfg.relevant_from)
             seconds = time.perf_counter() - started
             self.ranker_seconds += seconds
             self.ranker_searches.append({**search, "seconds": round(seconds, 3)})
