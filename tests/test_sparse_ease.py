@@ -148,3 +148,41 @@ def test_a_head_or_neighbourhood_of_zero_is_refused(field: str) -> None:
 
     with pytest.raises(TrainingError, match=field):
         TrainConfig(**{field: 0}).validate()
+
+
+def test_recae_train_above_the_head_budget_serves_every_film_and_says_sparse_ease(tmp_path: Path) -> None:
+    """A store with more rated films than the (lowered) head budget: ``auto`` fits sparse EASE, meta.json and
+    ``models show`` say so with every rated film counted, and the served lists reach films outside the head."""
+    import json
+
+    from tests.test_home import run
+
+    data = skewed_taste(n_users=300, n_movies=200)
+    rows, cols, values = data.coo()
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("".join(f"{u + 1},{m + 1},{r:g}\n" for u, m, r in zip(rows, cols, values, strict=True)))
+    config = tmp_path / "tiny.toml"
+    config.write_text("[model]\nhidden = [16]\n[train]\nepochs = 2\nensemble = 1\npartner_members = 0\n"
+                      "blend_svd = false\nthreads = 1\nweight_decay = 20.0\nranker_head_items = 50\n"
+                      "ranker_neighbours = 8\n")
+    home = tmp_path / "home"
+    assert run(home, "ingest", "--ratings", str(ratings))[0] == 0
+    code, _, err = run(home, "train", "--config", str(config))
+    assert code == 0, err
+    code, out, err = run(home, "models", "show", "--format", "json")
+    assert code == 0, err
+    ranker = json.loads(out)["config"]["ranker"]
+    assert ranker["kind"] == "sparse-ease" and ranker["head_items"] == 50 and ranker["n_movies"] == 200
+    folder = Path(json.loads(out)["path"])
+    meta = json.loads((folder / "meta.json").read_text())
+    from safetensors.numpy import load_file
+
+    trained_films = np.unique(load_file(folder / "weights.safetensors")["inputs/indices"]).size  # training ratings
+    assert meta["ranker"]["items"] == trained_films > 150
+    head = set(np.argsort(-np.bincount(cols, minlength=200), kind="stable")[:50] + 1)
+    listed = set()
+    for user in (1, 2, 3, 4, 5, 6, 7, 8):
+        code, out, err = run(home, "recommend", "--user", str(user), "-n", "20", "--format", "json")
+        assert code == 0, err
+        listed |= {record["movie_id"] for record in json.loads(out)}
+    assert listed - head  # films outside the head reach the lists
