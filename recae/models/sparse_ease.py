@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ import scipy.sparse as sp
 from recae.errors import TrainingError
 from recae.models.rankers import (LambdaTrial, best_trial, choose_ease_lambda, covered_items, ease_from_gram,
                                   gram_matrix, ranker_input, start_lambda)
+from recae.threads import in_order_on_threads
 
 if TYPE_CHECKING:
     from recae.store.matrix import RatingMatrix
@@ -124,10 +126,13 @@ def sparse_ease_gram(train: sp.csr_matrix, *, input: str = "value", rating_max: 
     head = covered_items(x, head_items)
     tail = np.setdiff1d(rated, head, assume_unique=True)
     x_head = x[:, head].tocsr()
+    started = time.perf_counter()
     gram = gram_matrix(x_head)
+    gram_seconds = time.perf_counter() - started
     k = min(neighbours, head.size)
     idx, val = _strongest_neighbours(x_head, x[:, tail].tocsc(), k)
-    log.info("sparse EASE: %d head films, %d tail films x %d neighbours", head.size, tail.size, k)
+    log.info("sparse EASE on %d ratings: %d head films (Gram %.1f s), %d tail films x %d neighbours (%.1f s)",
+             x.nnz, head.size, gram_seconds, tail.size, k, time.perf_counter() - started - gram_seconds)
     return SparseEaseGram(head=head, gram=gram, tail=tail, neighbours=idx, cooccurrence=val,
                           n_movies=x.shape[1], input=input, rating_max=float(rating_max))
 
@@ -141,13 +146,17 @@ def _strongest_neighbours(x_head: sp.csr_matrix, x_tail: sp.csc_matrix, k: int) 
     idx = np.zeros((n_tail, k), dtype=np.int32)
     val = np.zeros((n_tail, k), dtype=np.float32)
     head_by_film = x_head.T.tocsr()  # (H, n_users)
-    for start in range(0, n_tail, TAIL_BLOCK):
+
+    def strongest(start: int) -> None:  # writes its own rows of idx and val only
         stop = min(start + TAIL_BLOCK, n_tail)
         block = (head_by_film @ x_tail[:, start:stop]).toarray()  # (H, b)
         top = np.argpartition(-block, k - 1, axis=0)[:k] if k < block.shape[0] else \
             np.broadcast_to(np.arange(block.shape[0])[:, None], block.shape)
         idx[start:stop] = top.T
         val[start:stop] = np.take_along_axis(block, top, axis=0).T
+
+    for _ in in_order_on_threads(strongest, range(0, n_tail, TAIL_BLOCK)):
+        pass
     return idx, val
 
 
@@ -219,15 +228,20 @@ def search_sparse_ease_lambda(train: RatingMatrix, *, input: str = "value", head
                              neighbours=neighbours)
 
     def score(candidate: float) -> float:
+        started = time.perf_counter()
         ranker = sparse_ease_from_gram(parts, candidate)
+        fitted = time.perf_counter()
         carve_scores = RowScores(lambda rows: ranker.score_rows(fit.csr[rows]))
         ndcg = ranking_metrics(carve_scores, fit, val, k=10, threshold=threshold).ndcg
         trial = LambdaTrial(candidate, -math.inf if math.isnan(ndcg) else ndcg)
+        log.info("sparse EASE lambda %g: NDCG@10 %.4f on the carve (fit %.1f s, scored %.1f s)", candidate, trial.ndcg,
+                 fitted - started, time.perf_counter() - fitted)
         if on_trial is not None:
             on_trial(trial)
         return trial.ndcg
 
-    trials = choose_ease_lambda(score, start_lambda(fit.csr, input, rating_max))
+    # the start follows the head's films (the Gram diagonal EASE inverts), not the long tail's rarely rated ones
+    trials = choose_ease_lambda(score, start_lambda(fit.csr[:, parts.head], input, rating_max))
     best = best_trial(trials)
     log.info("sparse EASE lambda %g chosen on a validation carve of %d ratings (NDCG@10 %.4f)", best.lam,
              sample.nnz, best.ndcg)

@@ -22,6 +22,7 @@ from recae.metrics import dense_flags, ranking_scores
 from recae.serving.registry import champion_version
 from recae.store.db import Movie, Rating, Recommendation
 from recae.store.writers import Columns, insert_columns
+from recae.threads import in_order_on_threads
 
 if TYPE_CHECKING:
     from recae.serving.scorer import TrainedModel
@@ -122,6 +123,8 @@ class Filters:
 #: Bytes of predicted scores (float32) held for one batch of users while precomputing. Scoring and the top-N
 #: selection need about five times this at their peak, so a batch stays near 300 MB whatever the catalogue size.
 PRECOMPUTE_BATCH_BYTES = 64 * 2**20
+#: Batches scored side by side while precomputing (None: the CPUs, at most 4).
+PRECOMPUTE_THREADS: int | None = None
 
 
 def precompute_batch_users(n_movies: int, budget_bytes: int = PRECOMPUTE_BATCH_BYTES) -> int:
@@ -188,8 +191,9 @@ def precompute_recommendations(
         raise ValueError(f"n must be at least 1, got {n}")
     conn.execute(delete(Recommendation).where(Recommendation.version == version))
     csr = rated.csr
-    written = 0
-    for start in range(0, index.n_users, batch_users):
+
+    def lists_of(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One batch's (rows, batch positions, places, films, scores, ratings): pure, so batches run side by side."""
         rows = np.arange(start, min(start + batch_users, index.n_users))
         scores = ranking_scores(scorer, rows)  # type: ignore[arg-type]  # (batch, n_movies)
         if scores.shape != (rows.size, index.n_movies):
@@ -198,12 +202,18 @@ def precompute_recommendations(
         cols = top_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), n)  # (batch, n)
         batch_pos, places = np.nonzero(cols >= 0)  # row-major: by user, then rank
         picked = cols[batch_pos, places]
+        ratings = _listed_ratings(scorer, scores, rows, batch_pos, picked) if picked.size else picked
+        return rows, batch_pos, places, picked, scores[batch_pos, picked], ratings
+
+    written = 0
+    # batches are scored on threads (scipy, numpy and torch release the GIL) and written here, in order, on the
+    # caller's connection; at most threads + 1 batches are held at once
+    for rows, batch_pos, places, picked, listed_scores, ratings in in_order_on_threads(
+            lists_of, range(0, index.n_users, batch_users), PRECOMPUTE_THREADS):
         if picked.size:
-            ratings = _listed_ratings(scorer, scores, rows, batch_pos, picked)
             insert_columns(conn, Recommendation, _columns(version, index.user_ids[rows[batch_pos]], places + 1,
-                                                          index.movie_ids[picked], scores[batch_pos, picked], ratings))
+                                                          index.movie_ids[picked], listed_scores, ratings))
         written += int(picked.size)
-        del scores, cols
         if on_batch is not None:
             on_batch(int(rows.size))
     log.info("precomputed %d recommendations for %d users (version %s)", written, index.n_users, version)

@@ -31,6 +31,7 @@ from recae.models.rankers import train_ease
 from recae.models.sparse_ease import DEFAULT_HEAD_ITEMS, DEFAULT_NEIGHBOURS, train_sparse_ease
 from recae.serving.recommend import precompute_batch_users, top_unseen
 from recae.store.matrix import IdIndex, RatingMatrix
+from recae.threads import in_order_on_threads
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -76,10 +77,14 @@ def scale(args: argparse.Namespace) -> None:
     n_users = args.max_users or csr.shape[0]
     batch = precompute_batch_users(csr.shape[1])
     started = time.perf_counter()
-    for start in range(0, n_users, batch):
+
+    def top_of(start: int) -> np.ndarray:  # batched and threaded as precompute_recommendations does it
         block = csr[start:min(start + batch, n_users)]
         scores = ranker.score_rows(block)
-        top_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), args.top)
+        return top_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), args.top)
+
+    for _ in in_order_on_threads(top_of, range(0, n_users, batch)):
+        pass
     score_s = time.perf_counter() - started
     print(f"top-{args.top} for {n_users:,} users: {score_s:.1f} s ({n_users / score_s:,.0f} users/s; all "
           f"{csr.shape[0]:,}: {score_s * csr.shape[0] / n_users:.0f} s), peak {peak_gib():.2f} GiB", flush=True)
@@ -135,6 +140,9 @@ def quality(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_subparsers(dest="mode", required=True)
     at_scale = modes.add_parser("scale")
