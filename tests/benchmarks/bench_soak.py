@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -34,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.benchmarks.bench_serve import ROOT, connect, free_port, memory_mb, percentiles, recae  # noqa: E402
+from tests.benchmarks.bench_serve import (  # noqa: E402
+    ROOT, connect, free_port, memory_mb, percentiles, recae, start_server)
 
 SHARED_ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 SMALL_CONFIG = "[train]\nepochs = 20\nensemble = 1\npartner_members = 0\n"
@@ -59,25 +59,6 @@ def ensure_home(home: Path, small: bool) -> None:
         config.write_text(SMALL_CONFIG)
         args += ["--config", str(config)]
     recae(home, *args)
-
-
-def start_server(home: Path, port: int) -> subprocess.Popen:
-    """`recae serve` on 127.0.0.1:``port`` once /readyz says the champion is loaded."""
-    import urllib.request
-
-    process = subprocess.Popen([sys.executable, "-m", "recae", "--home", str(home), "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--log-level", "warning"], cwd=ROOT,
-                               env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
-                if answer.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    sys.exit("recae serve did not become ready in 120 s")
 
 
 def request_mix(home: Path, count: int, seed: int) -> list[Request]:
