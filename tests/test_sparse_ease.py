@@ -186,3 +186,30 @@ def test_recae_train_above_the_head_budget_serves_every_film_and_says_sparse_eas
         assert code == 0, err
         listed |= {record["movie_id"] for record in json.loads(out)}
     assert listed - head  # films outside the head reach the lists
+
+
+def test_a_ranker_too_large_for_the_memory_budget_is_refused_before_training_starts(tmp_path: Path) -> None:
+    """A dense EASE that would not fit the budget: one line naming the need, the budget and the settings, exit 1,
+    and no epoch trained (the refusal comes before the autoencoders)."""
+    from recae.errors import TrainingError
+    from recae.training.train import check_ranker_memory
+    from tests.test_home import run
+
+    data = skewed_taste()
+    check_ranker_memory(data, TrainConfig(ranker="ease"))  # 300 films: far below 6 GB
+    with pytest.raises(TrainingError, match=r"needs about .* GB .* memory budget of 1e-06 GB; lower ranker_max_items"):
+        check_ranker_memory(data, TrainConfig(ranker="ease", memory_budget_gb=1e-6))
+    with pytest.raises(TrainingError, match="lower ranker_head_items"):
+        check_ranker_memory(data, TrainConfig(ranker="sparse-ease", memory_budget_gb=1e-6))
+    check_ranker_memory(data, TrainConfig(ranker="none", memory_budget_gb=1e-6))
+    rows, cols, values = data.coo()
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("".join(f"{u + 1},{m + 1},{r:g}\n" for u, m, r in zip(rows, cols, values, strict=True)))
+    config = tmp_path / "budget.toml"
+    config.write_text("[train]\nepochs = 2\nensemble = 1\nthreads = 1\nmemory_budget_gb = 0.000001\n")
+    home = tmp_path / "home"
+    assert run(home, "ingest", "--ratings", str(ratings))[0] == 0
+    code, out, err = run(home, "train", "--config", str(config))
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert code == 1 and len(errors) == 1 and "memory budget" in errors[0] and "Traceback" not in err
+    assert not list((home / "models").glob("*/meta.json"))  # nothing published

@@ -73,6 +73,9 @@ class TrainConfig:
     ranker_max_items: int = 20_000  # dense EASE covers at most this many (most-rated) films: 1.6 GB of float32 weights
     ranker_head_items: int = 12_000  # sparse EASE: films with exact EASE among themselves (576 MB); "auto"'s switch
     ranker_neighbours: int = 64  # sparse EASE: head films each other film is regressed on
+    # GB the ranker's fit may take at its peak (estimated before training starts, so a catalogue too large for it is
+    # refused in one line rather than killed by the kernel an hour in); 0: no check
+    memory_budget_gb: float = 6.0
     ranker_val_fraction: float = 0.1  # share of the training ratings carved to choose the ranker's lambda
     # a held-out rating is relevant (liked) from this rating on, in the ranker's lambda search and in the model's
     # ranking metrics (0: 0.8 x the top training rating, recae.metrics.relevance_threshold: 4 on 1-5 and 0.5-5)
@@ -121,6 +124,8 @@ class TrainConfig:
             raise TrainingError(f"unknown ranker {self.ranker!r}; choose one of {', '.join(RANKERS)}")
         if self.ranker_input not in RANKER_INPUTS:
             raise TrainingError(f"unknown ranker_input {self.ranker_input!r}; choose one of {', '.join(RANKER_INPUTS)}")
+        if not self.memory_budget_gb >= 0:
+            raise TrainingError(f"memory_budget_gb must be >= 0 (0: no check), got {self.memory_budget_gb}")
         if self.ranker_head_items < 1 or self.ranker_neighbours < 1:
             raise TrainingError("ranker_head_items and ranker_neighbours must be positive")
         if self.ranker_lambda < 0 or self.ranker_max_items < 1 or not 0.0 < self.ranker_val_fraction < 1.0:
