@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from recae.metrics import top_k_unseen
-from recae.serving.recommend import _columns, precompute_batch_users, precompute_recommendations, top_unseen
+from recae.serving.recommend import _columns, precompute_batch_users, precompute_recommendations
 from recae.store.db import ModelVersion, Recommendation
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.store.writers import _insert_mappings, _insert_positional
@@ -163,8 +163,13 @@ def test_nan_scores_rank_after_real_ones_and_match_the_metrics_top_k() -> None:
     scores[1, 26:] = [0.99, 0.2, 0.7, 0.5]
     seen[1] = False
     seen[1, 26] = True
-    ours = top_unseen(scores, seen, 8)
-    assert np.array_equal(ours[2:], top_k_unseen(scores, seen, 8)[2:])  # no ties at -inf in these rows
+    ours = top_k_unseen(scores, seen, 8)
+    for row in range(2, scores.shape[0]):  # a plain sort: real scores best first, then NaN ones, by column
+        unseen = [c for c in range(scores.shape[1]) if not seen[row, c]]
+        expected = sorted(unseen, key=lambda c: (np.isnan(scores[row, c]), -np.nan_to_num(scores[row, c]), c))[:8]
+        real = [c for c in expected if not np.isnan(scores[row, c])]
+        assert list(ours[row, : len(real)]) == real
+        assert all(np.isnan(scores[row, c]) and not seen[row, c] for c in ours[row, len(real) : len(expected)])
     assert (ours[0] == -1).all()
     assert list(ours[1, :3]) == [28, 29, 27] and set(ours[1, 3:]) <= set(range(26))
     assert not np.take_along_axis(seen, np.maximum(ours, 0), axis=1)[ours >= 0].any()

@@ -18,7 +18,7 @@ from sqlalchemy import and_, delete, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
 from recae.errors import DataError, UnknownGenreError, UnknownMovieError, UnknownUserError
-from recae.metrics import dense_flags, ranking_scores
+from recae.metrics import dense_flags, ranking_scores, top_k_unseen
 from recae.serving.registry import champion_version
 from recae.store.db import Movie, Rating, Recommendation
 from recae.store.writers import Columns, insert_columns
@@ -132,32 +132,6 @@ def precompute_batch_users(n_movies: int, budget_bytes: int = PRECOMPUTE_BATCH_B
     return max(1, budget_bytes // (4 * max(int(n_movies), 1)))
 
 
-def top_unseen(scores: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
-    """Columns of the ``n`` best scores per row among films not ``seen``, best first; -1 pads short rows.
-
-    The same answer as ``recae.metrics.top_k_unseen`` (ties aside), computed in float32 on one negated copy:
-    about 4x faster and a third of the memory at ML-25M's 59k films. NaN scores rank after every real score.
-
-    Args:
-        scores: (batch, n_movies) predicted ratings (left unchanged).
-        seen: (batch, n_movies) bool, True for films the user rated (never returned).
-    Returns:
-        (batch, min(n, n_movies)) int64 columns.
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    cost = np.negative(scores, dtype=np.float32, order="C")  # (batch, n_movies); smaller is better
-    if not np.isfinite(cost).all():  # rare; nan_to_num on every batch would cost as much as the selection
-        top = np.finfo(np.float32).max
-        np.nan_to_num(cost, copy=False, nan=top, posinf=top, neginf=-top)  # every unseen film beats a seen one
-    cost[seen] = np.inf
-    n = min(n, cost.shape[1])
-    part = np.argpartition(cost, n - 1, axis=1)[:, :n] if n < cost.shape[1] else np.argsort(cost, axis=1)
-    order = np.argsort(np.take_along_axis(cost, part, axis=1), axis=1, kind="stable")
-    cols = np.take_along_axis(part, order, axis=1)  # (batch, n)
-    return np.where(np.take_along_axis(seen, cols, axis=1), -1, cols).astype(np.int64)
-
-
 def _columns(version: str, user_ids: np.ndarray, ranks: np.ndarray, movie_ids: np.ndarray,
              scores: np.ndarray, ratings: np.ndarray) -> Columns:
     return {"version": itertools.repeat(version), "user_id": user_ids.tolist(), "rank": ranks.tolist(),
@@ -199,7 +173,7 @@ def precompute_recommendations(
         if scores.shape != (rows.size, index.n_movies):
             raise ValueError(f"the scorer returned shape {scores.shape}, expected {(rows.size, index.n_movies)}")
         block = csr[rows[0] : rows[-1] + 1]
-        cols = top_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), n)  # (batch, n)
+        cols = top_k_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), n)  # (batch, n)
         batch_pos, places = np.nonzero(cols >= 0)  # row-major: by user, then rank
         picked = cols[batch_pos, places]
         ratings = _listed_ratings(scorer, scores, rows, batch_pos, picked) if picked.size else picked

@@ -20,7 +20,8 @@ import scipy.sparse as sp
 
 from recae.metrics import dense_flags
 from recae.models.rankers import DEFAULT_MAX_ITEMS, fit_ease
-from recae.serving.recommend import precompute_batch_users, top_unseen
+from recae.metrics import top_k_unseen
+from recae.serving.recommend import precompute_batch_users
 from recae.synth import SynthSpec, generate
 
 
@@ -60,7 +61,7 @@ def main() -> None:
     for start in range(0, n_users, batch):
         block = csr[start : min(start + batch, n_users)]
         scores = ranker.score_rows(block)  # (batch, n_movies)
-        top_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), args.top)
+        top_k_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), args.top)
     score_s, score_cpu = time.perf_counter() - started, time.process_time() - cpu
     print(f"top-{args.top} for {n_users:,} users: {score_s:.1f} s, CPU {score_cpu:.1f} s ({n_users / score_s:,.0f} "
           f"users/s; all {args.users:,}: {score_s * args.users / n_users:.0f} s), peak {peak_gib():.2f} GiB",

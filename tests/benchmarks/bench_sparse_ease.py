@@ -29,7 +29,8 @@ import scipy.sparse as sp
 from recae.metrics import RowScores, dense_flags, ranking_metrics, relevance_threshold
 from recae.models.rankers import train_ease
 from recae.models.sparse_ease import DEFAULT_HEAD_ITEMS, DEFAULT_NEIGHBOURS, train_sparse_ease
-from recae.serving.recommend import precompute_batch_users, top_unseen
+from recae.metrics import top_k_unseen
+from recae.serving.recommend import precompute_batch_users
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.threads import in_order_on_threads
 
@@ -81,7 +82,7 @@ def scale(args: argparse.Namespace) -> None:
     def top_of(start: int) -> np.ndarray:  # batched and threaded as precompute_recommendations does it
         block = csr[start:min(start + batch, n_users)]
         scores = ranker.score_rows(block)
-        return top_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), args.top)
+        return top_k_unseen(scores, dense_flags(block.indptr, block.indices, scores.shape), args.top)
 
     for _ in in_order_on_threads(top_of, range(0, n_users, batch)):
         pass
