@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recae.store.matrix import RatingMatrix
+from recae.threads import in_order_on_threads
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +197,39 @@ class TruncatedSVDBaseline(_NotFitted):
         return np.clip(self.biases.rows(rows) + low_rank, *self.scale)
 
 
+#: Row blocks Soft-Impute's sparse products are cut into, to run side by side (scipy's kernels are single-threaded
+#: and release the GIL): a fixed count, so the sums of partial products do not depend on the number of threads.
+PRODUCT_BLOCKS = 4
+
+
 def _low_rank_at(left: np.ndarray, right: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                  chunk: int = 65_536) -> np.ndarray:
-    """(left @ right.T)[rows, cols] without forming the product; chunked so the gathers stay in cache."""
+    """(left @ right.T)[rows, cols] without forming the product; chunked so the gathers stay in cache, the chunks
+    on threads (each writes its own slice)."""
     out = np.empty(rows.shape, dtype=np.float64)  # (n,)
-    for start in range(0, rows.size, chunk):
+
+    def fill(start: int) -> None:
         stop = start + chunk
-        out[start:stop] = (np.take(left, rows[start:stop], axis=0) * np.take(right, cols[start:stop], axis=0)).sum(1)
+        out[start:stop] = np.einsum("nk,nk->n", np.take(left, rows[start:stop], axis=0),
+                                    np.take(right, cols[start:stop], axis=0))
+
+    for _ in in_order_on_threads(fill, range(0, rows.size, chunk)):
+        pass
     return out
+
+
+def _row_blocks(matrix: sp.csr_matrix, count: int = PRODUCT_BLOCKS) -> list[tuple[int, sp.csr_matrix]]:
+    """(first row, block) pairs cutting ``matrix`` into ``count`` runs of rows with about equal non-zeros; the
+    blocks share its data and indices."""
+    bounds = np.searchsorted(matrix.indptr, np.linspace(0, matrix.nnz, count + 1)[1:-1]).tolist()
+    edges = [0, *bounds, matrix.shape[0]]
+    blocks = []
+    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+        lo, hi = matrix.indptr[start], matrix.indptr[stop]
+        block = sp.csr_matrix((matrix.data[lo:hi], matrix.indices[lo:hi], matrix.indptr[start : stop + 1] - lo),
+                              shape=(stop - start, matrix.shape[1]))
+        blocks.append((start, block))
+    return blocks
 
 
 @dataclass(frozen=True)
@@ -214,13 +240,29 @@ class _SparsePlusLowRank:
     left: np.ndarray
     right: np.ndarray
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", _row_blocks(self.sparse))
+
     def times(self, x: np.ndarray) -> np.ndarray:
         """X @ x for x (n, l); cost O(nnz x l + (m + n) x r x l)."""
-        return self.sparse @ x + self.left @ (self.right.T @ x)
+        out = self.left @ (self.right.T @ x)  # (m, l)
+
+        def add(part: tuple[int, sp.csr_matrix]) -> None:
+            start, block = part
+            out[start : start + block.shape[0]] += block @ x
+
+        for _ in in_order_on_threads(add, self.blocks):  # type: ignore[attr-defined]
+            pass
+        return out
 
     def transpose_times(self, y: np.ndarray) -> np.ndarray:
-        """X.T @ y for y (m, l)."""
-        return np.asarray(self.sparse.T @ y) + self.right @ (self.left.T @ y)
+        """X.T @ y for y (m, l): the blocks' partial products summed in block order."""
+        out = self.right @ (self.left.T @ y)  # (n, l)
+        parts = in_order_on_threads(lambda part: np.asarray(part[1].T @ y[part[0] : part[0] + part[1].shape[0]]),
+                                    self.blocks)  # type: ignore[attr-defined]
+        for partial in parts:
+            out += partial
+        return out
 
 
 def _top_singular(

@@ -162,15 +162,18 @@ def ranking_baselines(
     threshold: float | None = None, seed: int = 0,
 ) -> dict[str, ListQuality]:
     """The two lists a top-N model must beat, measured like it on ``test``: ``most_popular`` (films by training
-    rating count) and ``ease`` (Steck 2019 on the binary "has rated" matrix, lambda chosen on a carve of ``train``).
+    rating count) and ``ease`` (Steck 2019 on the binary "has rated" matrix, lambda chosen on a carve of ``train``;
+    the sparse EASE over every film where the rated films outnumber its exact head, as ``ranker = "auto"`` does).
     Held-out ratings are relevant from ``threshold`` (None: as in :func:`evaluate_scorer`), in EASE's lambda search
     too."""
     from recae.models.rankers import train_ease
+    from recae.models.sparse_ease import DEFAULT_HEAD_ITEMS, train_sparse_ease
 
     threshold = relevance_threshold(train.rating_scale()[1], threshold)
     counts = np.bincount(train.csr.indices, minlength=train.shape[1]).astype(np.float32)  # (n_movies,)
     popular = RowScores(lambda rows: np.broadcast_to(counts, (rows.size, counts.size)))
-    ease, _ = train_ease(train, input="binary", seed=seed, relevant_from=threshold)
+    fit = train_sparse_ease if np.count_nonzero(counts) > DEFAULT_HEAD_ITEMS else train_ease
+    ease, _ = fit(train, input="binary", seed=seed, relevant_from=threshold)
     reference = RowScores(lambda rows: ease.score_rows(train.csr[rows]))
     return {name: list_quality(scorer, train, test, ks=ks, threshold=threshold)
             for name, scorer in (("most_popular", popular), ("ease", reference))}
@@ -188,6 +191,8 @@ def lists_json(quality: ListQuality | None) -> dict[str, float] | None:
         out.update({f"coverage@{quality.list_k}": quality.coverage,
                     f"mean_popularity@{quality.list_k}": quality.mean_popularity})
     out["n_users"] = first.n_users
+    if first.of_users:  # a sample of the eligible users (recae.metrics.RANKING_USERS)
+        out["of_users"] = first.of_users
     return out
 
 

@@ -226,3 +226,25 @@ def test_no_relevant_user_gives_nan_and_counts_the_skipped() -> None:
 def test_mismatched_matrices_are_refused() -> None:
     with pytest.raises(ValueError, match="share one IdIndex"):
         ranking_metrics(TableScorer(np.zeros((2, 3))), matrix([], 2, 3), matrix([], 2, 4), threshold=4.0)
+
+
+def test_above_max_users_a_seeded_sample_is_scored_and_says_so() -> None:
+    """Users 0..199: even users' one held-out relevant film is ranked first (NDCG 1), odd users' is last (NDCG 0);
+    a sample of 100 scores about half, names the 200 it came from, repeats with its seed, and threads agree."""
+    n_users, n_movies = 200, 30
+    train = matrix([(u, 0, 3.0) for u in range(n_users)], n_users, n_movies)
+    test = matrix([(u, 1, 5.0) for u in range(n_users)], n_users, n_movies)
+    table = np.tile(np.linspace(0.0, 1.0, n_movies), (n_users, 1))
+    table[0::2, 1] = 2.0  # the relevant film on top for even users
+    table[1::2, 1] = -1.0  # and at the bottom for odd ones
+    full = ranking_metrics(TableScorer(table), train, test, k=5, threshold=4.0, max_users=None)
+    assert (full.n_users, full.of_users, full.ndcg) == (200, 0, pytest.approx(0.5))
+    sample = ranking_metrics(TableScorer(table), train, test, k=5, threshold=4.0, max_users=100)
+    assert (sample.n_users, sample.of_users) == (100, 200)
+    assert 0.3 < sample.ndcg < 0.7 and sample.ndcg * 100 == pytest.approx(round(sample.ndcg * 100))
+    assert ranking_metrics(TableScorer(table), train, test, k=5, threshold=4.0, max_users=100).ndcg == sample.ndcg
+    from recae.metrics import list_quality
+
+    one_thread = list_quality(TableScorer(table), train, test, ks=(5,), threshold=4.0, max_users=100, threads=1,
+                              batch_users=7).at[5]
+    assert one_thread.ndcg == pytest.approx(sample.ndcg)

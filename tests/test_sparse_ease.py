@@ -15,7 +15,8 @@ from recae.serving.model_files import load_model, save_model
 from recae.splits import Split, SplitSpec
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.config import TrainConfig
-from recae.training.train import fit_ranker, ranker_kind, train_split
+from recae.training.ranking import fit_ranker, ranker_kind
+from recae.training.train import train_split
 from tests.test_rankers import _tiny_configs
 
 LAMBDA = 20.0
@@ -192,7 +193,7 @@ def test_a_ranker_too_large_for_the_memory_budget_is_refused_before_training_sta
     """A dense EASE that would not fit the budget: one line naming the need, the budget and the settings, exit 1,
     and no epoch trained (the refusal comes before the autoencoders)."""
     from recae.errors import TrainingError
-    from recae.training.train import check_ranker_memory
+    from recae.training.ranking import check_ranker_memory
     from tests.test_home import run
 
     data = skewed_taste()

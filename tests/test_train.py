@@ -296,7 +296,7 @@ def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int)
 
 
 @pytest.mark.parametrize("bad", [{"val_fraction": 0.0}, {"val_fraction": 1.5}, {"lr": 0.0}, {"weight_decay": -1.0},
-                                 {"weight_decay_grid": (10.0, -1.0)}, {"epochs": 0}])
+                                 {"weight_decay_grid": (10.0, -1.0)}, {"epochs": -1}, {"ensemble": -1}])
 def test_nonsense_settings_are_refused_with_a_clear_error(bad: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(TrainingError):
         TrainConfig(**bad).validate()
@@ -347,3 +347,36 @@ def test_init_seed_seeds_the_weights_and_defaults_to_seed(small) -> None:  # typ
     assert all(torch.equal(default[k], explicit[k]) for k in default)  # None means "the same as seed"
     assert not torch.equal(default["w_in"], other_init["w_in"])
     assert TrainConfig(seed=2, init_seed=7).weights_seed == 7 and TrainConfig(seed=2).weights_seed == 2
+
+
+def test_auto_members_and_epochs_follow_the_data_size_and_set_values_win() -> None:
+    from recae.training.config import AUTO_EPOCHS, AUTO_MEMBERS, LARGE_MEMBER_RATINGS, LARGE_TRAIN_RATINGS
+
+    small_run, ml32m_run = TrainConfig().sized(900_000), TrainConfig().sized(28_800_184)
+    assert (small_run.ensemble, small_run.epochs) == (AUTO_MEMBERS, AUTO_EPOCHS)
+    assert ml32m_run.ensemble == 1
+    assert 28_800_184 * (ml32m_run.epochs - 1) < LARGE_MEMBER_RATINGS <= 28_800_184 * ml32m_run.epochs
+    edge = TrainConfig().sized(LARGE_TRAIN_RATINGS)
+    assert (edge.ensemble, edge.epochs) == (AUTO_MEMBERS, AUTO_EPOCHS)
+    assert TrainConfig().sized(10**10).epochs >= 5  # a floor, never zero epochs
+    chosen = TrainConfig(ensemble=3, epochs=7).sized(28_800_184)
+    assert (chosen.ensemble, chosen.epochs) == (3, 7)
+    assert TrainConfig().resolved(28_800_184).batch_ratings > 0
+
+
+def test_a_large_run_records_the_members_and_epochs_it_got(small, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Above the large-data line (lowered here to the planted matrix) the default run trains one member for the
+    capped epochs, and the trained model's config says so (meta.json records what ran, never 0)."""
+    from recae.splits import Split, SplitSpec
+    from recae.training import config as config_module
+    from recae.training.train import train_split
+
+    fit_part, test_part = small
+    monkeypatch.setattr(config_module, "LARGE_TRAIN_RATINGS", fit_part.nnz // 2)
+    monkeypatch.setattr(config_module, "LARGE_MEMBER_RATINGS", fit_part.nnz * 7)
+    split = Split(spec=SplitSpec("random", test_fraction=0.1, seed=0), train=fit_part, test=test_part)
+    result = train_split(split, model_config(hidden=(16,)),
+                         TrainConfig(partner_members=0, blend_svd=False, ranker="none", threads=1, patience=50))
+    recorded = result.trained.train_config
+    assert (recorded.ensemble, recorded.epochs) == (1, 7)
+    assert result.fit.epochs_run == 7 and not result.fit.members

@@ -42,7 +42,8 @@ class TrainProgress:
 
         def on_epoch(report: Any) -> None:
             loss, val, best = self.fields(report)
-            self.progress.update(self.task, completed=report.epoch, loss=loss, val=val, best=best)
+            self.progress.update(self.task, completed=report.epoch, total=getattr(report, "epochs", None) or None,
+                                 loss=loss, val=val, best=best)
 
         def on_progress(message: str) -> None:
             self.progress.update(self.task, description=message, completed=0)

@@ -421,7 +421,7 @@ def _rated_validation_rmse(module: RatingRBM, inputs: sp.csr_matrix, targets: sp
 def single_network(train_cfg: TrainConfig) -> TrainConfig:
     """The rbm model trains one network per orientation: ``ensemble`` is 1 (a partner of the other orientation
     may still be blended in)."""
-    if train_cfg.ensemble == 1:
+    if train_cfg.ensemble <= 1:  # 0: auto, which means one network here
         return train_cfg
     log.warning("the rbm model trains one network; ensemble = %d is read as 1", train_cfg.ensemble)
     return replace(train_cfg, ensemble=1, partner_members=min(train_cfg.partner_members, 1))

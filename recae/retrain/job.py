@@ -312,7 +312,8 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     from recae.splits import Split, SplitSpec
     from recae.training.config import TrainConfig
     from recae.training.ensemble import fit_blend_parts
-    from recae.training.train import fit_ranker, test_metrics, train_split
+    from recae.training.ranking import fit_ranker
+    from recae.training.train import test_metrics, train_split
     from recae.training.validation import unit_means
 
     spec_json = dict(champion.split_spec or {})

@@ -29,6 +29,14 @@ AUTO_STEPS_PER_EPOCH = 25
 #: busy machine a second thread waits for a core (ml-100k u1 took 374 s with two threads beside one busy core,
 #: 13 s with one).
 AUTO_ONE_THREAD_BELOW = 2_000_000
+#: Above this many training ratings the automatic settings (``ensemble = 0``, ``epochs = 0``) turn from accuracy to
+#: time: one member, and epochs capped so that a member reads about LARGE_MEMBER_RATINGS ratings. Below it (ml-100k
+#: to ML-1M and beyond) they are the settings chosen on validation: 4 members, up to 300 epochs.
+LARGE_TRAIN_RATINGS = 5_000_000
+#: 6 epochs at ML-32M shape: 3.5 min for the item member, 5 for the user partner on 2 cores (35 and 50 s an epoch;
+#: there the synthetic carve's validation RMSE moved 0.0001 between epochs 1 and 3)
+LARGE_MEMBER_RATINGS = 150_000_000
+AUTO_MEMBERS, AUTO_EPOCHS, LARGE_MIN_EPOCHS = 4, 300, 5
 DEFAULT_MODEL = "denoising"  # chosen on validation (see the README's performance table)
 FULL_BATCH = ("rprop", "lbfgs")
 #: Pretraining epochs per layer when ``--pretrain`` is asked for without ``pretrain_epochs``: the setting of every
@@ -40,7 +48,9 @@ DEFAULT_PRETRAIN_EPOCHS = 10
 class TrainConfig:
     """How to train; every field can be set in the TOML config's ``[train]`` table (flags override the file)."""
 
-    epochs: int = 300  # most epochs (full-batch optimisers: one step per epoch)
+    # most epochs (full-batch optimisers: one step per epoch); 0: auto, 300 up to LARGE_TRAIN_RATINGS training
+    # ratings, above it about LARGE_MEMBER_RATINGS / ratings (6 at ML-32M), so the default train ends in minutes
+    epochs: int = 0
     optimizer: str = "adam"  # adam | adamw (minibatch) | rprop | lbfgs (full batch)
     lr: float = 2e-3  # learning rate (Rprop: initial step size; L-BFGS: 1.0 is usual)
     # lambda of AutoRec's lambda/2 ||W||^2 (adamw: decoupled decay rate); 100 won on validation over 30 on ml-100k/1m
@@ -54,7 +64,9 @@ class TrainConfig:
     seed: int = 0  # seeds the validation carves (and the split, on the command line)
     init_seed: int | None = None  # seeds weights, shuffles and dropout (None: the same as seed)
     deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
-    ensemble: int = 4  # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net)
+    # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net); 0: auto, 4 up to
+    # LARGE_TRAIN_RATINGS training ratings, 1 above (a merged ensemble of 4 would be 3.2 GB of weights at ML-32M)
+    ensemble: int = 0
     # members of the other orientation (a user AE beside an item AE), blended in with a weight fitted on validation
     partner_members: int = 1
     # share of the training ratings that no member and no partner trains or stops on: the blend weight of the shipped
@@ -111,8 +123,8 @@ class TrainConfig:
             raise TrainingError("--device cuda was asked for but torch sees no CUDA device; use --device auto or cpu")
         if not 0.0 < self.lr_decay <= 1.0 or self.lr_decay_patience < 1:
             raise TrainingError("lr_decay must be in (0, 1] and lr_decay_patience positive")
-        if self.epochs < 1 or self.batch_ratings < 0 or self.patience < 1 or self.ensemble < 1:
-            raise TrainingError("epochs, patience and ensemble must be positive, batch_ratings not negative")
+        if self.epochs < 0 or self.batch_ratings < 0 or self.patience < 1 or self.ensemble < 0:
+            raise TrainingError("patience must be positive; epochs, ensemble and batch_ratings not negative (0: auto)")
         if self.partner_members < 0 or not 0.0 < self.blend_fraction < 1.0:
             raise TrainingError(f"partner_members must be >= 0 (got {self.partner_members}) and blend_fraction in "
                                 f"(0, 1) (got {self.blend_fraction})")
@@ -134,13 +146,36 @@ class TrainConfig:
             raise TrainingError(f"relevant_from must be a rating >= 0 (0: from the scale), got {self.relevant_from}")
 
     def resolved(self, n_ratings: int) -> TrainConfig:
-        """The config with ``batch_ratings`` fixed: auto means ~25 steps per epoch, at least 8192 ratings each.
+        """The config with its automatic settings fixed for ``n_ratings`` training ratings (set ones are kept).
 
-        Each Adam step costs O(parameters) on top of O(ratings * width), so larger data takes larger batches.
+        ``batch_ratings``: ~25 steps per epoch, at least 8192 ratings each (each Adam step costs O(parameters) on
+        top of O(ratings * width), so larger data takes larger batches). ``ensemble`` and ``epochs``: see
+        :func:`auto_members` and :func:`auto_epochs`.
         """
-        if self.batch_ratings > 0:
-            return self
-        return replace(self, batch_ratings=max(AUTO_MIN_BATCH, -(-n_ratings // AUTO_STEPS_PER_EPOCH)))
+        return replace(self.sized(n_ratings),
+                       batch_ratings=self.batch_ratings or max(AUTO_MIN_BATCH, -(-n_ratings // AUTO_STEPS_PER_EPOCH)))
+
+    def sized(self, n_ratings: int) -> TrainConfig:
+        """The config with ``ensemble`` and ``epochs`` fixed for ``n_ratings`` training ratings where they are auto
+        (0); a run sizes itself once, on its whole training part, so its members agree."""
+        return replace(self, ensemble=self.ensemble or auto_members(n_ratings),
+                       epochs=self.epochs or auto_epochs(n_ratings))
+
+
+def auto_members(n_ratings: int) -> int:
+    """Ensemble members when none are set: AUTO_MEMBERS (chosen on validation carves of ml-100k and ml-1m) up to
+    LARGE_TRAIN_RATINGS, one above, where a member's epoch takes most of a minute and four merged members would
+    not fit the memory budget."""
+    return AUTO_MEMBERS if n_ratings <= LARGE_TRAIN_RATINGS else 1
+
+
+def auto_epochs(n_ratings: int) -> int:
+    """Most epochs when none are set: AUTO_EPOCHS (early stopping ends sooner) up to LARGE_TRAIN_RATINGS; above it,
+    enough for a member to read about LARGE_MEMBER_RATINGS ratings, at least LARGE_MIN_EPOCHS, so the default
+    ``recae train`` at ML-32M shape ends within the half hour the product promises."""
+    if n_ratings <= LARGE_TRAIN_RATINGS:
+        return AUTO_EPOCHS
+    return max(LARGE_MIN_EPOCHS, -(-LARGE_MEMBER_RATINGS // max(n_ratings, 1)))
 
 
 def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

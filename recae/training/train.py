@@ -26,7 +26,6 @@ from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr
 from recae.models.build import bake_kernels, build_model
 from recae.models.losses import l2_penalty, masked_mse
-from recae.models.rankers import Ranker, train_ease
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
 from recae.training.checkpoint import CHECKPOINT_FILE, Checkpointer, resume_run, run_fingerprint
@@ -52,6 +51,7 @@ from recae.training.loop import (
     state_dict_copy,
 )
 from recae.training.pretrain import pretrain_autoencoders
+from recae.training.ranking import check_ranker_memory, run_ranker
 from recae.training.validation import unit_means, validation_rmse
 
 if TYPE_CHECKING:
@@ -166,6 +166,8 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
         torch.use_deterministic_algorithms(True)
     if len(train_cfg.weight_decay_grid) == 1:
         train_cfg = replace(train_cfg, weight_decay=train_cfg.weight_decay_grid[0], weight_decay_grid=())
+    if not (train_cfg.ensemble and train_cfg.epochs):
+        train_cfg = train_cfg.sized(carve(0)[0].nnz)
     try:
         if model_cfg.name == "rbm":  # the RBM for CF: its own CD epoch, early stopping on validation RMSE
             from recae.models.rbm_cf import fit_rating_rbm, single_network
@@ -339,7 +341,9 @@ def train_split(
         from recae.models.rbm_cf import single_network
 
         train_cfg = single_network(train_cfg)
+    train_cfg = train_cfg.sized(split.train.nnz)  # meta.json records the members and epochs this data got
     check_ranker_memory(split.train, train_cfg)  # before hours of training, not after them
+    parked = run_ranker(split.train, train_cfg, run_dir, resume, on_progress)  # first: see recae.training.ranking
     fit_part, blend_part = blend_carve(split.train, train_cfg) if carves_blend(train_cfg) else (split.train, None)
     result = fit_cross_carved(fit_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                               on_progress=on_progress)
@@ -358,13 +362,9 @@ def train_split(
         trained, blend_metrics = fit_blend_parts(trained, fit_part, blend_part, train_cfg, on_progress)
         metrics.update(blend_metrics)
     ranker_seconds = 0.0
-    if train_cfg.ranker != "none":
-        started = time.perf_counter()
-        if on_progress:
-            on_progress(f"ranker: {ranker_kind(split.train, train_cfg)}, lambda chosen on validation")
-        ranker, search = fit_ranker(split.train, train_cfg)
-        ranker_seconds = time.perf_counter() - started
-        trained = replace(trained, ranker=ranker, ranker_search=search)
+    if parked is not None:
+        ranker, ranker_seconds = parked.load(), parked.seconds
+        trained = replace(trained, ranker=ranker, ranker_search=parked.search)
         metrics.update(ranker_lambda=ranker.lam, ranker_seconds=round(ranker_seconds, 3))
     metrics.update({
         "best_epoch": result.best_epoch,
@@ -377,52 +377,6 @@ def train_split(
     log.info("scoring %d test ratings", split.test.nnz)
     metrics.update(test_metrics(trained, split.test))
     return TrainResult(trained=with_metrics(trained, metrics), fit=result, metrics=metrics)
-
-
-def ranker_kind(train: RatingMatrix, cfg: TrainConfig) -> str:
-    """The ranker ``cfg`` fits on ``train``: ``"auto"`` is dense EASE while the rated films fit the head's budget
-    (``ranker_head_items``; there sparse EASE would be the same model), sparse EASE above it."""
-    if cfg.ranker != "auto":
-        return cfg.ranker
-    rated = int(np.count_nonzero(np.bincount(train.csr.indices, minlength=train.shape[1])))
-    return "ease" if rated <= cfg.ranker_head_items else "sparse-ease"
-
-
-def check_ranker_memory(train: RatingMatrix, cfg: TrainConfig) -> None:
-    """TrainingError, before any training, when the ranker's estimated peak exceeds ``cfg.memory_budget_gb``.
-
-    The estimate counts what the fit holds at once: dense EASE two films x films float32 matrices (the Gram and the
-    inverse of a trial); sparse EASE three head x head ones (the search's Gram, the final Gram and its inverse),
-    the tail's neighbours and weights (about 32 bytes each), and three copies of the ratings (8 bytes a rating).
-    At ML-32M shape it says 2.7 GB where the whole benchmark peaked at 4.2 GiB with the data itself.
-    """
-    kind = ranker_kind(train, cfg)
-    if kind == "none" or cfg.memory_budget_gb == 0:
-        return
-    rated = int(np.count_nonzero(np.bincount(train.csr.indices, minlength=train.shape[1])))
-    if kind == "ease":
-        films = min(rated, cfg.ranker_max_items)
-        need, what, knob = 8.0 * films**2, f"dense EASE over {films:,} films", "ranker_max_items"
-    else:
-        head = min(rated, cfg.ranker_head_items)
-        need = 12.0 * head**2 + 32.0 * (rated - head) * cfg.ranker_neighbours + 24.0 * train.nnz
-        what, knob = f"sparse EASE with {head:,} head films and {rated - head:,} tail films", "ranker_head_items"
-    if need > cfg.memory_budget_gb * 1e9:
-        raise TrainingError(f"the ranker ({what}) needs about {need / 1e9:.1f} GB at its peak, above the memory "
-                            f"budget of {cfg.memory_budget_gb:g} GB; lower {knob} (or set ranker = \"sparse-ease\"), or "
-                            f"raise memory_budget_gb in [train] if this machine has the memory")
-
-
-def fit_ranker(train: RatingMatrix, cfg: TrainConfig) -> tuple[Ranker, dict[str, Any]]:
-    """The top-N ranker of ``cfg`` on the training ratings; its settings chosen on a carve of them (never test)."""
-    if ranker_kind(train, cfg) == "sparse-ease":
-        from recae.models.sparse_ease import train_sparse_ease
-
-        return train_sparse_ease(train, lam=cfg.ranker_lambda, input=cfg.ranker_input,
-                                 head_items=cfg.ranker_head_items, neighbours=cfg.ranker_neighbours,
-                                 val_fraction=cfg.ranker_val_fraction, seed=cfg.seed, relevant_from=cfg.relevant_from)
-    return train_ease(train, lam=cfg.ranker_lambda, input=cfg.ranker_input, max_items=cfg.ranker_max_items,
-                      val_fraction=cfg.ranker_val_fraction, seed=cfg.seed, relevant_from=cfg.relevant_from)
 
 
 def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainConfig, *, run_dir: Path | None,
@@ -453,7 +407,9 @@ def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
     ranking = ranking_metrics(trained, trained.inputs, test, k=10, threshold=model_relevance(trained))
     if ranking.n_users:
         out.update({"test_precision@10": ranking.precision, "test_recall@10": ranking.recall,
-                    "test_ndcg@10": ranking.ndcg})
+                    "test_ndcg@10": ranking.ndcg, "test_ranking_users": ranking.n_users})
+        if ranking.of_users:  # a seeded sample of the test users (recae.metrics.RANKING_USERS)
+            out["test_ranking_users_of"] = ranking.of_users
     return out
 
 

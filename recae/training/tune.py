@@ -316,7 +316,7 @@ class _Search:
         """EASE's lambda for the ``value`` input (first) or the ``binary`` one (when time allows)."""
         from recae.models.rankers import search_ease_lambda
         from recae.models.sparse_ease import search_sparse_ease_lambda
-        from recae.training.train import ranker_kind
+        from recae.training.ranking import ranker_kind
 
         cfg = self.train_cfg
         sparse = ranker_kind(train, cfg) == "sparse-ease"
@@ -365,6 +365,7 @@ def tune(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         raise TrainingError(f"the tuning budget must be positive, got {budget_s:g} s")
     model_cfg.validate()
     train_cfg.validate()
+    train_cfg = train_cfg.sized(train.nnz)
     search = _Search(train, model_cfg, train_cfg, budget_s, on_step, max_trials or MAX_TRIALS, spent_s)
     search.run(start_setting(train, model_cfg, train_cfg), "start")
     tune_ranker = train_cfg.ranker != "none" and train_cfg.ranker_lambda <= 0
