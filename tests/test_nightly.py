@@ -446,6 +446,8 @@ def test_a_champion_stacking_an_svd_is_fine_tuned_and_its_svd_and_weights_refitt
     assert after.svd is not None and after.svd.shape == (after.index.n_users, after.index.n_movies)
     assert after.index.n_users > before.index.n_users  # the fresh users have SVD factors of their own
     assert list(after.mix_weights) == pytest.approx(weights, abs=1e-6) and after.mix_weights != before.mix_weights
+    assert before.ranker is not None and after.ranker is not None  # refitted on the grown data at the
+    assert after.ranker.lam == before.ranker.lam and after.ranker.n_movies == after.index.n_movies  # same lambda
     grown = read_holdout(home / "models" / str(report.champion_after))
     assert grown is not None and grown.blend is not None
     assert np.isin(record.blend, grown.blend).all()  # the champion's carve stays a carve

@@ -18,8 +18,9 @@ from recae.cli.options import format_option, rating_scale_options
               help="... and only if its held-out NDCG@10 is not lower than the champion's by more than this.")
 @click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True,
               help="Published versions to keep for rollback (the champion always stays); older ones are pruned.")
-@click.option("--warm-epochs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Most fine-tuning epochs when warm-starting from the champion (early stopping still applies).")
+@click.option("--warm-epochs", type=click.IntRange(min=1),
+              help="Most fine-tuning epochs when warm-starting from the champion (early stopping still applies; "
+                   "default 10, fewer above 5M ratings where training's own epochs are capped).")
 @click.option("--warm-lr-scale", type=click.FloatRange(min=0.0, min_open=True), default=0.02, show_default=True,
               help="Fine-tuning learning rate as a multiple of the champion's training rate.")
 @click.option("--cold", is_flag=True, help="Train the challenger from scratch with the champion's configuration.")
@@ -27,8 +28,8 @@ from recae.cli.options import format_option, rating_scale_options
               help="TOML [model]/[train] settings for the first champion (when none is published yet).")
 @rating_scale_options("inbox files")
 @pass_context
-def retrain_command(obj: Context, inbox: str | None, margin: float, ndcg_margin: float, keep: int, warm_epochs: int,
-                    warm_lr_scale: float, cold: bool, config_file: str | None, scale: tuple[float, float],
+def retrain_command(obj: Context, inbox: str | None, margin: float, ndcg_margin: float, keep: int,
+                    warm_epochs: int | None, warm_lr_scale: float, cold: bool, config_file: str | None, scale: tuple[float, float],
                     step: float) -> None:
     """Nightly job: ingest the inbox, retrain, publish the challenger only if it beats the champion.
 
@@ -58,7 +59,7 @@ def retrain_command(obj: Context, inbox: str | None, margin: float, ndcg_margin:
     paths = obj.paths()
     options = RetrainOptions(inbox=Path(inbox) if inbox else paths.home / "inbox", margin=margin,
                              ndcg_margin=ndcg_margin, keep=keep,
-                             warm_epochs=warm_epochs, warm_lr_scale=warm_lr_scale, cold=cold, scale=scale,
+                             warm_epochs=warm_epochs or 0, warm_lr_scale=warm_lr_scale, cold=cold, scale=scale,
                              step=step or None,
                              model_config=model_cfg, train_config=train_cfg)
     run_retrain(obj.engine(), paths.models_dir, paths.locks_dir, options,
