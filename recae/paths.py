@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import platformdirs
-
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
@@ -62,6 +60,13 @@ def resolve_paths(home: str | Path | None = None, database_url: str | None = Non
         home: explicit home folder (a CLI flag); else ``RECAE_HOME``; else the user data dir.
         database_url: explicit URL (``--db``); else ``RECAE_DATABASE_URL``; else ``sqlite:///HOME/recae.db``.
     """
-    chosen_home = Path(home or os.environ.get(HOME_ENV) or platformdirs.user_data_dir("recae")).expanduser()
+    chosen_home = Path(home or os.environ.get(HOME_ENV) or _user_data_dir()).expanduser()
     url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{chosen_home / 'recae.db'}"
     return Paths(home=chosen_home, database_url=url)
+
+
+def _user_data_dir() -> str:
+    """The platform's data folder for recae; platformdirs is imported only when no home was given."""
+    import platformdirs
+
+    return platformdirs.user_data_dir("recae")

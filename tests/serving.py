@@ -41,8 +41,9 @@ def movie_title(movie_id: int) -> str:
     return NAMED.get(movie_id, f"Film {movie_id:03d} ({1960 + movie_id % 40})")
 
 
-def build_home(path: Path) -> Home:
-    """Ingest planted ratings through the real ingest, title the catalogue, and publish a small champion."""
+def build_home(path: Path, url: str | None = None) -> Home:
+    """Ingest planted ratings through the real ingest, title the catalogue, and publish a small champion (into the
+    store at ``url``, default a SQLite file in ``path``; the models go to ``path / "models"``)."""
     from recae.store.ingest import ingest_ratings_file
 
     path.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def build_home(path: Path) -> Home:
     halves = np.clip(np.round(values * 2) / 2, 1.0, 5.0)
     csv = path / "ratings.csv"
     csv.write_text("".join(f"{u},{m},{r:g}\n" for u, m, r in zip(users, movies, halves, strict=True)))
-    url = f"sqlite:///{path / 'recae.db'}"
+    url = url or f"sqlite:///{path / 'recae.db'}"
     engine = open_store(url)
     try:
         ingest_ratings_file(engine, csv)

@@ -22,8 +22,11 @@ def run(home: Path, *args: str) -> tuple[int, str, str]:
 
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every command and group under ``group``, as the words that name it on the command line."""
-    paths = []
-    for name, command in sorted(group.commands.items()):
+    paths: list[tuple[str, ...]] = []
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the lazy group loads each command's module here
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         paths.append((*prefix, name))
         if isinstance(command, click.Group):
             paths.extend(command_paths(command, (*prefix, name)))

@@ -82,7 +82,9 @@ def test_only_rank_zero_reports(monkeypatch: pytest.MonkeyPatch, rank: str | Non
 
 
 def test_model_choices_are_the_registry() -> None:
-    option = next(p for p in cli.commands["train"].params if p.name == "model_name")
+    train = cli.get_command(click.Context(cli), "train")
+    assert train is not None
+    option = next(p for p in train.params if p.name == "model_name")
     assert isinstance(option.type, click.Choice) and option.type.choices == tuple(MODELS)
     result = CliRunner().invoke(cli, ["train", "--model", "nope"])
     assert result.exit_code == EXIT_USAGE and "'denoising'" in result.stderr and "'rbm'" in result.stderr

@@ -1,11 +1,14 @@
 """The ``recae`` group: global options, the context every command receives, and the error boundary.
 
 The boundary turns library errors into one line on stderr and a documented exit code, never a traceback (``-v``
-shows it). The command modules register on ``cli``; this module imports none of them, so there is no loop.
+shows it). The command modules register on ``cli``; this module imports none of them, so there is no loop: the
+group imports a command's module by name only when that command is asked for (``COMMANDS``), so that
+``recae --help`` and ``recae recommend --user 42`` pay for no module they do not run.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -65,8 +68,74 @@ def echo_info(text: str) -> None:
     click.echo(text, err=True)
 
 
+#: Every top-level command: the modules that define it (importing them registers it on ``cli``) and its short help,
+#: so that ``recae --help`` lists the commands without importing them. tests/test_cli_lazy.py checks this table
+#: against what the modules register. ``models history`` lives in retrain.py, so ``models`` needs both.
+COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "anomalies": (("recae.cli.insight",), "Users whose ratings the model rebuilds worst: candidate bots, shilling "
+                                           "profiles or data errors."),
+    "db": (("recae.cli.data",), "Manage the store's schema."),
+    "embed": (("recae.cli.insight",), "Export the latent code of every user or movie (id, n_ratings, code_0..) for "
+                                      "other tools."),
+    "evaluate": (("recae.cli.train",), "RMSE and MAE on the held-out ratings of the model's own split, beside the "
+                                       "baselines."),
+    "ingest": (("recae.cli.data",), "Load a MovieLens DATASET or a plain ratings CSV into the store (all or nothing; "
+                                    "re-runs change nothing)."),
+    "models": (("recae.cli.models", "recae.cli.retrain"), "See the published models, choose which one serves, prune "
+                                                          "old or orphaned ones."),
+    "plot": (("recae.cli.insight",), "Draw PNG figures of a model: learning curves, the latent space, error by user "
+                                     "activity."),
+    "quickstart": (("recae.cli.train",), "Ingest MovieLens 100K, train the default model on fold u1, evaluate it "
+                                         "beside the baselines, recommend."),
+    "recommend": (("recae.cli.serve",), "Recommend the films a user has not rated, in the ranker's order, with the "
+                                        "predicted rating of each."),
+    "retrain": (("recae.cli.retrain",), "Nightly job: ingest the inbox, retrain, publish the challenger only if it "
+                                        "beats the champion."),
+    "serve": (("recae.cli.serve",), "Serve recommendations over HTTP (JSON API, OpenAPI at /openapi.json) and a web "
+                                    "page at /."),
+    "similar": (("recae.cli.serve",), "Films nearest to a film in the model's learned latent space (cosine "
+                                      "similarity)."),
+    "synth": (("recae.cli.data",), "Write synthetic ratings shaped like MovieLens to a plain CSV that `recae ingest "
+                                   "--ratings` loads."),
+    "train": (("recae.cli.train",), "Train an autoencoder on the store's ratings, evaluate it on the split's test "
+                                    "part, and publish it."),
+    "vae": (("recae.cli.train",), "Train Mult-VAE (Liang et al."),  # click's short help stops at "al."
+}
+
+
+def load_all_commands() -> None:
+    """Import every command module (what tests and tools that walk the whole tree need)."""
+    for modules, _ in COMMANDS.values():
+        for module in modules:
+            importlib.import_module(module)
+
+
 class RecaeGroup(click.Group):
-    """Turns RecaeError into its one-line message and exit code; ``-v`` shows the traceback."""
+    """Loads a command's module only when that command runs (or shows its own help), lists the commands from
+    ``COMMANDS`` without loading any, and turns RecaeError into its one-line message and exit code; ``-v`` shows
+    the traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            for module in COMMANDS[cmd_name][0]:
+                importlib.import_module(module)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's own listing, with the short help of a command not loaded yet taken from ``COMMANDS``."""
+        names = self.list_commands(ctx)
+        loaded = {name: self.commands[name] for name in names if name in self.commands}
+        names = [name for name in names if name not in loaded or not loaded[name].hidden]
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        shown = {name: loaded.get(name) or click.Command(name, help=COMMANDS[name][1]) for name in names}
+        rows = [(name, command.get_short_help_str(limit)) for name, command in shown.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

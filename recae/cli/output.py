@@ -6,10 +6,9 @@ import csv
 import io
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
-
-import numpy as np
 
 Format = Literal["table", "json", "csv"]
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -22,10 +21,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _is_float(value: Any) -> bool:
+    """A Python or numpy float; numpy is not imported for it (no numpy value exists unless numpy was imported),
+    so that printing a stored list costs no numpy import."""
+    numpy = sys.modules.get("numpy")
+    return isinstance(value, float) or (numpy is not None and isinstance(value, numpy.floating))
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with every NaN or infinite float (numpy's too) replaced by None, so that ``json.dumps`` writes
     valid JSON (``null``) where it would write ``NaN``, which no strict JSON reader accepts."""
-    if isinstance(value, float | np.floating):
+    if _is_float(value):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, Mapping):
         return {k: json_safe(v) for k, v in value.items()}

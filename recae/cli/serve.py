@@ -40,7 +40,7 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
     from dataclasses import asdict, fields
 
     from recae.cli.output import render
-    from recae.serving.recommend import Filters, RecommendedMovie, answer_films
+    from recae.serving.stored_lists import Filters, RecommendedMovie, stored_list
 
     fresh = parse_rate(rate)
     if ratings_file:
@@ -50,14 +50,20 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
     if user_id is None and not fresh:
         raise click.UsageError("give --user ID, or fresh ratings with --rate MOVIE_ID=RATING / --ratings-file")
     filters = Filters(genre=genre, min_year=min_year, exclude=parse_ids(exclude))
-    answer = answer_films(obj.engine(), user_id, fresh, n, filters, version, models_dir=obj.paths().models_dir)
-    recs = answer.films
+    # a known user's stored list through sqlite3 alone (no SQLAlchemy, numpy or torch), else the full path
+    recs = None if fresh or user_id is None else stored_list(obj.paths().database_url, user_id, n, filters, version)
+    source, note = "precomputed", None
+    if recs is None:
+        from recae.serving.recommend import answer_films
+
+        answer = answer_films(obj.engine(), user_id, fresh, n, filters, version, models_dir=obj.paths().models_dir)
+        recs, source, note = answer.films, answer.source, answer.note
     who = f"user {user_id}" if user_id is not None else "the new user"
-    if answer.note:
-        echo_info(f"Note: {answer.note}")
+    if note:
+        echo_info(f"Note: {note}")
     if not recs:
         echo_info(f"no film matched for {who}: every candidate was rated, excluded or filtered out")
-    title = f"Top {len(recs)} for {who}" if answer.source != "popular" else f"{len(recs)} most popular films"
+    title = f"Top {len(recs)} for {who}" if source != "popular" else f"{len(recs)} most popular films"
     echo_data(render([asdict(r) for r in recs], fmt, title=title, columns=[f.name for f in fields(RecommendedMovie)]))
 
 

@@ -1,7 +1,9 @@
 """Recommendations: precomputed top-N per user at publish time, served from the store without torch.
 
 Publishing a model calls ``precompute_recommendations`` once; ``recommend_from_store`` then answers with one
-indexed SQL query. Filters that exhaust the precomputed list fall back to scoring with the model.
+indexed SQL query. Filters that exhaust the precomputed list fall back to scoring with the model. The command line
+reads a SQLite store's list with ``recae.serving.stored_lists`` first (sqlite3 alone: none of this module's
+imports) and comes here only when that cannot answer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from recae.errors import DataError, UnknownGenreError, UnknownMovieError, UnknownUserError
 from recae.metrics import dense_flags, ranking_scores, top_k_unseen
 from recae.serving.registry import champion_version
+from recae.serving.stored_lists import Filters, RecommendedMovie, unknown_genre_message, unknown_user_message
 from recae.store.db import Movie, Rating, Recommendation
 from recae.store.writers import Columns, insert_columns
 from recae.threads import in_order_on_threads
@@ -55,22 +58,6 @@ def _listed_ratings(scorer: RowScorer, scores: np.ndarray, rows: np.ndarray, bat
     return np.asarray(scorer.predict(rows[batch_pos], picked))  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
-class RecommendedMovie:
-    """One recommended film: the model's predicted rating, and the ranking score that put it at ``rank``."""
-
-    rank: int
-    movie_id: int
-    title: str | None
-    year: int | None
-    genres: str
-    predicted_rating: float
-    score: float  # the ranker's score (higher first); the predicted rating for models without a ranker
-    # "popular": the model knows none of the user's rated films, so the list is the most-rated films of its
-    # training data and ``score`` is the film's number of training ratings (see :func:`answer_with_model`)
-    basis: Literal["model", "popular"] = "model"
-
-
 #: Where a list came from: the precomputed table, the model scoring now, or the popular-films fallback.
 Source = Literal["precomputed", "live", "popular"]
 #: Unknown film ids a note names before "and N more".
@@ -101,23 +88,6 @@ class Answer:
                 "are the most popular films, not a personal list" if self.source == "popular" else
                 f"{films} {ids} {were} added after the model was trained and {were} ignored")
         return f"{what}; retrain (`recae retrain` or `recae train`) to use them"
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Constraints on which films may be recommended."""
-
-    genre: str | None = None
-    min_year: int | None = None
-    exclude: tuple[int, ...] = ()
-
-    def allows(self, year: int | None, genres: str) -> bool:
-        """True when a film of this year and these pipe-separated genres passes the filters."""
-        if self.min_year is not None and (year is None or year < self.min_year):
-            return False
-        if self.genre is not None and self.genre.lower() not in {g.lower() for g in genres.split("|")}:
-            return False
-        return True
 
 
 #: Bytes of predicted scores (float32) held for one batch of users while precomputing. Scoring and the top-N
@@ -199,11 +169,9 @@ def check_genre(conn: Connection, genre: str | None) -> None:
     ignoring case; ``%`` or ``_`` are characters, not patterns)."""
     if genre is None:
         return
-    known = sorted({g for (genres,) in conn.execute(select(Movie.genres).distinct()) for g in (genres or "").split("|")
-                    if g}, key=str.lower)
-    if genre.lower() not in {g.lower() for g in known}:
-        listed = ", ".join(known) if known else "none (the catalogue has no genres)"
-        raise UnknownGenreError(f"genre {genre!r} is unknown; genres in the catalogue: {listed}")
+    message = unknown_genre_message(genre, (genres for (genres,) in conn.execute(select(Movie.genres).distinct())))
+    if message is not None:
+        raise UnknownGenreError(message)
 
 
 def known_users_message(conn: Connection, user_id: int) -> str:
@@ -211,9 +179,7 @@ def known_users_message(conn: Connection, user_id: int) -> str:
     low, high, count = conn.execute(
         select(func.min(Rating.user_id), func.max(Rating.user_id), func.count(func.distinct(Rating.user_id)))
     ).one()
-    if not count:
-        return f"user {user_id} is unknown; the store holds no ratings yet (run `recae ingest`)"
-    return f"user {user_id} is unknown; known users are {low}..{high} ({count} users)"
+    return unknown_user_message(user_id, low, high, count)
 
 
 def recommend_from_store(

@@ -37,11 +37,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from recae.errors import RecaeError
+from recae.store.lite import SCHEMA_HEAD  # the newest migration's revision (sqlite3 readers check it too)
 
 log = logging.getLogger(__name__)
 
-#: The newest migration's revision id; a test checks it equals Alembic's head.
-SCHEMA_HEAD = "0004"
 
 #: How long a SQLite writer waits for another's write lock before "database is locked" (exit 75).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
