@@ -380,3 +380,27 @@ def test_a_large_run_records_the_members_and_epochs_it_got(small, monkeypatch) -
     recorded = result.trained.train_config
     assert (recorded.ensemble, recorded.epochs) == (1, 7)
     assert result.fit.epochs_run == 7 and not result.fit.members
+
+
+def test_a_network_too_large_for_the_memory_budget_is_refused_before_training(small) -> None:  # type: ignore[no-untyped-def]
+    """The estimate counts the network (weights, gradient, Adam's moments, the best copy) and the ratings beside it;
+    past the budget, one line names the network and the settings, and no epoch runs."""
+    from recae.splits import Split, SplitSpec
+    from recae.training.memory import BYTES_PER_PARAMETER, BYTES_PER_RATING, check_memory, network_parameters
+    from recae.training.train import train_split
+
+    fit_part, test_part = small
+    wide = model_config(hidden=(64,))
+    need = BYTES_PER_PARAMETER * network_parameters(fit_part.shape[0], (64,)) + BYTES_PER_RATING * fit_part.nnz
+    roomy = TrainConfig(ranker="none", partner_members=0, ensemble=1, memory_budget_gb=need * 1.01 / 1e9)
+    check_memory(fit_part, wide, roomy)
+    tight = TrainConfig(ranker="none", partner_members=0, ensemble=1, memory_budget_gb=need * 0.99 / 1e9, epochs=3)
+    with pytest.raises(TrainingError, match=r"training the item-based autoencoder \(80 inputs, hidden \[64\], 1 "
+                                            r"member\(s\)\) needs about .* GB .* lower hidden in \[model\]"):
+        check_memory(fit_part, wide, tight)
+    epochs: list[int] = []
+    split = Split(spec=SplitSpec("random", test_fraction=0.1, seed=0), train=fit_part, test=test_part)
+    with pytest.raises(TrainingError, match="memory budget"):
+        train_split(split, wide, tight, on_epoch=lambda report: epochs.append(report.epoch))
+    assert epochs == []
+    check_memory(fit_part, wide, TrainConfig(ranker="none", memory_budget_gb=0))  # 0: no check

@@ -51,7 +51,8 @@ from recae.training.loop import (
     state_dict_copy,
 )
 from recae.training.pretrain import pretrain_autoencoders
-from recae.training.ranking import check_ranker_memory, run_ranker
+from recae.training.memory import check_memory
+from recae.training.ranking import run_ranker
 from recae.training.validation import unit_means, validation_rmse
 
 if TYPE_CHECKING:
@@ -342,7 +343,7 @@ def train_split(
 
         train_cfg = single_network(train_cfg)
     train_cfg = train_cfg.sized(split.train.nnz)  # meta.json records the members and epochs this data got
-    check_ranker_memory(split.train, train_cfg)  # before hours of training, not after them
+    check_memory(split.train, model_cfg, train_cfg)  # before hours of training, not after them
     parked = run_ranker(split.train, train_cfg, run_dir, resume, on_progress)  # first: see recae.training.ranking
     fit_part, blend_part = blend_carve(split.train, train_cfg) if carves_blend(train_cfg) else (split.train, None)
     result = fit_cross_carved(fit_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,

@@ -16,7 +16,14 @@ Stages (in this order; --stages picks some, the ones after ``synth`` reuse what 
               transaction together with the champion switch (recae.serving.registry.promote)
   cli         optional: the real `recae train` end to end in one process (split, 1 epoch, test metrics, publish,
               top-100 precompute): the honest overall peak of a training run; ensemble 1 and one weight decay
-              unless --cli-defaults
+              unless --cli-defaults, which runs `recae train` with no settings at all (the shipped defaults)
+  nightly     optional, after cli: --fresh (default 1%) new ratings of random known users and films dropped in
+              the inbox, then the real `recae retrain` (forced to publish, so its precompute is timed too)
+  recommend   optional, after cli: `recae recommend --user 42` in 5 fresh processes (median and worst)
+
+At ML-32M shape (the issue's target: whole default train <= 30 min, nightly <= 30 min, every peak <= 6 GB):
+    python tests/benchmarks/bench_scale.py --ratings 32000204 --users 200948 --movies 87585 \
+        --stages synth,ingest,cli,nightly,recommend --cli-defaults
 
 Every stage runs in a child process; its wall time, CPU time and peak resident memory (ru_maxrss from wait4)
 are its own. The store and CSV stay in --work (default: a folder in the temp dir) for later runs. Figures are
@@ -43,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 from tests.benchmarks.bench_ingest import ML25M_ROWS, ML25M_USERS  # noqa: E402
 
 ML25M_RATED_MOVIES = 59_047  # films with at least one rating in ML-25M (bench_train.py uses the same shape)
-STAGES = ("synth", "ingest", "matrix", "train-item", "train-user", "precompute", "cli")
-DEFAULT_STAGES = STAGES[:-1]
+STAGES = ("synth", "ingest", "matrix", "train-item", "train-user", "precompute", "cli", "nightly", "recommend")
+DEFAULT_STAGES = STAGES[:-3]
 BENCH_VERSION = "bench-scale-item"
 TARGET_PEAK_GB = 6.0
 
@@ -285,16 +292,34 @@ def measure(stage: str, shape: Shape, args: argparse.Namespace) -> Measured:
             raise SystemExit(f"no store at {shape.db}: run the ingest stage first (--stages ingest)")
         config = shape.home / "bench-train.toml"
         threads = f"threads = {args.threads}\n" if args.threads else ""
-        members = "" if args.cli_defaults else "ensemble = 1\nweight_decay = 100.0\n"
-        config.write_text(f"[train]\nepochs = {args.epochs}\n{members}{threads}")
-        cmd = [sys.executable, "-m", "recae", "--home", str(shape.home), "train", "--config", str(config),
-               "--format", "json"]
+        config.write_text(f"[train]\nepochs = {args.epochs}\nensemble = 1\nweight_decay = 100.0\n{threads}")
+        settings = [] if args.cli_defaults else ["--config", str(config)]
+        cmd = [sys.executable, "-m", "recae", "--home", str(shape.home), "train", *settings, "--format", "json"]
         out, wall, cpu, peak = run_child(cmd)
         summary = json.loads(out)
+        what = "the shipped defaults" if args.cli_defaults else f"{args.epochs} epoch(s), ensemble 1"
         figures = {"seconds": wall, "items": shape.ratings, "unit": "ratings",
-                   "note": f"`recae train` ({args.epochs} epoch{'' if args.cli_defaults else ', ensemble 1'}, "
-                           "split, test metrics, publish, top-100): "
-                           f"fit {summary['seconds']:.0f} s, test RMSE {summary['test_rmse']:.3f}, {_hidden(shape)}"}
+                   "note": f"`recae train` ({what}; split, ranker, test metrics, publish, top-100): fit "
+                           f"{summary['seconds']:.0f} s, test RMSE {summary['test_rmse']:.3f}, NDCG@10 "
+                           f"{summary.get('test_ndcg@10') or float('nan'):.4f}, {_hidden(shape)}"}
+    elif stage == "nightly":
+        fresh = _drop_fresh_ratings(shape, args.fresh)
+        cmd = [sys.executable, "-m", "recae", "--home", str(shape.home), "retrain", "--margin", "-1",
+               "--ndcg-margin", "1"]
+        out, wall, cpu, peak = run_child(cmd)
+        report = json.loads(out)
+        figures = {"seconds": wall, "items": fresh, "unit": "fresh ratings",
+                   "note": f"`recae retrain` (forced to publish): {report.get('decision')}, "
+                           f"{json.dumps(report.get('metrics', {}).get('warm_start'))} warm start"}
+    elif stage == "recommend":
+        walls = []
+        for _ in range(5):
+            _, one, cpu, peak = run_child([sys.executable, "-m", "recae", "--home", str(shape.home), "recommend",
+                                           "--user", "42", "--format", "json"])
+            walls.append(one)
+        wall = sorted(walls)[2]
+        figures = {"seconds": wall, "items": 1, "unit": "lists",
+                   "note": f"`recae recommend --user 42`: median {wall:.3f} s, worst {max(walls):.3f} s of 5"}
     else:
         cmd = [sys.executable, __file__, "--child", stage, "--work", str(shape.work), "--ratings",
                str(shape.ratings), "--users", str(shape.users), "--movies", str(shape.movies), "--seed",
@@ -304,6 +329,24 @@ def measure(stage: str, shape: Shape, args: argparse.Namespace) -> Measured:
     return Measured(stage=stage, seconds=float(figures["seconds"]), items=int(figures["items"]),
                     unit=str(figures["unit"]), wall=wall, cpu=cpu, peak_gb=peak, load_before=load_before,
                     load_after=os.getloadavg()[0], note=str(figures.get("note", "")))
+
+
+def _drop_fresh_ratings(shape: Shape, share: float) -> int:
+    """Write ``share`` x the ratings as new ratings of random known users and films into the home's inbox."""
+    import numpy as np
+
+    count = max(1, round(shape.ratings * share))
+    rng = np.random.default_rng(shape.seed + 1)
+    users = rng.integers(1, shape.users + 1, count)
+    movies = rng.integers(1, shape.movies + 1, count)
+    ratings = rng.integers(1, 11, count) / 2.0  # 0.5 .. 5 in half stars
+    inbox = shape.home / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    with open(inbox / f"fresh-{count}.csv", "w", encoding="utf-8") as out:
+        out.write("user_id,movie_id,rating,timestamp\n")
+        stamp = int(time.time())
+        out.writelines(f"{u},{m},{r:g},{stamp}\n" for u, m, r in zip(users, movies, ratings, strict=True))
+    return count
 
 
 def _hidden(shape: Shape) -> str:
@@ -350,7 +393,8 @@ def main() -> None:
                                                               "later epoch is reported, without setup)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     parser.add_argument("--cli-defaults", action="store_true",
-                        help="cli stage: keep the shipped ensemble (3 members) and weight-decay grid (2 lambdas)")
+                        help="cli stage: `recae train` with the shipped defaults (no settings at all)")
+    parser.add_argument("--fresh", type=float, default=0.01, help="nightly stage: new ratings as a share of --ratings")
     parser.add_argument("--child", choices=sorted(CHILD_STAGES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     users = args.users or max(1, round(ML25M_USERS * args.ratings / ML25M_ROWS))

@@ -1,0 +1,62 @@
+"""A training run's peak memory, estimated before it starts: a store too big for ``memory_budget_gb`` is refused in
+one line naming what needs the memory and the setting to change, never killed by the kernel an hour in.
+
+Two peaks, never at once (the ranker is fitted and parked on disk before the networks train): the ranker's fit
+(recae.training.ranking.check_ranker_memory) and one autoencoder in training, with the data beside it.
+"""
+
+from __future__ import annotations
+
+from recae.errors import TrainingError
+from recae.models.autoencoders import ModelConfig
+from recae.store.matrix import RatingMatrix
+from recae.training.config import TrainConfig
+from recae.training.ensemble import partner_configs
+from recae.training.ranking import check_ranker_memory
+
+#: float32 weights, their gradient, Adam's two moments and the best epoch's copy
+BYTES_PER_PARAMETER = 4 * 5
+#: the ratings as the run holds them beside the network: the store's matrix, the blend, fit and validation carves,
+#: the oriented CSR a member trains on and its batches (ML-25M shape, one item member of 500 units: 4.41 GB at the
+#: peak, 3.25 GB of it the network's, so about 46 bytes a rating)
+BYTES_PER_RATING = 48
+
+
+def network_parameters(n_units: int, hidden: tuple[int, ...]) -> int:
+    """Weights and biases of a mirrored autoencoder over ``n_units`` inputs and outputs."""
+    widths = (n_units, *hidden)
+    encoder = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    decoder = sum(b * a + a for a, b in zip(widths[:-1], widths[1:], strict=True))
+    return encoder + decoder
+
+
+def network_peak_bytes(train: RatingMatrix, model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[float, str]:
+    """(bytes, what) of the larger of the main network and its partner while one of them trains, with the data;
+    the members of an ensemble train one at a time and the merged network holds weights only."""
+    n_users, n_movies = train.shape
+    peaks = []
+    configs = [(model_cfg, cfg)]
+    if cfg.partner_members:
+        configs.append(partner_configs(model_cfg, cfg))
+    for config, run in configs:
+        units = n_users if config.orientation == "item" else n_movies
+        one = network_parameters(units, tuple(config.hidden))
+        merged = 4.0 * one * run.ensemble if run.ensemble > 1 else 0.0
+        need = BYTES_PER_PARAMETER * one + merged + BYTES_PER_RATING * train.nnz
+        peaks.append((need, f"the {config.orientation}-based autoencoder ({units:,} inputs, hidden "
+                            f"{list(config.hidden)}, {run.ensemble} member(s))"))
+    return max(peaks)
+
+
+def check_memory(train: RatingMatrix, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    """TrainingError before any work when the ranker's fit or a network's training would pass the budget."""
+    if cfg.memory_budget_gb == 0:
+        return
+    check_ranker_memory(train, cfg)
+    if model_cfg.name == "rbm":
+        return  # trained by contrastive divergence, without Adam's moments: not estimated here
+    need, what = network_peak_bytes(train, model_cfg, cfg.sized(train.nnz))
+    if need > cfg.memory_budget_gb * 1e9:
+        raise TrainingError(f"training {what} needs about {need / 1e9:.1f} GB at its peak, above the memory budget "
+                            f"of {cfg.memory_budget_gb:g} GB; lower hidden in [model] (or ensemble, partner_members "
+                            f"in [train]), or raise memory_budget_gb in [train] if this machine has the memory")
