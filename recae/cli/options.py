@@ -75,7 +75,7 @@ class LazyChoice(click.Choice):
 
 def split_names() -> tuple[str, ...]:
     """The splits ``--split`` can generate or read: recae.splits' generated splits and canonical folds."""
-    from recae.splits import CANONICAL_FOLDS, GENERATED_SPLITS
+    from recae.evaluation.splits import CANONICAL_FOLDS, GENERATED_SPLITS
 
     return GENERATED_SPLITS + CANONICAL_FOLDS
 

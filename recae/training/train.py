@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from recae.artifacts.train_config import AUTO_ONE_THREAD_BELOW, FULL_BATCH, TrainConfig
 from recae.errors import TrainingError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr
@@ -30,7 +31,6 @@ from recae.models.rankers import Ranker, train_ease
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
 from recae.training.checkpoint import CHECKPOINT_FILE, Checkpointer, resume_run, run_fingerprint
-from recae.training.config import AUTO_ONE_THREAD_BELOW, FULL_BATCH, TrainConfig
 from recae.training.ensemble import (
     Carve,
     blend_carve,
@@ -55,8 +55,8 @@ from recae.training.pretrain import pretrain_autoencoders
 from recae.training.validation import unit_means, validation_rmse
 
 if TYPE_CHECKING:
-    from recae.serving.scorer import TrainedModel
-    from recae.splits import Split
+    from recae.artifacts.trained_model import TrainedModel
+    from recae.evaluation.splits import Split
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
         train_cfg = replace(train_cfg, weight_decay=train_cfg.weight_decay_grid[0], weight_decay_grid=())
     try:
         if model_cfg.name == "rbm":  # the RBM for CF: its own CD epoch, early stopping on validation RMSE
-            from recae.models.rbm_cf import fit_rating_rbm, single_network
+            from recae.training.rbm import fit_rating_rbm, single_network
 
             return fit_rating_rbm(*carve(0), model_cfg, single_network(train_cfg), device, on_epoch, on_progress)
         if train_cfg.ensemble == 1 and not train_cfg.weight_decay_grid:
@@ -223,7 +223,7 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
         if on_progress:
             on_progress(f"resuming after epoch {state.epoch}")
     elif model_cfg.pretrain_epochs > 0 and model_cfg.pretrain == "rbm":
-        from recae.models.rbm import pretrain_with_rbms
+        from recae.training.rbm import pretrain_with_rbms
 
         pretrain_with_rbms(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
     elif model_cfg.pretrain_epochs > 0:
@@ -333,10 +333,10 @@ def train_split(
 
     The returned model reads every training rating (fit + validation) as its inputs; test ratings never are.
     """
-    from recae.serving.scorer import TrainedModel, with_metrics
+    from recae.artifacts.trained_model import TrainedModel, with_metrics
 
     if model_cfg.name == "rbm":
-        from recae.models.rbm_cf import single_network
+        from recae.training.rbm import single_network
 
         train_cfg = single_network(train_cfg)
     check_ranker_memory(split.train, train_cfg)  # before hours of training, not after them
@@ -441,8 +441,8 @@ def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
     """``test_rmse = sqrt(mean((rhat - r)^2))``, ``test_mae = mean(|rhat - r|)`` over the test ratings, and the
     served ranking's ``test_precision@10``, ``test_recall@10``, ``test_ndcg@10`` (held-out ratings relevant from
     ``relevant_from``, see ``recae.evaluate.model_relevance``)."""
-    from recae.evaluate import model_relevance
-    from recae.metrics import ranking_metrics
+    from recae.artifacts.trained_model import model_relevance
+    from recae.evaluation.metrics import ranking_metrics
 
     if test.nnz == 0:
         return {}

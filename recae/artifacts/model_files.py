@@ -23,14 +23,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recae.artifacts.model_checks import check_dtypes, check_finite, check_ids, check_meta, check_sparse_structure
+from recae.artifacts.trained_model import TrainedModel
 from recae.errors import CorruptArtifactError, RecaeError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model
 from recae.models.names import Orientation
 from recae.models.rankers import RANKER_INPUTS, EaseRanker, Ranker
 from recae.models.sparse_ease import SparseEaseRanker
-from recae.serving.model_checks import check_dtypes, check_finite, check_ids, check_meta, check_sparse_structure
-from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ def load_model(path: str | Path) -> TrainedModel:
                                    f"({' '.join(str(err).split())})") from err
     train_cfg = None
     if meta.get("train_config") is not None:
-        from recae.training.config import TrainConfig
+        from recae.artifacts.train_config import TrainConfig
 
         try:
             train_cfg = TrainConfig.from_json(meta["train_config"])
