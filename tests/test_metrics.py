@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from recae.metrics import (
+from recae.evaluation.metrics import (
     RankingMetrics,
     Scorer,
     mae,

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from recae.artifacts.train_config import TrainConfig, load_config_file
 from recae.errors import DataError, TrainingError
 from recae.models.autoencoders import ModelConfig
 from recae.models.batches import oriented_csr
 from recae.models.build import model_config
 from recae.store.matrix import RatingMatrix
 from recae.training.checkpoint import CHECKPOINT_FILE
-from recae.training.config import TrainConfig, load_config_file
 from recae.training.train import fit
 from recae.training.validation import validation_rmse
 from tests.conftest import ML100K_U1_RMSE_BOUND
@@ -165,7 +165,7 @@ def test_an_ensemble_beats_or_matches_its_average_member_and_resumes(small, tmp_
 
 
 def test_cross_carved_members_validate_on_ratings_they_never_read_and_together_read_them_all() -> None:
-    from recae.splits import holdout_validation
+    from recae.evaluation.splits import holdout_validation
     from recae.training.train import fit_cross_carved
 
     train = planted_low_rank(n_users=80, n_movies=50, seed=11).observed
@@ -280,8 +280,8 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 @pytest.mark.parametrize("init_seed", [0, 2])  # 2: the worst of the five init seeds measured (0.89323)
 def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int) -> None:
-    from recae.splits import Split, SplitSpec
-    from recae.training.config import DEFAULT_MODEL
+    from recae.artifacts.train_config import DEFAULT_MODEL
+    from recae.evaluation.splits import Split, SplitSpec
     from recae.training.train import train_split
 
     train, test = read_fold(ml100k, "u1")
