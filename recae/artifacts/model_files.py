@@ -4,8 +4,8 @@ A version folder holds ``weights.safetensors`` (the module's tensors and the tra
 and ``meta.json`` (model and train config, IdIndex, split spec, metrics, data fingerprint, rating scale, library
 versions, sha256 of the weights). It is filled in a temp folder ``.tmp-<name>-<pid>`` and moved into place with one
 ``os.replace``, so a killed writer never leaves half a model. Loading never unpickles and checks every file; any
-damage is a one-line CorruptArtifactError. The Mult-VAE (``recae.models.multvae``) writes and reads its own meta
-through the same helpers and version names. The store is not touched here: ``recae.serving.registry`` publishes.
+damage is a one-line CorruptArtifactError. The Mult-VAE (``recae.artifacts.multvae_files``) writes and reads its own
+meta through the same helpers and version names. The store is not touched here: ``recae.serving.registry`` publishes.
 """
 
 from __future__ import annotations

@@ -27,12 +27,7 @@ from recae.artifacts.model_files import (
     write_files,
 )
 from recae.errors import CorruptArtifactError, RecaeError
-from recae.models.multvae import (
-    MultVAE,
-    MultVAEConfig,
-    MultVAETrainConfig,
-    TrainedMultVAE,
-)
+from recae.models.multvae import MultVAE, MultVAEConfig, MultVAETrainConfig, TrainedMultVAE
 
 #: The Mult-VAE's meta.json names its own format (its keys differ from an autoencoder's); the folder layout, sha256
 #: record and version names are ``recae.artifacts.model_files``'s.

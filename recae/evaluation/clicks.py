@@ -3,9 +3,9 @@
 Why: Mult-VAE (``recae.models.multvae``) learns from *which* films a user liked, not from the stars, and is judged by
 how well it ranks films it never saw for users it never trained on ("strong generalisation"):
 
-1. **Binarise.** A rating counts as a click from ``recae.evaluation.metrics.relevance_threshold`` of the top rating on (0.8 x
-   the top: four stars and up on 1-5 and 0.5-5, the paper's ``rating > 3.5``; 8 and up on 2-10), or when it is
-   above a ``threshold`` given. Users with fewer than ``min_user_items`` clicks (5) are dropped, as in the paper.
+1. **Binarise.** A rating counts as a click from ``recae.evaluation.metrics.relevance_threshold`` of the top rating
+   on (0.8 x the top: four stars and up on 1-5 and 0.5-5, the paper's ``rating > 3.5``; 8 and up on 2-10), or
+   when it is above a ``threshold`` given. Users with fewer than ``min_user_items`` clicks (5) are dropped, as in the paper.
 2. **Split users.** A seeded permutation of the remaining users gives ``n_heldout`` validation users,
    ``n_heldout`` test users and the rest for training. Training users are used whole.
 3. **Items** are the films clicked by at least one training user; held-out users' other clicks are dropped
@@ -19,8 +19,8 @@ Everything here is pure numpy/scipy: same inputs and seed, same split; cost O(nn
 Metrics (per user u with hidden set I_u, fold-in films never ranked; mean over users with I_u non-empty):
     Recall@k = |top_k(u) & I_u| / min(k, |I_u|)                (the paper's "truncated" recall; it reaches 1)
     NDCG@k   = sum_{j<k} [top_k(u)_j in I_u] / log2(j + 2)  /  sum_{j<min(k,|I_u|)} 1 / log2(j + 2)
-NDCG is ``recae.evaluation.metrics.ndcg_at_k`` (same definition); recall differs from ``recae.evaluation.metrics.recall_at_k``
-(which divides by |I_u|), hence :func:`truncated_recall_at_k` here.
+NDCG is ``recae.evaluation.metrics.ndcg_at_k`` (same definition); recall differs from
+``recae.evaluation.metrics.recall_at_k`` (which divides by |I_u|), hence :func:`truncated_recall_at_k` here.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ Deep autoencoder (``recae train --model stacked --pretrain rbm``): layer 1 is a 
 ratings only (missing ratings are not visible units, as in the RBM for CF: an O(nnz * width) sparse product),
 layers 2..L are Bernoulli RBMs on the hidden probabilities of the layer below. The stack is unrolled into the
 autoencoder with decoder = encoder^T (``w_out = w_in``, ``decoder[l].weight = encoder[l]^T``, decoder biases =
-the RBMs' visible biases), then fine-tuned with masked MSE by the ordinary training loop (``recae.training.rbm.pretrain_with_rbms``).
+the RBMs' visible biases), then fine-tuned with masked MSE by the ordinary training loop. Running all of that is
+``recae.training.rbm.pretrain_with_rbms``.
 """
 
 from __future__ import annotations
