@@ -11,8 +11,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "recae.serving.model_files",
-    "TrainedModel": "recae.serving.scorer",
+    "load_model": "recae.artifacts.model_files",
+    "TrainedModel": "recae.artifacts.trained_model",
     "RatingMatrix": "recae.store.matrix",
     "ingest_dataset": "recae.store.ingest",
     "ingest_ratings_file": "recae.store.ingest",

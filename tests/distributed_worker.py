@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 from safetensors.torch import save_file  # noqa: E402
 
+from recae.artifacts.train_config import TrainConfig
+from recae.evaluation.splits import holdout_validation  # noqa: E402
 from recae.models.build import model_config
-from recae.splits import holdout_validation  # noqa: E402
 from recae.training import distributed  # noqa: E402
-from recae.training.config import TrainConfig
 from recae.training.train import fit
 from tests.synthetic import planted_low_rank  # noqa: E402
 

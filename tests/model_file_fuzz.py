@@ -24,12 +24,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recae.artifacts.model_files import META_FILE, WEIGHTS_FILE, file_record, read_tensors
+from recae.artifacts.trained_model import TrainedModel
 from recae.models.build import build_model, model_config
 from recae.models.names import Orientation
 from recae.models.rankers import EaseRanker
 from recae.models.svd_part import SvdPart
-from recae.serving.model_files import META_FILE, WEIGHTS_FILE, file_record, read_tensors
-from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 
 #: Model kinds each run saves and corrupts: (name, orientation, ranker, svd, partner).
@@ -185,8 +185,8 @@ def main(base: Path, examples: int) -> int:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
+    from recae.artifacts.model_files import load_model, save_model
     from recae.errors import CorruptArtifactError
-    from recae.serving.model_files import load_model, save_model
 
     sources = []
     for i, (name, orientation, ranker, svd, partner) in enumerate(KINDS):

@@ -70,10 +70,10 @@ def build_home(path: Path, url: str | None = None) -> Home:
 
 def publish_champion(engine: Engine, home: Path, seed: int) -> str:
     """Train a small model (3 epochs, one member) and make it the champion, as `recae train` does."""
+    from recae.artifacts.train_config import TrainConfig
+    from recae.evaluation.splits import SplitSpec
     from recae.models.build import model_config
     from recae.serving.publish import train_and_publish
-    from recae.splits import SplitSpec
-    from recae.training.config import TrainConfig
 
     run = train_and_publish(
         engine, home / "models", SplitSpec("random", test_fraction=0.1, seed=seed),

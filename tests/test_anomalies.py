@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from recae.artifacts.train_config import TrainConfig
+from recae.artifacts.trained_model import TrainedModel
 from recae.cli import cli
 from recae.errors import RecaeError
 from recae.insight.anomalies import find_anomalies, reconstruction_errors
 from recae.models.build import model_config
-from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.config import TrainConfig
 from tests.synthetic import planted_low_rank
 from tests.test_latent import publish_planted, train_small
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from recae.artifacts.model_files import META_FILE, WEIGHTS_FILE, load_model, save_model
+from recae.artifacts.train_config import TrainConfig
+from recae.artifacts.trained_model import TrainedModel
 from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.models.build import model_config
-from recae.serving.model_files import META_FILE, WEIGHTS_FILE, load_model, save_model
 from recae.serving.registry import load_champion, publish
-from recae.serving.scorer import TrainedModel
 from recae.store.db import Champion, ModelVersion, make_engine
 from recae.store.matrix import RatingMatrix
-from recae.training.config import TrainConfig
 from recae.training.train import fit
 from tests.synthetic import planted_low_rank
 
@@ -172,7 +172,7 @@ def test_a_failed_publish_leaves_store_folder_and_champion_as_they_were(engine, 
 
 
 def test_scoring_chunks_bound_both_vectors_and_their_ratings() -> None:
-    from recae.serving.scorer import _chunks
+    from recae.artifacts.trained_model import _chunks
 
     lengths = np.array([5, 5, 20, 1, 1, 1])
     chunks = _chunks(lengths, max_items=2, max_total=10)

@@ -9,9 +9,9 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import lsqr
 
-from recae.baselines import BiasBaseline, GlobalMean, TruncatedSVDBaseline, fit_biases
 from recae.errors import EmptyStoreError
-from recae.metrics import Scorer, rating_metrics
+from recae.evaluation.baselines import BiasBaseline, GlobalMean, TruncatedSVDBaseline, fit_biases
+from recae.evaluation.metrics import Scorer, rating_metrics
 from recae.store.matrix import IdIndex, RatingMatrix
 from tests.synthetic import planted_low_rank
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recae.artifacts.blending import blend
+from recae.artifacts.model_files import load_model, save_model
+from recae.artifacts.train_config import TrainConfig
+from recae.evaluation.splits import random_split
 from recae.models.build import model_config
 from recae.serving.foldin import fold_in_scores
-from recae.serving.model_files import load_model, save_model
-from recae.splits import random_split
-from recae.training.blend import blend, blend_weight
-from recae.training.config import TrainConfig
+from recae.training.blend import blend_weight
 from recae.training.train import train_split
 from tests.synthetic import planted_low_rank
 
@@ -135,7 +136,7 @@ def test_no_member_and_no_partner_trains_on_the_blend_carve() -> None:
     out of fold for the ensemble that ships. Same process, deterministic kernels, one thread: exact comparison."""
     import torch
 
-    from recae.splits import Split
+    from recae.evaluation.splits import Split
     from recae.store.matrix import RatingMatrix
     from recae.training.ensemble import blend_carve
 

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from recae.artifacts.blending import mix
+from recae.artifacts.model_files import META_FILE, WEIGHTS_FILE, file_record, load_model, read_tensors, save_model
+from recae.artifacts.train_config import TrainConfig
 from recae.cli import cli
 from recae.errors import CorruptArtifactError
+from recae.evaluation.splits import Split, random_split
 from recae.models.build import model_config
 from recae.models.svd_part import fit_svd_part
 from recae.serving.foldin import fold_in_scores
-from recae.serving.model_files import META_FILE, WEIGHTS_FILE, file_record, load_model, read_tensors, save_model
-from recae.splits import Split, random_split
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.blend import fit_mix, mix, stacking_weights
-from recae.training.config import TrainConfig
+from recae.training.blend import fit_mix, stacking_weights
 from recae.training.train import train_split
 from tests.synthetic import planted_low_rank
 

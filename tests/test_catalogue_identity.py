@@ -167,10 +167,10 @@ def test_the_nightly_job_after_a_replace_trains_a_first_champion_of_the_new_cata
 def test_a_model_trained_while_the_store_was_replaced_records_the_catalogue_it_read(tmp_path: Path) -> None:
     """The race: `recae train` reads the ratings, `ingest --replace` commits, then train publishes. The version
     records the catalogue it was trained on, not the one the store holds when it publishes, so it does not serve."""
+    from recae.artifacts.train_config import TrainConfig
+    from recae.evaluation.splits import SplitSpec
     from recae.models.build import model_config
     from recae.serving.publish import train_and_publish
-    from recae.splits import SplitSpec
-    from recae.training.config import TrainConfig
 
     home = build_home(tmp_path / "home").path
     url = f"sqlite:///{home / 'recae.db'}"

@@ -13,13 +13,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from recae.artifacts.train_config import DEFAULT_MODEL, DEFAULT_PRETRAIN_EPOCHS, TrainConfig, load_config_file, resolve
 from recae.cli import cli
 from recae.errors import EXIT_USAGE, DataError, TrainingError
 from recae.models.autoencoders import ModelConfig
 from recae.models.build import MODELS, model_config
 from recae.models.multvae import MultVAEConfig
 from recae.settings import UnknownSettingError, strict_settings
-from recae.training.config import DEFAULT_MODEL, DEFAULT_PRETRAIN_EPOCHS, TrainConfig, load_config_file, resolve
 from recae.training.distributed import is_secondary_rank
 
 

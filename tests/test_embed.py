@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from recae.artifacts.train_config import TrainConfig
+from recae.artifacts.trained_model import TrainedModel
 from recae.cli import cli
 from recae.errors import RecaeError
 from recae.insight.embed import export_codes
 from recae.insight.latent import latent_codes
 from recae.models.build import model_config
-from recae.serving.scorer import TrainedModel
-from recae.training.config import TrainConfig
 from tests.test_latent import planted_clusters, publish_planted, train_small
 
 SETTINGS = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=3, lr=1e-2, seed=0, threads=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recae.evaluate import BASELINES, BaselineReport, evaluate_baselines
+from recae.evaluation.evaluate import BASELINES, BaselineReport, evaluate_baselines
 from recae.store.matrix import IdIndex, RatingMatrix
 from tests.synthetic import planted_low_rank
 

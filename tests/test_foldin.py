@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recae.artifacts.train_config import TrainConfig
+from recae.artifacts.trained_model import TrainedModel
 from recae.models.build import model_config
 from recae.serving.foldin import fold_in_scores
-from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.config import TrainConfig
 from recae.training.train import fit
 from tests.synthetic import planted_low_rank
 

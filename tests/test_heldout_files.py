@@ -94,9 +94,9 @@ def test_a_held_out_file_is_read_like_ingest_reads_it_and_keeps_each_ratings_lin
 
 
 def test_the_files_ratings_are_the_test_set_and_the_spec_names_the_file(built: Built) -> None:
+    from recae.evaluation.splits import SplitSpec
     from recae.paths import resolve_paths
     from recae.serving.registry import load_champion
-    from recae.splits import SplitSpec
     from recae.store.db import open_store
     from recae.store.ingest import read_ratings_file
 

@@ -1,9 +1,9 @@
-"""The house plan holds: no import loop between recae's modules, no oversized module, no shim packages.
+"""The house plan holds: rooms import only rooms below them, no import loop, no oversized module, no shim packages.
 
-Why: a loop means two modules cannot be read (or changed) apart, and a module past a few hundred lines usually
-holds two jobs. The import graph counts every import that runs, the ones inside functions included: a lazy
-import is still a dependency a reader must follow. Imports under ``if TYPE_CHECKING:`` only name types for
-annotations and never run, so they are left out.
+Why: a loop means two modules cannot be read (or changed) apart, an arrow up means a room cannot be understood
+without the rooms built on it, and a module past a few hundred lines usually holds two jobs. The import graph
+counts every import: at the top of a file, inside functions (a lazy import is still a dependency a reader must
+follow) and under ``if TYPE_CHECKING:`` (a type named in a signature is part of what a reader must know).
 """
 
 from __future__ import annotations
@@ -15,6 +15,29 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "recae"
 MAX_LINES = 500
+
+#: The map of the house, bottom floor first: a room may import its own modules and the rooms below it, never one
+#: above. A subpackage is a room of its own name; a module at the package root sits in the room ROOT_MODULES gives.
+FLOORS: tuple[tuple[str, str], ...] = (
+    ("base", "errors, exit codes, paths, settings readers, threads and locks: what every room leans on"),
+    ("synthetic", "planted rating data for tests, benchmarks and `recae synth`"),
+    ("store", "the database: tables, migrations, ingest, readers, writers, the rating matrix"),
+    ("evaluation", "splits, metrics, baselines, click data and held-out reports: pure, seeded, model-agnostic"),
+    ("models", "the networks and rankers, with no notion of how they are trained or stored"),
+    ("artifacts", "what training hands to serving: the trained model, its train config and its files"),
+    ("training", "fitting the models: the loop, ensembles, blends, tuning, checkpoints"),
+    ("serving", "published versions: registry, recommendations, fold-in, similar films, HTTP"),
+    ("retrain", "the nightly job: inbox, holdout, champion against challenger"),
+    ("insight", "looking inside a model: latent maps, plots, anomalies, embeddings"),
+    ("cli", "the commands, and ``python -m recae``"),
+)
+ROOT_MODULES = {
+    "recae": "base",  # __version__; its public names are looked up by name on first use, not imported
+    "recae.__main__": "cli",
+    "recae.errors": "base", "recae.paths": "base", "recae.settings": "base", "recae.threads": "base",
+    "recae.locks": "base",
+    "recae.synth": "synthetic", "recae.ratings_csv": "synthetic",
+}
 
 
 def module_name(path: Path) -> str:
@@ -29,12 +52,7 @@ def modules() -> dict[str, Path]:
 def imported_modules(path: Path, known: set[str]) -> set[str]:
     """recae modules named by the file's imports (``from recae.x import name`` names a module when it is one)."""
     found: set[str] = set()
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
-                   for stmt in node.body for inner in ast.walk(stmt)}
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name in known)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in known:
@@ -44,11 +62,6 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
             if len(subs) < len(node.names):
                 found.add(node.module)
     return found
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -85,16 +98,67 @@ def test_the_cycle_finder_finds_a_planted_loop() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_imports_under_type_checking_are_left_out(tmp_path: Path) -> None:
+def room_of(module: str) -> str:
+    """The room a module lives in: its subpackage, or for a module at the package root, ROOT_MODULES' entry."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()):
+        return parts[1]
+    return ROOT_MODULES[module]
+
+
+def room_graph(graph: dict[str, set[str]]) -> dict[str, dict[str, set[tuple[str, str]]]]:
+    """room -> room it imports -> the (importer, imported) module pairs behind that arrow."""
+    rooms: dict[str, dict[str, set[tuple[str, str]]]] = {}
+    for importer, imported in graph.items():
+        for target in imported:
+            if room_of(importer) == room_of(target):
+                continue
+            rooms.setdefault(room_of(importer), {}).setdefault(room_of(target), set()).add((importer, target))
+    return rooms
+
+
+def test_imports_inside_functions_and_under_type_checking_are_counted(tmp_path: Path) -> None:
     planted = tmp_path / "m.py"
     planted.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from recae.a import X\n"
                        "def f():\n    from recae.b import Y\n", encoding="utf-8")
-    assert imported_modules(planted, {"recae.a", "recae.b"}) == {"recae.b"}
+    assert imported_modules(planted, {"recae.a", "recae.b"}) == {"recae.a", "recae.b"}
 
 
-def test_no_import_loop_between_recae_modules() -> None:
-    cycle = find_cycle(import_graph())
-    assert cycle is None, "import loop: " + " -> ".join(cycle or [])
+def test_every_room_is_on_the_map() -> None:
+    floors = [room for room, _ in FLOORS]
+    assert len(set(floors)) == len(floors), "a room is on two floors"
+    at_root = [name for name in modules() if name.count(".") <= 1 and not (PACKAGE / name.split(".")[-1]).is_dir()]
+    unplaced = sorted(name for name in at_root if name not in ROOT_MODULES)
+    assert not unplaced, f"modules at the package root with no room in ROOT_MODULES: {unplaced}"
+    rooms = {room_of(name) for name in modules()}
+    assert rooms <= set(floors), f"rooms missing from FLOORS: {sorted(rooms - set(floors))}"
+    assert set(ROOT_MODULES.values()) <= set(floors)
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    """Every import whose room is not on a lower floor than the importer's, as ``importer -> imported (why)``."""
+    floor = {room: level for level, (room, _) in enumerate(FLOORS)}
+    return sorted(f"{importer} -> {imported} ({room} on floor {floor[room]} imports {target} on floor {floor[target]})"
+                  for room, targets in room_graph(graph).items() for target, pairs in targets.items()
+                  if floor[target] >= floor[room] for importer, imported in sorted(pairs))
+
+
+def test_a_planted_upward_arrow_is_found() -> None:
+    planted = {"recae.models.rankers": {"recae.serving.registry", "recae.store.matrix"}, "recae.errors": set()}
+    assert upward_arrows(planted) == ["recae.models.rankers -> recae.serving.registry (models on floor 4 imports "
+                                      "serving on floor 7)"]
+
+
+def test_every_arrow_between_rooms_points_down() -> None:
+    """Counting every import (top level, deferred, TYPE_CHECKING): a room imports only rooms on lower floors."""
+    upward = upward_arrows(import_graph())
+    assert not upward, "arrows that do not point down:\n" + "\n".join(upward)
+
+
+def test_no_loop_between_rooms() -> None:
+    rooms = {room: set(targets) for room, targets in room_graph(import_graph()).items()}
+    cycle = find_cycle(rooms)
+    assert cycle is None, "rooms in a loop: " + " -> ".join(cycle or [])
 
 
 @pytest.mark.parametrize("name", sorted(modules()))

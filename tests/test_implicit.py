@@ -10,7 +10,8 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recae.clicks import (
+from recae.errors import TrainingError
+from recae.evaluation.clicks import (
     HeldOutUsers,
     binarize,
     evaluate_top_n,
@@ -20,8 +21,7 @@ from recae.clicks import (
     split_heldout_users,
     truncated_recall_at_k,
 )
-from recae.errors import TrainingError
-from recae.metrics import recall_at_k
+from recae.evaluation.metrics import recall_at_k
 from recae.store.matrix import IdIndex, RatingMatrix
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recae.artifacts.train_config import TrainConfig
+from recae.artifacts.trained_model import TrainedModel
 from recae.errors import RecaeError
 from recae.insight.latent import (
     colouring,
@@ -26,9 +28,7 @@ from recae.insight.latent import (
 from recae.models.autoencoders import ModelConfig
 from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.build import model_config
-from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.config import TrainConfig
 from recae.training.train import fit
 
 # --- shared helpers --------------------------------------------------------------------------------------------
@@ -87,9 +87,9 @@ def publish_planted(home: Path, matrix: RatingMatrix, model_cfg: ModelConfig, tr
     """A recae home whose store holds ``matrix`` (ingested from CSV) and a champion trained on a random split."""
     from sqlalchemy import update
 
+    from recae.evaluation.splits import SplitSpec
     from recae.paths import resolve_paths
     from recae.serving.publish import train_and_publish
-    from recae.splits import SplitSpec
     from recae.store.db import Movie, open_store
     from recae.store.ingest import ingest_ratings_file
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from recae.metrics import (
+from recae.evaluation.metrics import (
     RankingMetrics,
     Scorer,
     mae,
@@ -243,7 +243,7 @@ def test_above_max_users_a_seeded_sample_is_scored_and_says_so() -> None:
     assert (sample.n_users, sample.of_users) == (100, 200)
     assert 0.3 < sample.ndcg < 0.7 and sample.ndcg * 100 == pytest.approx(round(sample.ndcg * 100))
     assert ranking_metrics(TableScorer(table), train, test, k=5, threshold=4.0, max_users=100).ndcg == sample.ndcg
-    from recae.metrics import list_quality
+    from recae.evaluation.metrics import list_quality
 
     one_thread = list_quality(TableScorer(table), train, test, ks=(5,), threshold=4.0, max_users=100, threads=1,
                               batch_users=7).at[5]

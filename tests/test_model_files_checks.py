@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from recae.artifacts.model_checks import check_meta, check_sparse_structure
+from recae.artifacts.model_files import META_FILE, WEIGHTS_FILE, load_model, read_tensors, save_model
 from recae.cli.output import render
 from recae.errors import CorruptArtifactError
-from recae.serving.model_checks import check_meta, check_sparse_structure
-from recae.serving.model_files import META_FILE, WEIGHTS_FILE, load_model, read_tensors, save_model
 from tests.model_file_fuzz import random_model, rewrite_meta, rewrite_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +196,7 @@ def test_the_cli_refuses_a_tampered_model_instead_of_crashing_or_printing_nan(tm
 
 
 def test_finite_weights_whose_sum_overflows_still_pass() -> None:
-    from recae.serving.model_checks import check_finite
+    from recae.artifacts.model_checks import check_finite
 
     check_finite({"w": torch.full((4,), 3e38), "i": torch.arange(3)})  # the sum is inf; every weight is finite
     with pytest.raises(ValueError, match="tensor w holds non-finite"):

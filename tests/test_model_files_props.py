@@ -13,8 +13,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recae.artifacts.model_files import load_model, save_model
 from recae.serving.foldin import fold_in
-from recae.serving.model_files import load_model, save_model
 from tests.model_file_fuzz import random_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from recae.artifacts.train_config import TrainConfig
+from recae.artifacts.trained_model import TrainedModel
 from recae.errors import TrainingError
 from recae.models.autoencoders import ModelConfig, pairs_pattern
 from recae.models.batches import batch_plan, make_batch, oriented_csr, sparse_rows
 from recae.models.build import MODELS, build_model, merge_members, model_config
 from recae.models.names import MODEL_NAMES, Orientation
-from recae.serving.scorer import TrainedModel
-from recae.training.config import TrainConfig
 from recae.training.train import fit
 from recae.training.validation import unit_means
 from tests.synthetic import planted_low_rank

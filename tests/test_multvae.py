@@ -14,9 +14,10 @@ import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
 
+from recae.artifacts.multvae_files import load_multvae, save_multvae
 from recae.cli import cli
-from recae.clicks import evaluate_top_n, popularity_scorer, split_heldout_users
 from recae.errors import EXIT_ERROR, CorruptArtifactError, RecaeError, UnknownMovieError
+from recae.evaluation.clicks import evaluate_top_n, popularity_scorer, split_heldout_users
 from recae.models.batches import sparse_rows
 from recae.models.multvae import (
     MultVAE,
@@ -25,9 +26,7 @@ from recae.models.multvae import (
     TrainedMultVAE,
     anneal_beta,
     gaussian_kl,
-    load_multvae,
     multvae_loss,
-    save_multvae,
 )
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.training.multvae import MultVAERun, fit_multvae, train_and_evaluate

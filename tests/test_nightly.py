@@ -351,12 +351,12 @@ def test_cold_challenger_trains_from_scratch_with_the_champions_configuration(
 def test_warm_start_copies_the_champions_weights_by_id_and_new_users_start_neutral() -> None:
     """On the champion's own ratings, the warm-started module predicts exactly as the champion does, even though
     its index has extra users (rows moved); a new user's rows are zero, so they change no movie's code."""
+    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.trained_model import TrainedModel
+    from recae.evaluation.splits import random_split
     from recae.models.build import model_config
     from recae.retrain.warm_start import warm_start_module
-    from recae.serving.scorer import TrainedModel
-    from recae.splits import random_split
     from recae.store.matrix import IdIndex, RatingMatrix
-    from recae.training.config import TrainConfig
     from recae.training.train import train_split
 
     data = planted_low_rank(60, 40, density=0.4, seed=4, user_id_offset=10).observed

@@ -124,7 +124,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ratings]:
 
 
 def test_a_generated_split_learns_nothing_from_its_test_values(base: tuple[Path, Ratings]) -> None:
-    from recae.splits import SplitSpec, split_from_store
+    from recae.evaluation.splits import SplitSpec, split_from_store
     from recae.store.db import open_store
     from recae.store.matrix import RatingMatrix
 

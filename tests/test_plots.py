@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from recae.artifacts.trained_model import TrainedModel
 from recae.cli import cli
 from recae.errors import EXIT_ERROR, RecaeError
 from recae.insight.latent import Colouring, colouring, latent_map, separation
 from recae.insight.plots import curve_members, errors_by_activity, plot_curves, plot_errors, plot_latent
-from recae.serving.scorer import TrainedModel
 from tests.test_latent import MAP_MODEL, MAP_TRAINING, planted_clusters, publish_planted, train_small
 
 pytest.importorskip("matplotlib")

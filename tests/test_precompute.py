@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import insert, select
 
-from recae.metrics import top_k_unseen
+from recae.evaluation.metrics import top_k_unseen
 from recae.serving.recommend import _columns, precompute_batch_users, precompute_recommendations
 from recae.store.db import ModelVersion, Recommendation
 from recae.store.matrix import IdIndex, RatingMatrix
@@ -195,9 +195,9 @@ def test_invalid_sizes_are_refused(engine) -> None:
 
 @pytest.mark.parametrize("orientation", ["item", "user"])
 def test_a_trained_autoencoder_gets_its_own_best_unrated_scores(engine, orientation: str) -> None:
+    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.trained_model import TrainedModel
     from recae.models.build import model_config
-    from recae.serving.scorer import TrainedModel
-    from recae.training.config import TrainConfig
     from recae.training.train import fit
 
     rated = planted_low_rank(n_users=45, n_movies=31, seed=5, user_id_offset=7).observed

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recae.metrics import RowScores, list_quality, ranking_metrics
+from recae.artifacts.model_files import load_model, save_model
+from recae.artifacts.train_config import TrainConfig
+from recae.artifacts.trained_model import TrainedModel
+from recae.evaluation.metrics import RowScores, list_quality, ranking_metrics
+from recae.evaluation.splits import Split, SplitSpec
 from recae.models.build import model_config
 from recae.models.rankers import (
     LambdaTrial,
@@ -24,11 +28,7 @@ from recae.models.rankers import (
     train_ease,
 )
 from recae.serving.foldin import fold_in
-from recae.serving.model_files import load_model, save_model
-from recae.serving.scorer import TrainedModel
-from recae.splits import Split, SplitSpec
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.config import TrainConfig
 from recae.training.train import train_split
 from tests.synthetic import planted_low_rank
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recae.splits import Split, SplitSpec, random_split
-from recae.training.config import TrainConfig
+from recae.evaluation.splits import Split, SplitSpec, random_split
+from recae.artifacts.train_config import TrainConfig
 from recae.training.ranking import RANKER_FILE, fit_ranker, run_ranker
 from recae.training.train import train_split
 from tests.test_rankers import _tiny_configs

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from recae.artifacts.train_config import TrainConfig
 from recae.errors import TrainingError
 from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.build import build_model, model_config
@@ -15,10 +16,9 @@ from recae.models.rbm import (
     ObservedGaussianRBM,
     exact_gradient,
     exact_log_likelihood,
-    pretrain_with_rbms,
     train_rbm,
 )
-from recae.training.config import TrainConfig
+from recae.training.rbm import pretrain_with_rbms
 from tests.synthetic import planted_low_rank
 
 #: Six binary vectors over 3 units: two planted modes ({1,2} and {3}) and two odd ones.

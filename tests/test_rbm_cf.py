@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from recae.baselines import GlobalMean
+from recae.artifacts.model_files import load_model, save_model
+from recae.artifacts.train_config import TrainConfig
+from recae.artifacts.trained_model import TrainedModel
 from recae.errors import TrainingError
+from recae.evaluation.baselines import GlobalMean
+from recae.evaluation.splits import holdout_validation
 from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.build import model_config
 from recae.models.rbm_cf import RatingRBM, rating_levels
 from recae.serving.foldin import fold_in_scores
-from recae.serving.model_files import load_model, save_model
-from recae.serving.scorer import TrainedModel
-from recae.splits import holdout_validation
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.config import TrainConfig
 from recae.training.train import fit, test_metrics
 
 
@@ -163,7 +163,7 @@ def planted_rated_kinds(seed: int) -> RatingMatrix:
 
 
 def _rated_pairs_rmse(seed: int, conditional: bool) -> float:
-    from recae.models.rbm_cf import fit_rating_rbm
+    from recae.training.rbm import fit_rating_rbm
 
     known, asked = holdout_validation(planted_rated_kinds(seed), 0.6, seed + 100)  # asked: rated, values unknown
     fit_part, val_part = holdout_validation(known, 0.1, seed)
@@ -191,7 +191,7 @@ def test_conditional_rbm_reads_which_pairs_were_rated() -> None:
 
 
 def test_rated_pairs_need_a_conditional_rbm_and_conditional_needs_the_rbm() -> None:
-    from recae.models.rbm_cf import fit_rating_rbm
+    from recae.training.rbm import fit_rating_rbm
 
     matrix = planted_taste(n_users=20, n_movies=10)
     with pytest.raises(TrainingError, match="conditional"):
@@ -211,7 +211,7 @@ def test_gibbs_steps_rise_along_the_papers_schedule() -> None:
 
 
 def test_the_auto_batch_holds_about_400_vectors_and_at_least_8_batches_an_epoch() -> None:
-    from recae.models.rbm_cf import auto_batch_ratings
+    from recae.training.rbm import auto_batch_ratings
 
     assert auto_batch_ratings(855_000, 6_000) == 57_000  # 400 users' worth: 15 batches an epoch
     assert auto_batch_ratings(855_000, 3_700) == 92_433  # 400 films' worth: 9.25 batches an epoch

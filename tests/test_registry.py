@@ -14,8 +14,9 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from recae.models.multvae import MultVAE, MultVAEConfig, load_multvae, new_version_name, save_multvae
-from recae.serving.model_files import version_name
+from recae.artifacts.model_files import version_name
+from recae.artifacts.multvae_files import load_multvae, new_version_name, save_multvae
+from recae.models.multvae import MultVAE, MultVAEConfig
 from recae.serving.recommend import precompute_recommendations
 from recae.serving.registry import champion_of, load_champion, publish
 from recae.store.db import ModelVersion, Recommendation
@@ -73,7 +74,7 @@ def test_versions_of_every_model_family_are_named_alike() -> None:
 
 
 def _old_multvae_folder(folder: Path, module: MultVAE, movie_ids: np.ndarray) -> None:
-    """A Mult-VAE folder exactly as recae wrote it before its files went through ``recae.serving.model_files``."""
+    """A Mult-VAE folder exactly as recae wrote it before its files went through ``recae.artifacts.model_files``."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True)

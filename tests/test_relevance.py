@@ -91,7 +91,7 @@ def test_a_doubled_scale_gives_the_same_lambda_lists_and_ranking_metrics(homes: 
 
 
 def test_relevance_starts_at_four_fifths_of_the_top_rating_unless_set() -> None:
-    from recae.metrics import relevance_threshold
+    from recae.evaluation.metrics import relevance_threshold
 
     assert relevance_threshold(5.0) == 4.0  # 1-5 and 0.5-5 alike: the top sets it, not the bottom
     assert relevance_threshold(10.0) == 8.0 and relevance_threshold(100.0) == 80.0
@@ -147,7 +147,7 @@ def test_relevant_from_is_set_on_evaluate_and_kept_with_a_model_trained_with_it(
 
 
 def test_mult_vae_clicks_follow_the_scale_too() -> None:
-    from recae.clicks import binarize, implicit_split
+    from recae.evaluation.clicks import binarize, implicit_split
     from recae.store.matrix import RatingMatrix
 
     planted = planted_low_rank(60, 30, seed=3).observed

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recae.artifacts.model_files import load_model, save_model
+from recae.artifacts.train_config import TrainConfig
+from recae.evaluation.splits import Split, SplitSpec
 from recae.models.rankers import fit_ease
 from recae.models.sparse_ease import fit_sparse_ease, search_sparse_ease_lambda, train_sparse_ease
-from recae.serving.model_files import load_model, save_model
-from recae.splits import Split, SplitSpec
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.config import TrainConfig
 from recae.training.ranking import fit_ranker, ranker_kind
 from recae.training.train import train_split
 from tests.test_rankers import _tiny_configs

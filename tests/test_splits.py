@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from recae.errors import DataError
-from recae.splits import (
+from recae.evaluation.splits import (
     CANONICAL_FOLDS,
     GENERATED_SPLITS,
     Split,

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from recae.baselines import BiasBaseline, GlobalMean
 from recae.cli import cli
+from recae.evaluation.baselines import BiasBaseline, GlobalMean
 from recae.ratings_csv import HEADER, format_rows, write_csv
 from recae.store.matrix import RatingMatrix
 from recae.synth import (

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from recae.artifacts.train_config import TrainConfig, load_config_file
 from recae.errors import DataError, TrainingError
 from recae.models.autoencoders import ModelConfig
 from recae.models.batches import oriented_csr
 from recae.models.build import model_config
 from recae.store.matrix import RatingMatrix
 from recae.training.checkpoint import CHECKPOINT_FILE
-from recae.training.config import TrainConfig, load_config_file
 from recae.training.train import fit
 from recae.training.validation import validation_rmse
 from tests.conftest import ML100K_U1_RMSE_BOUND
@@ -165,7 +165,7 @@ def test_an_ensemble_beats_or_matches_its_average_member_and_resumes(small, tmp_
 
 
 def test_cross_carved_members_validate_on_ratings_they_never_read_and_together_read_them_all() -> None:
-    from recae.splits import holdout_validation
+    from recae.evaluation.splits import holdout_validation
     from recae.training.train import fit_cross_carved
 
     train = planted_low_rank(n_users=80, n_movies=50, seed=11).observed
@@ -280,8 +280,8 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 @pytest.mark.parametrize("init_seed", [0, 2])  # 2: the worst of the five init seeds measured (0.89323)
 def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int) -> None:
-    from recae.splits import Split, SplitSpec
-    from recae.training.config import DEFAULT_MODEL
+    from recae.artifacts.train_config import DEFAULT_MODEL
+    from recae.evaluation.splits import Split, SplitSpec
     from recae.training.train import train_split
 
     train, test = read_fold(ml100k, "u1")
@@ -350,7 +350,7 @@ def test_init_seed_seeds_the_weights_and_defaults_to_seed(small) -> None:  # typ
 
 
 def test_auto_members_and_epochs_follow_the_data_size_and_set_values_win() -> None:
-    from recae.training.config import AUTO_EPOCHS, AUTO_MEMBERS, LARGE_MEMBER_RATINGS, LARGE_TRAIN_RATINGS
+    from recae.artifacts.train_config import AUTO_EPOCHS, AUTO_MEMBERS, LARGE_MEMBER_RATINGS, LARGE_TRAIN_RATINGS
 
     small_run, ml32m_run = TrainConfig().sized(900_000), TrainConfig().sized(28_800_184)
     assert (small_run.ensemble, small_run.epochs) == (AUTO_MEMBERS, AUTO_EPOCHS)
@@ -367,8 +367,8 @@ def test_auto_members_and_epochs_follow_the_data_size_and_set_values_win() -> No
 def test_a_large_run_records_the_members_and_epochs_it_got(small, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Above the large-data line (lowered here to the planted matrix) the default run trains one member for the
     capped epochs, and the trained model's config says so (meta.json records what ran, never 0)."""
-    from recae.splits import Split, SplitSpec
-    from recae.training import config as config_module
+    from recae.evaluation.splits import Split, SplitSpec
+    from recae.artifacts import train_config as config_module
     from recae.training.train import train_split
 
     fit_part, test_part = small
@@ -385,7 +385,7 @@ def test_a_large_run_records_the_members_and_epochs_it_got(small, monkeypatch) -
 def test_a_network_too_large_for_the_memory_budget_is_refused_before_training(small) -> None:  # type: ignore[no-untyped-def]
     """The estimate counts the network (weights, gradient, Adam's moments, the best copy) and the ratings beside it;
     past the budget, one line names the network and the settings, and no epoch runs."""
-    from recae.splits import Split, SplitSpec
+    from recae.evaluation.splits import Split, SplitSpec
     from recae.training.memory import BYTES_PER_PARAMETER, BYTES_PER_RATING, check_memory, network_parameters
     from recae.training.train import train_split
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from recae.artifacts.train_config import TrainConfig
 from recae.cli import cli
 from recae.errors import EXIT_USAGE
 from recae.models.build import model_config
 from recae.store.matrix import RatingMatrix
 from recae.training import tune as tune_module
-from recae.training.config import TrainConfig
 from recae.training.tune import start_setting, tune
 from tests.synthetic import planted_low_rank
 
@@ -61,9 +61,9 @@ def run(home: Path, *args: str) -> tuple[int, str, str]:
 def test_the_search_never_reads_test_ratings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two stores that differ only in the test ratings of a random split: the same trials and the same choice,
     while the final test scores differ (the changed ratings are really the test set)."""
+    from recae.evaluation.splits import SplitSpec, random_split
     from recae.paths import resolve_paths
     from recae.serving.publish import train_and_publish
-    from recae.splits import SplitSpec, random_split
     from recae.store.db import open_store
     from recae.store.ingest import ingest_ratings_file
 

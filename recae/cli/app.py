@@ -23,8 +23,8 @@ from recae.errors import EXIT_ERROR, RecaeError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from recae.artifacts.trained_model import TrainedModel
     from recae.paths import Paths
-    from recae.serving.scorer import TrainedModel
 
 EXIT_CODES_HELP = "Exit codes: 0 ok, 1 error, 2 usage, 65 bad input data, 75 another run holds the lock."
 

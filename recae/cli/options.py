@@ -74,8 +74,8 @@ class LazyChoice(click.Choice):
 
 
 def split_names() -> tuple[str, ...]:
-    """The splits ``--split`` can generate or read: recae.splits' generated splits and canonical folds."""
-    from recae.splits import CANONICAL_FOLDS, GENERATED_SPLITS
+    """The splits ``--split`` can generate or read: recae.evaluation.splits' generated splits and canonical folds."""
+    from recae.evaluation.splits import CANONICAL_FOLDS, GENERATED_SPLITS
 
     return GENERATED_SPLITS + CANONICAL_FOLDS
 

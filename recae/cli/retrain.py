@@ -53,7 +53,7 @@ def retrain_command(obj: Context, inbox: str | None, margin: float, ndcg_margin:
 
     model_cfg = train_cfg = None
     if config_file:
-        from recae.training.config import resolve
+        from recae.artifacts.train_config import resolve
 
         model_cfg, train_cfg = resolve(config_file)
     paths = obj.paths()

@@ -73,8 +73,8 @@ def evaluate(obj: Context, version: str | None, split_name: str | None, test_fra
       recae evaluate --relevant-from 4.5
     """
     from recae.cli.output import render
-    from recae.evaluate import evaluate_model
-    from recae.splits import SplitSpec
+    from recae.serving.evaluate_version import evaluate_model
+    from recae.evaluation.splits import SplitSpec
 
     held = None
     if ratings_file is not None:
@@ -113,12 +113,12 @@ def quickstart(obj: Context, path: str | None, user_id: int, epochs: int | None)
     import dataclasses
 
     from recae.cli.output import render
-    from recae.evaluate import evaluate_model
+    from recae.serving.evaluate_version import evaluate_model
     from recae.serving.publish import train_and_publish
     from recae.serving.recommend import recommend_from_store
-    from recae.splits import SplitSpec
+    from recae.evaluation.splits import SplitSpec
     from recae.store.ingest import ingest_dataset
-    from recae.training.config import default_configs
+    from recae.artifacts.train_config import default_configs
 
     engine = obj.engine()
     paths = obj.paths()
@@ -200,10 +200,10 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
       recae train --tune --budget 20                # settings searched on validation carves, 20 minutes in all
     """
     from recae.cli.output import render
-    from recae.evaluate import model_relevance
+    from recae.artifacts.trained_model import model_relevance
     from recae.serving.publish import train_and_publish
-    from recae.splits import SplitSpec
-    from recae.training.config import resolve
+    from recae.evaluation.splits import SplitSpec
+    from recae.artifacts.train_config import resolve
     from recae.training.distributed import is_secondary_rank, launched_by_torchrun
     from recae.training.tune import DEFAULT_BUDGET_MINUTES
 
@@ -308,7 +308,8 @@ def vae_command(obj: Context, heldout: float, threshold: float | None, hide_frac
     from pathlib import Path
 
     from recae.cli.output import render
-    from recae.models.multvae import MultVAEConfig, MultVAETrainConfig, new_version_name, save_multvae
+    from recae.artifacts.multvae_files import new_version_name, save_multvae
+    from recae.models.multvae import MultVAEConfig, MultVAETrainConfig
     from recae.store.matrix import RatingMatrix
     from recae.training.multvae import train_and_evaluate
 

@@ -23,7 +23,7 @@ from recae.errors import RecaeError
 from recae.models.batches import batch_plan
 
 if TYPE_CHECKING:
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.trained_model import TrainedModel
 
 #: Fewer ratings than this give too noisy an RMSE to rank a user (MovieLens keeps users with at least 20).
 DEFAULT_MIN_RATINGS = 20

@@ -21,7 +21,7 @@ from recae.errors import RecaeError
 from recae.insight.latent import latent_codes, raw_vectors
 
 if TYPE_CHECKING:
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.trained_model import TrainedModel
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 

@@ -34,7 +34,7 @@ from recae.models.names import Orientation
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.trained_model import TrainedModel
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from recae.errors import EmptyStoreError, RecaeError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from recae.artifacts.trained_model import TrainedModel
     from recae.insight.latent import Colouring, LatentMap, Separation
-    from recae.serving.scorer import TrainedModel
     from recae.store.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,8 @@ class ErrorBucket:
 
 def held_out_ratings(engine: Engine, trained: TrainedModel) -> RatingMatrix:
     """The model's test ratings: its split rebuilt from the store, on the model's index, minus anything it read."""
-    from recae.evaluate import held_out_for_model
-    from recae.splits import SplitSpec, split_from_store
+    from recae.evaluation.evaluate import held_out_for_model
+    from recae.evaluation.splits import SplitSpec, split_from_store
     from recae.store.matrix import RatingMatrix
 
     if not trained.split_spec:

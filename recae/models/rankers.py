@@ -19,7 +19,7 @@ ratings) scores one below the user's lowest covered score, so it ranks after eve
 
 Choosing lambda: :func:`choose_ease_lambda` fits EASE on a carve of the training ratings and keeps the lambda with
 the best NDCG@10 on the carve's held-out ratings (relevant = rated >= ``relevant_from``: 0.8 x the top rating, 4
-on 1-5, unless set; ``recae.metrics.relevance_threshold``), walking a doubling grid from a start
+on 1-5, unless set; ``recae.evaluation.metrics.relevance_threshold``), walking a doubling grid from a start
 that scales with the data. The test ratings are never read.
 """
 
@@ -301,8 +301,8 @@ def search_ease_lambda(train: RatingMatrix, *, input: str = "value", max_items: 
     ``train``'s top rating, as ``recae evaluate`` counts; the record keeps the threshold used).
     ``ndcg@10`` is the winner's figure, so searches with other inputs compare on the same carve.
     """
-    from recae.metrics import RowScores, ranking_metrics, relevance_threshold
-    from recae.splits import holdout_validation
+    from recae.evaluation.metrics import RowScores, ranking_metrics, relevance_threshold
+    from recae.evaluation.splits import holdout_validation
 
     rating_max = train.rating_scale()[1]
     threshold = relevance_threshold(rating_max, relevant_from)

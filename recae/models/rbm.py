@@ -20,7 +20,8 @@ Deep autoencoder (``recae train --model stacked --pretrain rbm``): layer 1 is a 
 ratings only (missing ratings are not visible units, as in the RBM for CF: an O(nnz * width) sparse product),
 layers 2..L are Bernoulli RBMs on the hidden probabilities of the layer below. The stack is unrolled into the
 autoencoder with decoder = encoder^T (``w_out = w_in``, ``decoder[l].weight = encoder[l]^T``, decoder biases =
-the RBMs' visible biases), then fine-tuned with masked MSE by the ordinary training loop.
+the RBMs' visible biases), then fine-tuned with masked MSE by the ordinary training loop. Running all of that is
+``recae.training.rbm.pretrain_with_rbms``.
 """
 
 from __future__ import annotations
@@ -32,17 +33,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recae.errors import TrainingError
-from recae.models.batches import SparseRows, iterate_batches
+from recae.models.batches import SparseRows
 
 if TYPE_CHECKING:
-    from recae.models.autoencoders import AutoEncoder, ModelConfig
-    from recae.training.config import TrainConfig
+    from recae.models.autoencoders import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class RBM(nn.Module):
         return grad_w, grad_b, grad_c, chain_out
 
 
-def _momentum_step(params: list[Tensor], velocity: list[Tensor], grads: list[Tensor], settings: CDSettings,
+def momentum_step(params: list[Tensor], velocity: list[Tensor], grads: list[Tensor], settings: CDSettings,
                    momentum: float, decayed: Tensor) -> None:
     """``v <- momentum v + lr (grad - decay W)``; ``param += v`` (gradient ascent on the log-likelihood)."""
     with torch.no_grad():
@@ -166,7 +165,7 @@ def train_rbm(rbm: RBM, data: Tensor, settings: CDSettings, epochs: int, *, batc
                 chain = chain[: batch.shape[0]] if chain.shape[0] > batch.shape[0] else batch.clone()
             grad_w, grad_b, grad_c, new_chain = rbm.cd_gradients(batch, settings.steps, chain)
             chain = new_chain if settings.persistent else None
-            _momentum_step([rbm.weight, rbm.visible_bias, rbm.hidden_bias], velocity, [grad_w, grad_b, grad_c],
+            momentum_step([rbm.weight, rbm.visible_bias, rbm.hidden_bias], velocity, [grad_w, grad_b, grad_c],
                            settings, settings.momentum_at(epoch), rbm.weight)
         with torch.no_grad():
             stats = EpochStats(epoch, float(rbm.free_energy(data).mean()), float(rbm.reconstruction_error(data)))
@@ -256,96 +255,3 @@ class ObservedGaussianRBM(nn.Module):
         grad_b = torch.zeros_like(self.visible_bias).index_add_(0, rows.col, rows.values - recon)
         grad_c = (h_data - h).sum(0)
         return grad_w / n, grad_b / n, grad_c / n, float(((recon - rows.values) ** 2).sum())
-
-
-def pretrain_with_rbms(module: AutoEncoder, data: sp.csr_matrix, cfg: TrainConfig, epochs: int,
-                       device: torch.device, on_progress: Callable[[str], None] | None = None,
-                       on_epoch: Callable[[int, EpochStats], None] | None = None) -> list[list[EpochStats]]:
-    """Greedy layer-wise RBM pretraining of ``module``'s encoder, unrolled into its decoder (decoder = encoder^T).
-
-    Layer 1: a Gaussian RBM over the observed inputs as the encoder reads them (``center_inputs`` respected);
-    layers 2..L: Bernoulli RBMs on the layer below's hidden probabilities. Returns each layer's epoch statistics.
-    """
-    config = module.config
-    if config.activation != "sigmoid":
-        raise TrainingError("RBM pretraining gives sigmoid hidden units; set activation = 'sigmoid'")
-    settings = CDSettings.of(config)
-    sizes = config.hidden
-    histories: list[list[EpochStats]] = []
-    first = ObservedGaussianRBM(data.shape[1], sizes[0]).to(device)
-    histories.append(_train_observed(first, module, data, cfg, settings, epochs, device, on_epoch))
-    with torch.no_grad():
-        module.w_in.copy_(first.weight)
-        module.b_in.copy_(first.hidden_bias)
-        module.w_out.copy_(first.weight)  # decoder = encoder^T
-        shift = module.input_mean if config.center_inputs else 0.0
-        module.b_out.copy_(first.visible_bias + shift)
-    if on_progress:
-        on_progress(f"RBM-pretrained layer 1 of {len(sizes)}")
-    n_layers = len(sizes)
-    for layer in range(1, n_layers):
-        below = _codes(module, data, layer - 1, cfg, device)  # (n_vectors, h_{l-1}) hidden probabilities
-        rbm = RBM(sizes[layer - 1], sizes[layer]).to(device)
-        histories.append(train_rbm(rbm, below, settings, epochs, batch_size=100,
-                                   seed=cfg.weights_seed + 7919 * layer,
-                                   on_epoch=(lambda s, layer=layer: on_epoch(layer + 1, s)) if on_epoch else None))
-        enc, dec = module.encoder[layer - 1], module.decoder[n_layers - 1 - layer]
-        with torch.no_grad():
-            enc.weight.copy_(rbm.weight.t())  # (h_l, h_{l-1})
-            enc.bias.copy_(rbm.hidden_bias)
-            dec.weight.copy_(rbm.weight)  # (h_{l-1}, h_l): decoder = encoder^T
-            dec.bias.copy_(rbm.visible_bias)
-        if on_progress:
-            on_progress(f"RBM-pretrained layer {layer + 1} of {n_layers}")
-    return histories
-
-
-def _train_observed(rbm: ObservedGaussianRBM, module: AutoEncoder, data: sp.csr_matrix, cfg: TrainConfig,
-                    settings: CDSettings, epochs: int, device: torch.device,
-                    on_epoch: Callable[[int, EpochStats], None] | None) -> list[EpochStats]:
-    if settings.persistent:
-        log.info("persistent CD does not apply to the sparse first layer (its visible units differ per vector); "
-                 "it uses CD-%d", settings.steps)
-    velocity = [torch.zeros_like(p) for p in (rbm.weight, rbm.visible_bias, rbm.hidden_bias)]
-    history = []
-    was_training = module.training
-    module.eval()  # the inputs exactly as the encoder reads them, without corruption noise
-    with torch.no_grad():
-        initial = torch.zeros(data.shape[1])
-        counts = np.bincount(data.indices, minlength=data.shape[1])
-        shift = float(module.input_mean) if module.config.center_inputs else 0.0
-        sums = np.bincount(data.indices, weights=data.data - shift, minlength=data.shape[1])
-        initial = torch.from_numpy(np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)).float()
-        rbm.visible_bias.copy_(initial.to(device))  # Gaussian visibles start at each unit's mean input
-    for epoch in range(1, epochs + 1):
-        squared, count, free, n_vectors = 0.0, 0, 0.0, 0
-        for batch in iterate_batches(data, data, cfg.batch_ratings, seed=cfg.weights_seed + 7919, epoch=epoch):
-            rows = batch.inputs.to(device)
-            rows = module.corrupt(rows)
-            grad_w, grad_b, grad_c, error = rbm.cd_gradients(rows, settings.steps)
-            _momentum_step([rbm.weight, rbm.visible_bias, rbm.hidden_bias], velocity, [grad_w, grad_b, grad_c],
-                           settings, settings.momentum_at(epoch), rbm.weight)
-            with torch.no_grad():
-                free += float(rbm.free_energy(rows).sum())
-            squared, count, n_vectors = squared + error, count + rows.nnz, n_vectors + rows.n_rows
-        stats = EpochStats(epoch, free / max(n_vectors, 1), squared / max(count, 1))
-        if not np.isfinite(stats.reconstruction_error):
-            raise TrainingError(f"RBM pretraining diverged at epoch {epoch}; try a lower cd_lr than {settings.lr:g}")
-        log.info("rbm layer 1 epoch %d: free energy %.4f, reconstruction error %.4f", epoch, stats.free_energy,
-                 stats.reconstruction_error)
-        history.append(stats)
-        if on_epoch:
-            on_epoch(1, stats)
-    module.train(was_training)
-    return history
-
-
-@torch.no_grad()
-def _codes(module: AutoEncoder, data: sp.csr_matrix, layer: int, cfg: TrainConfig, device: torch.device) -> Tensor:
-    """(n_vectors, h_layer) the pretrained encoder's hidden probabilities of every vector at ``layer``."""
-    was_training = module.training
-    module.eval()
-    parts = [module.encode(batch.inputs.to(device)).hidden[layer]
-             for batch in iterate_batches(data, data, cfg.batch_ratings, seed=0, epoch=0, shuffle=False)]
-    module.train(was_training)
-    return torch.cat(parts)

@@ -25,16 +25,13 @@ with its own decay. Callers that know more pairs (rated, value unknown) pass the
 
 The module honours the autoencoder scoring contract (``encode`` -> hidden probabilities, ``features`` = identity,
 ``output_at``/``output_dense``/``unit_scores``, ``fallback``), so TrainedModel, recommend, evaluate and fold-in
-score it unchanged. Early stopping follows the validation RMSE only.
+score it unchanged. Training it by CD, with early stopping on the validation RMSE only, is
+``recae.training.rbm.fit_rating_rbm``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
-from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -44,45 +41,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recae.errors import TrainingError
-from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr, sparse_rows
-from recae.training.loop import (
-    Epoch,
-    EpochReport,
-    FitResult,
-    rmse_fit_result,
-    rmse_report,
-    rmse_stopping,
-    run_epochs,
-    state_dict_copy,
+from recae.models.batches import (
+    SparseRows,
 )
 
 if TYPE_CHECKING:
     from recae.models.autoencoders import Encoded, ModelConfig
-    from recae.store.matrix import RatingMatrix
-    from recae.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 #: More distinct rating values than this is not a discrete scale a softmax should model.
 MAX_LEVELS = 20
-#: Batch budget when ``batch_ratings`` is 0 (auto): the ratings of about AUTO_BATCH_VECTORS average vectors, but at
-#: least AUTO_BATCHES_PER_EPOCH batches an epoch, within AUTO_BATCH_BOUNDS. Chosen on validation carves (README, RBM
-#: section): ml-1m's I-RBM at 8192 / 27k / 54k / 108k / 216k ratings a batch (116 / 34 / 17 / 8 / 4 batches an
-#: epoch; 108k ~ 440 films) reached 0.875 / 0.866 / 0.860 / 0.857 / 0.867 (still falling slowly at epoch 26); its
-#: U-RBM at 8192 / 16k / 54k (~360 users) / 107k (~720 users) 0.887 / 0.884 / 0.877 / 0.893 (epoch 50, slow);
-#: ml-100k u1 was flat from 10 to 5 batches an epoch and, at 4 or fewer, stopped early before it had learned.
-AUTO_BATCH_VECTORS = 400
-AUTO_BATCHES_PER_EPOCH = 8
-AUTO_BATCH_BOUNDS = (8192, 131_072)  # the cap bounds the (batch ratings, F) temporaries of a CD step
-
-
-def auto_batch_ratings(nnz: int, n_vectors: int) -> int:
-    """The batch budget in ratings: min(400 vectors' worth, nnz / 8), within 8192..131072."""
-    low, high = AUTO_BATCH_BOUNDS
-    wanted = min(AUTO_BATCH_VECTORS * nnz / max(n_vectors, 1), nnz / AUTO_BATCHES_PER_EPOCH)
-    return int(min(max(low, math.ceil(wanted)), high))
-
-
 def rating_levels(values: np.ndarray) -> tuple[float, ...]:
     """The K distinct rating values of ``values``, sorted; TrainingError when the scale is not discrete."""
     levels = np.unique(np.round(np.asarray(values, dtype=np.float64), 6))
@@ -312,117 +281,3 @@ def init_visible_bias(module: RatingRBM, data: sp.csr_matrix) -> None:
     share = (counts + 1.0) / (counts.sum(0, keepdims=True) + k)
     with torch.no_grad():
         module.visible_bias.copy_(torch.from_numpy(np.log(share)).float())
-
-
-def fit_rating_rbm(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg: ModelConfig,
-                   train_cfg: TrainConfig, device: torch.device,
-                   on_epoch: Callable[[EpochReport], None] | None = None,
-                   on_progress: Callable[[str], None] | None = None, *,
-                   rated: RatingMatrix | None = None) -> FitResult:
-    """Train a RatingRBM by CD with momentum and weight decay; keep the epoch with the best validation RMSE.
-
-    ``train_cfg`` gives epochs, patience, seed and the batch budget in ratings; the CD settings (``cd_lr``,
-    ``cd_momentum``, ``cd_weight_decay``, ``cd_steps``, ``cd_steps_every``, ``conditional``) come from ``model_cfg``.
-    Momentum starts at 0.5 for the first 5 epochs, as the practical guide advises, then takes ``cd_momentum``.
-
-    ``rated`` (conditional RBM only): pairs known to be rated whose values the model must not read (values
-    ignored); r is then the fit pairs plus these, in training and in validation. Without it r is the fit pairs.
-    """
-    from recae.training.validation import unit_means, validation_rmse
-
-    started = time.perf_counter()
-    if fit_ratings.nnz == 0:
-        raise TrainingError("no training ratings to fit")
-    data = oriented_csr(fit_ratings, model_cfg.orientation)  # (n_vectors, n_units)
-    with_ratings = int(np.count_nonzero(np.diff(data.indptr)))
-    train_cfg = replace(train_cfg, batch_ratings=train_cfg.batch_ratings or auto_batch_ratings(data.nnz, with_ratings))
-    val = oriented_csr(val_ratings, model_cfg.orientation) if val_ratings is not None else None
-    if not model_cfg.rating_levels:
-        model_cfg = replace(model_cfg, rating_levels=rating_levels(data.data))
-    if rated is not None and not model_cfg.conditional:
-        raise TrainingError("rated pairs need a conditional rbm (conditional = true)")
-    pattern = None
-    if rated is not None:  # r = fit pairs | rated pairs, as a 0/1 matrix in the oriented space
-        pattern = (oriented_csr(rated, model_cfg.orientation) != 0).astype(np.float32) + (data != 0)
-        pattern.data[:] = 1.0
-    scale = fit_ratings.rating_scale()
-    torch.manual_seed(train_cfg.weights_seed)
-    module = RatingRBM(model_cfg, data.shape[1], data.shape[1])
-    init_visible_bias(module, data)
-    with torch.no_grad():
-        module.fallback.copy_(torch.from_numpy(unit_means(data, data.shape[1])))
-    module.to(device)
-    params = module.cd_parameters()
-    velocity = [torch.zeros_like(p) for p in params]
-    row_ratings = np.diff(data.indptr)
-
-    def cd_epoch(epoch: int) -> tuple[float, float]:
-        """One CD pass with momentum and weight decay; (reconstruction RMSE, summed free energy)."""
-        momentum = 0.5 if epoch <= 5 else model_cfg.cd_momentum
-        steps = cd_steps_at(model_cfg, epoch)
-        squared, count, free = 0.0, 0, 0.0
-        for group in batch_plan(row_ratings, train_cfg.batch_ratings, seed=train_cfg.weights_seed, epoch=epoch):
-            rows = make_batch(data, data, group).inputs.to(device)
-            rated_rows = sparse_rows(pattern, group).to(device) if pattern is not None else None
-            grads, error = module.cd_gradients(rows, steps, rated_rows)
-            with torch.no_grad():
-                for param, speed, grad in zip(params, velocity, grads, strict=True):
-                    decayed = param is module.weight or (module.conditional and param is module.cond_weight)
-                    decay = model_cfg.cd_weight_decay * param if decayed else 0.0
-                    speed.mul_(momentum).add_(model_cfg.cd_lr * (grad - decay))
-                    param.add_(speed)
-                free += float(module.free_energy(rows, rated_rows).sum())
-            squared += error
-            count += rows.nnz
-        train_rmse = math.sqrt(squared / max(count, 1))
-        if not math.isfinite(train_rmse):  # the guard watches the reconstruction: validation is only compared
-            raise TrainingError(f"rbm training diverged at epoch {epoch}; try a lower cd_lr than {model_cfg.cd_lr:g}")
-        return train_rmse, free
-
-    def score() -> float | None:
-        if val is None or not val.nnz:
-            return None
-        if pattern is not None:
-            return _rated_validation_rmse(module, data, val, pattern, scale, device)
-        return validation_rmse(module, data, val, scale,  # type: ignore[arg-type]
-                               batch_ratings=train_cfg.batch_ratings, device=device)
-
-    as_report = rmse_report(train_cfg.epochs)
-
-    def report(done: Epoch[tuple[float, float]]) -> EpochReport:
-        train_rmse, free = done.figures
-        log.info("rbm epoch %d: reconstruction RMSE %.4f, mean free energy %.3f, validation RMSE %.4f",
-                 done.epoch, train_rmse, free / max(data.shape[0], 1), done.score)
-        return as_report(Epoch(done.epoch, train_rmse**2, done.score, done.best_score, done.best_epoch,
-                               done.seconds))
-
-    stopping = replace(rmse_stopping(train_cfg), lr_decay=1.0)  # CD has no optimizer whose steps could shrink
-    outcome = run_epochs(stopping, cd_epoch, score, lambda: state_dict_copy(module), report,
-                         restore=module.load_state_dict, on_epoch=on_epoch, started=started)
-    return rmse_fit_result(module.eval(), outcome.state, time.perf_counter() - started)
-
-
-@torch.no_grad()
-def _rated_validation_rmse(module: RatingRBM, inputs: sp.csr_matrix, targets: sp.csr_matrix, rated: sp.csr_matrix,
-                           scale: tuple[float, float], device: torch.device) -> float:
-    """Validation RMSE of clipped predictions when r is ``rated`` rather than the inputs' own pattern."""
-    rows = np.flatnonzero(np.diff(targets.indptr))
-    squared = 0.0
-    for start in range(0, rows.size, 256):
-        group = rows[start:start + 256]
-        pattern = sparse_rows(targets, group).to(device)
-        predicted = module.predict_at(sparse_rows(inputs, group).to(device), pattern,
-                                      sparse_rows(rated, group).to(device))
-        clipped = predicted.double().clamp(scale[0], scale[1])
-        squared += float(((clipped - pattern.values.double()) ** 2).sum())
-    return math.sqrt(squared / max(targets.nnz, 1))
-
-
-def single_network(train_cfg: TrainConfig) -> TrainConfig:
-    """The rbm model trains one network per orientation: ``ensemble`` is 1 (a partner of the other orientation
-    may still be blended in)."""
-    if train_cfg.ensemble <= 1:  # 0: auto, which means one network here
-        return train_cfg
-    log.warning("the rbm model trains one network; ensemble = %d is read as 1", train_cfg.ensemble)
-    return replace(train_cfg, ensemble=1, partner_members=min(train_cfg.partner_members, 1))
-

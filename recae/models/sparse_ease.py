@@ -223,8 +223,8 @@ def search_sparse_ease_lambda(train: RatingMatrix, *, input: str = "value", head
     The Gram matrix and neighbours are computed once; each lambda tried costs one head inversion and the tail's
     solves, never a new pass over the ratings.
     """
-    from recae.metrics import RowScores, ranking_metrics, relevance_threshold
-    from recae.splits import holdout_validation
+    from recae.evaluation.metrics import RowScores, ranking_metrics, relevance_threshold
+    from recae.evaluation.splits import holdout_validation
 
     rating_max = train.rating_scale()[1]
     threshold = relevance_threshold(rating_max, relevant_from)

@@ -1,7 +1,7 @@
 """The Soft-Impute SVD blended beside the autoencoders (``TrainConfig.blend_svd``): its factors, scores and fold-in.
 
 ``r_ui = clip(mu + b_u + b_i + p_u . q_i)`` with ``p_u``, ``q_i`` of width ``rank``. It is fitted by
-:class:`recae.baselines.TruncatedSVDBaseline` (Soft-Impute, ``Z = U diag(s) V^T``) and stored balanced,
+:class:`recae.evaluation.baselines.TruncatedSVDBaseline` (Soft-Impute, ``Z = U diag(s) V^T``) and stored balanced,
 ``P = U diag(sqrt(s))``, ``Q = V diag(sqrt(s))``: Soft-Impute's fixed point minimises
 ``1/2 ||P_obs(E - P Q^T)||^2 + lambda/2 (||P||^2 + ||Q||^2)`` (Hastie et al. 2015), so with ``Q`` fixed a user's
 row is a ridge regression with strength ``lambda`` (the shrinkage) on the item factors of the films they rated.
@@ -20,7 +20,7 @@ import torch
 from recae.models.ridge import ridge_closed_form
 
 if TYPE_CHECKING:
-    from recae.baselines import TruncatedSVDBaseline
+    from recae.evaluation.baselines import TruncatedSVDBaseline
     from recae.store.matrix import RatingMatrix
 
 
@@ -40,7 +40,7 @@ class SvdPart:
     @classmethod
     def from_baseline(cls, svd: TruncatedSVDBaseline) -> SvdPart:
         """The fitted ``TruncatedSVDBaseline``'s parts, balanced (its user factors are ``U diag(s)``, items ``V``)."""
-        from recae.baselines import TruncatedSVDBaseline
+        from recae.evaluation.baselines import TruncatedSVDBaseline
 
         if not isinstance(svd, TruncatedSVDBaseline) or svd.biases is None:
             raise ValueError("SvdPart.from_baseline needs a fitted TruncatedSVDBaseline")
@@ -97,6 +97,6 @@ class SvdPart:
 
 def fit_svd_part(fit_part: RatingMatrix, seed: int = 0) -> SvdPart:
     """Soft-Impute SVD (its documented defaults) fitted on ``fit_part`` alone, as an SvdPart."""
-    from recae.baselines import TruncatedSVDBaseline
+    from recae.evaluation.baselines import TruncatedSVDBaseline
 
     return SvdPart.from_baseline(TruncatedSVDBaseline(seed=seed).fit(fit_part))

@@ -34,9 +34,9 @@ from recae.errors import RecaeError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.trained_model import TrainedModel
     from recae.store.matrix import RatingMatrix
-    from recae.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ def read_holdout(folder: Path) -> HoldoutRecord | None:
 
 def validation_keys(train: RatingMatrix, cfg: TrainConfig | None) -> np.ndarray:
     """Pair keys of the validation ratings ``recae.training.train.train_split`` carves from ``train`` with ``cfg``."""
-    from recae.splits import holdout_validation
-    from recae.training.config import TrainConfig
+    from recae.artifacts.train_config import TrainConfig
+    from recae.evaluation.splits import holdout_validation
 
     cfg = cfg or TrainConfig()
     return matrix_keys(holdout_validation(train, cfg.val_fraction, cfg.seed)[1])
@@ -181,7 +181,7 @@ def blend_keys(model: TrainedModel) -> np.ndarray | None:
     """Pair keys of the blend carve ``recae.training.train.train_split`` kept from ``model``'s training ratings (its
     inputs), for a model that blends (a partner or an SVD part: its warm start stops and refits the blend there);
     else None."""
-    from recae.training.config import TrainConfig
+    from recae.artifacts.train_config import TrainConfig
     from recae.training.ensemble import blend_carve
 
     if model.svd is None and model.partner is None:
@@ -194,7 +194,7 @@ def _trained_on_this_store(engine: Engine, store: RatingMatrix, champion: Traine
     that of the training part of its split rebuilt on the store (``recae train`` records either)."""
     from sqlalchemy import select
 
-    from recae.splits import SplitSpec, split_from_store
+    from recae.evaluation.splits import SplitSpec, split_from_store
     from recae.store.db import ModelVersion
 
     with engine.connect() as conn:

@@ -59,10 +59,10 @@ from recae.retrain.warm_start import fine_tune, first_configs, warm_start_module
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
+    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.trained_model import TrainedModel
     from recae.models.autoencoders import AutoEncoder, ModelConfig
-    from recae.serving.scorer import TrainedModel
     from recae.store.matrix import RatingMatrix
-    from recae.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class RetrainOptions:
     ndcg_margin: float = DEFAULT_NDCG_MARGIN  # ... and NDCG@10(champion) - NDCG@10(challenger) <= ndcg_margin
     keep: int = DEFAULT_KEEP  # published versions kept (the champion always is)
     # most fine-tuning epochs of a warm start (early stopping still applies); 0: DEFAULT_WARM_EPOCHS, fewer where
-    # training's own epochs are capped for size (recae.training.config.auto_epochs: 6 at ML-32M shape)
+    # training's own epochs are capped for size (recae.artifacts.train_config.auto_epochs: 6 at ML-32M shape)
     warm_epochs: int = 0
     warm_lr_scale: float = DEFAULT_WARM_LR_SCALE  # fine-tuning learning rate as a multiple of the champion's
     warm_patience: int = DEFAULT_WARM_PATIENCE  # stop fine-tuning after this many epochs without improvement
@@ -104,7 +104,7 @@ class RetrainOptions:
 class Comparison:
     """Champion and challenger scored on the same held-out ratings: ``rmse = sqrt(mean((clip(rhat) - r)^2))`` and
     the NDCG@10 of each one's served ranking (held-out ratings relevant from the challenger's threshold,
-    ``recae.evaluate.model_relevance``, for both; NaN when no user has one)."""
+    ``recae.artifacts.trained_model.model_relevance``, for both; NaN when no user has one)."""
 
     champion_rmse: float
     challenger_rmse: float
@@ -130,8 +130,9 @@ class Comparison:
 def compare(champion: TrainedModel, challenger: TrainedModel, holdout: RatingMatrix) -> Comparison:
     """Both models' RMSE on the holdout ratings whose user and movie the champion knows (``holdout`` is on the
     challenger's index); the champion never read any of them."""
-    from recae.evaluate import held_out_for_model, model_relevance
-    from recae.metrics import ranking_metrics, rating_metrics
+    from recae.artifacts.trained_model import model_relevance
+    from recae.evaluation.evaluate import held_out_for_model
+    from recae.evaluation.metrics import ranking_metrics, rating_metrics
 
     rows, cols, _ = holdout.coo()
     known = (champion.index.lookup_users(holdout.index.user_ids[rows]) >= 0) & (
@@ -241,7 +242,7 @@ def _fits_catalogue(engine: Engine, version: str) -> bool:
 
 def _run_locked(engine: Engine, models_dir: Path, options: RetrainOptions, state: _State,
                 progress: Callable[[str], None], stage: Callable[[str], None]) -> None:
-    from recae.serving.model_files import load_model
+    from recae.artifacts.model_files import load_model
     from recae.serving.registry import champion_of, get_version, prune_versions, remove_unfinished, version_folder
     from recae.store.matrix import RatingMatrix
 
@@ -279,7 +280,7 @@ def _run_locked(engine: Engine, models_dir: Path, options: RetrainOptions, state
 
 def _first_champion(engine: Engine, models_dir: Path, options: RetrainOptions, matrix: RatingMatrix, state: _State,
                     progress: Callable[[str], None], stage: Callable[[str], None]) -> None:
-    from recae.splits import SplitSpec, make_split
+    from recae.evaluation.splits import SplitSpec, make_split
     from recae.training.train import train_split
 
     model_cfg, train_cfg = first_configs(options.model_config, options.train_config)
@@ -310,9 +311,9 @@ def _after_first_epoch(stage: Callable[[str], None]) -> Callable[[Any], None]:
 def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix: RatingMatrix,
                champion: TrainedModel, champion_dir: Path, state: _State, progress: Callable[[str], None],
                stage: Callable[[str], None]) -> None:
-    from recae.serving.scorer import TrainedModel, with_metrics
-    from recae.splits import Split, SplitSpec
-    from recae.training.config import TrainConfig, auto_epochs
+    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.trained_model import TrainedModel, with_metrics
+    from recae.evaluation.splits import Split, SplitSpec
     from recae.training.ensemble import fit_blend_parts
     from recae.training.ranking import fit_ranker
     from recae.training.train import test_metrics, train_split

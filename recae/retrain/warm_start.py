@@ -16,10 +16,10 @@ import numpy as np
 from recae.models.names import Orientation
 
 if TYPE_CHECKING:
+    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.trained_model import TrainedModel
     from recae.models.autoencoders import AutoEncoder, ModelConfig
-    from recae.serving.scorer import TrainedModel
     from recae.store.matrix import RatingMatrix
-    from recae.training.config import TrainConfig
 
 UNIT_PARAMETERS = ("w_in", "w_out", "b_out", "fallback")
 
@@ -67,8 +67,8 @@ def warm_start_module(champion: TrainedModel, index: Any, unit_means: np.ndarray
 
 def first_configs(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None) -> tuple[ModelConfig, TrainConfig]:
     """The configuration of a first champion: given ones, else the shipped defaults (as ``recae train``)."""
+    from recae.artifacts.train_config import DEFAULT_MODEL, TrainConfig
     from recae.models.build import model_config
-    from recae.training.config import DEFAULT_MODEL, TrainConfig
 
     return model_cfg or model_config(DEFAULT_MODEL), train_cfg or TrainConfig()
 
@@ -85,8 +85,8 @@ def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatri
     """
     import torch
 
+    from recae.artifacts.train_config import FULL_BATCH
     from recae.models.batches import make_batch, oriented_csr
-    from recae.training.config import FULL_BATCH
     from recae.training.loop import LoopState, Stopping, run_epochs, state_dict_copy
     from recae.training.train import make_optimizer, resolve_device, train_epoch
     from recae.training.validation import validation_rmse

@@ -1,1 +1,1 @@
-"""Published models: the version registry, the scorer, recommendations, fold-in, similar films and HTTP."""
+"""Published models: the version registry, evaluating a version, recommendations, fold-in, similar films and HTTP."""

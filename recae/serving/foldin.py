@@ -27,9 +27,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recae.artifacts.trained_model import TrainedModel
 from recae.models.batches import sparse_rows
 from recae.models.names import Orientation
-from recae.serving.scorer import TrainedModel
 
 #: Ridge strength on the decoder row and on its bias, measured in "ratings' worth" of evidence.
 DEFAULT_RIDGE = 5.0

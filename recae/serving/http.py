@@ -67,8 +67,8 @@ from recae.store.db import StoreUnavailableError, open_store
 if TYPE_CHECKING:
     import numpy as np
 
+    from recae.artifacts.trained_model import TrainedModel
     from recae.serving.live_model import ModelCache
-    from recae.serving.scorer import TrainedModel
 
 log = logging.getLogger(__name__)
 

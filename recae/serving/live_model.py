@@ -30,7 +30,7 @@ from recae.errors import CorruptArtifactError, ModelNotFoundError
 from recae.store.db import StoreUnavailableError
 
 if TYPE_CHECKING:
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.trained_model import TrainedModel
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,17 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection, Engine
 
+from recae.artifacts.train_config import TrainConfig
 from recae.errors import STORE_BUSY, StoreBusyError
+from recae.evaluation.splits import Split, SplitSpec, split_from_store
 from recae.locks import job_lock
 from recae.models.autoencoders import ModelConfig
 from recae.serving.recommend import precompute_recommendations
 from recae.serving.registry import VersionInfo, publish, remove_orphans
-from recae.splits import Split, SplitSpec, split_from_store
 from recae.store.db import is_lock_timeout
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
 from recae.training.checkpoint import run_fingerprint
-from recae.training.config import TrainConfig
 from recae.training.loop import EpochReport
 from recae.training.train import TrainResult, train_split
 

@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
 from recae.errors import DataError, UnknownGenreError, UnknownMovieError, UnknownUserError
-from recae.metrics import dense_flags, ranking_scores, top_k_unseen
+from recae.evaluation.metrics import dense_flags, ranking_scores, top_k_unseen
 from recae.serving.registry import champion_version
 from recae.serving.stored_lists import Filters, RecommendedMovie, unknown_genre_message, unknown_user_message
 from recae.store.db import Movie, Rating, Recommendation
@@ -28,7 +28,7 @@ from recae.store.writers import Columns, insert_columns
 from recae.threads import in_order_on_threads
 
 if TYPE_CHECKING:
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.trained_model import TrainedModel
     from recae.store.matrix import RatingMatrix
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ DEFAULT_PRECOMPUTED = 100
 
 
 class RowScorer(Protocol):
-    """Anything that predicts every movie's rating for a batch of user rows (see recae.evaluate.Scorer).
+    """Anything that predicts every movie's rating for a batch of user rows (see recae.evaluation.evaluate.Scorer).
 
     A scorer with a ranker also has ``rank_rows(rows)`` (see recae.models.rankers) and ``predict(rows, cols)``: lists
     are then ordered by the ranking scores, and the predicted ratings of the listed films are shown beside them.

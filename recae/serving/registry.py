@@ -1,7 +1,7 @@
 """The version lifecycle: publish, load, promote, prune, and the champion pointer (list, show, switch back).
 
 Every trained model becomes a version through ``publish`` (``recae train``, ``quickstart`` and the nightly job
-alike): its folder is written atomically (``recae.serving.model_files``), then its ``model_versions`` row, its
+alike): its folder is written atomically (``recae.artifacts.model_files``), then its ``model_versions`` row, its
 precomputed recommendations and the ``champion`` pointer commit together, so a reader sees either the old champion
 with its list or the new one with its, and a failed or killed publish leaves the champion loadable. No torch at
 import: the serving read path (``recommend``, ``http``) reads the pointer here; loading and publishing import the
@@ -32,7 +32,7 @@ from recae.store.db import Champion, ModelVersion, Recommendation, utcnow
 from recae.store.identity import check_model_catalogue
 
 if TYPE_CHECKING:
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.trained_model import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def publish(engine: Engine, models_dir: str | Path, trained: TrainedModel, *, da
     ``models/.publish-<version>.lock`` until it has committed, so ``remove_orphans`` tells such a folder of a
     publish in flight from one a killed publish left, and removes only the latter.
     """
-    from recae.serving.model_files import save_model, version_name
+    from recae.artifacts.model_files import save_model, version_name
 
     models_dir = Path(models_dir)
     created_at = utcnow()
@@ -218,7 +218,7 @@ def _publish_locked(engine: Engine, models_dir: Path, trained: TrainedModel, ver
     """``publish``'s steps, under the version's publish lock."""
     from sqlalchemy.orm import Session
 
-    from recae.serving.model_files import write_atomically
+    from recae.artifacts.model_files import write_atomically
 
     final = models_dir / version
     meta = write_atomically(final, write)
@@ -282,7 +282,7 @@ def promote(engine: Engine, version: str, precompute: Precompute | None = None) 
 def load_version(engine: Engine, version: str, models_dir: str | Path | None = None) -> TrainedModel:
     """Load a published version by name from ``models_dir`` (default: ``paths.models_dir_of(engine)``);
     ModelNotFoundError when the store has no such version."""
-    from recae.serving.model_files import load_model
+    from recae.artifacts.model_files import load_model
 
     with engine.connect() as conn:
         path = conn.execute(select(ModelVersion.path).where(ModelVersion.version == version)).scalar()
@@ -296,7 +296,7 @@ def load_version(engine: Engine, version: str, models_dir: str | Path | None = N
 def load_champion(engine: Engine, models_dir: str | Path | None = None) -> TrainedModel:
     """The serving model, from ``models_dir`` (default: ``paths.models_dir_of(engine)``); ModelNotFoundError
     before the first ``recae train``."""
-    from recae.serving.model_files import load_model
+    from recae.artifacts.model_files import load_model
 
     with engine.connect() as conn:
         path = conn.execute(

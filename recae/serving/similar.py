@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recae.artifacts.trained_model import TrainedModel
 from recae.models.names import Orientation
-from recae.serving.scorer import TrainedModel
 
 
 @dataclass(frozen=True)

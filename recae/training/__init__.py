@@ -1,1 +1,1 @@
-"""Fitting models: configuration, the training loop, ensembles and blends, tuning, distributed runs."""
+"""Fitting models: the training loop, ensembles and blends, RBM training, tuning, distributed runs."""

@@ -8,7 +8,8 @@ beside it is cross-fitted: each half of the carve is scored with the weight fitt
 
 With ``blend_svd`` a Soft-Impute SVD joins them: the three are stacked by free weights and an intercept
 (:func:`stacking_weights`, :func:`fit_mix`); the two-model functions above are unchanged and still give the pair's
-own weight.
+own weight. Applying the fitted weights (``blend``, ``mix``) is the trained model's, in
+``recae.artifacts.blending``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from recae.artifacts.blending import blend, mix
 
 
 def blend_weight(main: np.ndarray, partner: np.ndarray, truth: np.ndarray) -> float:
@@ -34,17 +37,6 @@ def blend_weight(main: np.ndarray, partner: np.ndarray, truth: np.ndarray) -> fl
     if a.size == 0 or denominator <= 1e-12 * max(a.size, 1):
         return 1.0
     return float(np.clip(np.dot(spread, y - b) / denominator, 0.0, 1.0))
-
-
-def blend(main: np.ndarray, partner: np.ndarray, weight: float) -> np.ndarray:
-    """``weight * main + (1 - weight) * partner`` in ``main``'s dtype, in one new array (score batches are large).
-
-    A convex mix of two clipped predictions stays on the rating scale.
-    """
-    main = np.asarray(main)
-    mixed = np.multiply(main, main.dtype.type(weight))
-    mixed += np.multiply(np.asarray(partner, dtype=main.dtype), main.dtype.type(1.0 - weight))
-    return mixed
 
 
 @dataclass(frozen=True)
@@ -106,18 +98,6 @@ def stacking_weights(predictions: np.ndarray, truth: np.ndarray) -> np.ndarray:
         return np.eye(p.shape[1] + 1)[0]
     solution, *_ = np.linalg.lstsq(np.column_stack([p, np.ones(y.size)]), y, rcond=None)  # minimum norm if collinear
     return solution
-
-
-def mix(predictions: list[np.ndarray], weights: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """``clip(sum_j w_j * predictions[j] + c, *scale)`` for ``weights = [w_1 .. w_k, c]``, in the first
-    prediction's dtype, in one new array."""
-    first = np.asarray(predictions[0])
-    kind = first.dtype.type
-    mixed = np.multiply(first, kind(weights[0]))
-    for part, weight in zip(predictions[1:], weights[1:-1], strict=True):
-        mixed += np.multiply(np.asarray(part, dtype=first.dtype), kind(weight))
-    mixed += kind(weights[-1])
-    return np.clip(mixed, kind(scale[0]), kind(scale[1]), out=mixed)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from recae.errors import TrainingError
 from recae.training.loop import EpochReport, LoopState
 
 if TYPE_CHECKING:
+    from recae.artifacts.train_config import TrainConfig
     from recae.models.autoencoders import ModelConfig
-    from recae.training.config import TrainConfig
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 #: A killed run loses at most this much work; writing the checkpoint every epoch cost 2.3 s of ml-100k's 16.
@@ -38,7 +38,7 @@ Weights = dict[str, Tensor]
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Optimizer state_dict -> (tensors by name, JSON-able description); no pickle."""
-    from recae.serving.model_files import standalone
+    from recae.artifacts.model_files import standalone
 
     tensors: dict[str, Tensor] = {}
 
@@ -86,7 +86,7 @@ def save_checkpoint(path: Path, module: torch.nn.Module, best: Weights, optimize
     """Write the run's state to ``path`` atomically (a killed write leaves the previous checkpoint)."""
     from safetensors.torch import save_file
 
-    from recae.serving.model_files import standalone
+    from recae.artifacts.model_files import standalone
 
     tensors = {f"model/{k}": standalone(v) for k, v in module.state_dict().items()}
     tensors.update({f"best/{k}": standalone(v) for k, v in best.items()})

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from recae.artifacts.train_config import TrainConfig
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model, merge_loaded
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
-from recae.training.config import TrainConfig
 from recae.training.loop import EpochReport, FitResult
 
 if TYPE_CHECKING:
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.trained_model import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ FitMember = Callable[..., FitResult]
 def cross_carves(train: RatingMatrix, cfg: TrainConfig) -> Carve:
     """Member m's carve of ``train``: its own validation (seed + m), so each member stops early on ratings it never
     trained on, yet together the members read every training rating."""
-    from recae.splits import holdout_validation
+    from recae.evaluation.splits import holdout_validation
 
     @functools.lru_cache(maxsize=1)  # carve m is asked for several times in a row; keep one copy, not all
     def carve(member: int) -> tuple[RatingMatrix, RatingMatrix]:
@@ -110,7 +110,7 @@ def park(result: FitResult, folder: Path | None) -> FitResult:
         return result
     from safetensors.torch import save_file
 
-    from recae.serving.model_files import standalone
+    from recae.artifacts.model_files import standalone
 
     world = distributed.current()
     path = folder / (MEMBER_FILE if world is None else f"rank{world.rank}-{MEMBER_FILE}")  # ranks share the folder
@@ -148,7 +148,7 @@ def blend_carve(train: RatingMatrix, cfg: TrainConfig) -> tuple[RatingMatrix, Ra
     The shipped ensemble and partner predict the blend part out of fold, so the blend weight is fitted for the
     model that ships (not for one member) and its validation RMSE is measured on ratings nothing else was fitted on.
     """
-    from recae.splits import holdout_validation
+    from recae.evaluation.splits import holdout_validation
 
     return holdout_validation(train, cfg.blend_fraction, cfg.seed + BLEND_CARVE_SEED)
 
@@ -191,7 +191,7 @@ def fit_blend_parts(trained: TrainedModel, fit_part: RatingMatrix, blend_part: R
 def _blend_part_predictions(modules: list[AutoEncoder], fit_part: RatingMatrix, blend_part: RatingMatrix,
                             ) -> tuple[list[np.ndarray], np.ndarray]:
     """(each module's predictions, true ratings) on the blend part, every module reading the fit part as inputs."""
-    from recae.serving.scorer import TrainedModel
+    from recae.artifacts.trained_model import TrainedModel
 
     rows, cols, values = blend_part.coo()
     return [TrainedModel.from_fit(module, fit_part).predict(rows, cols) for module in modules], values

@@ -10,7 +10,7 @@ from __future__ import annotations
 from recae.errors import TrainingError
 from recae.models.autoencoders import ModelConfig
 from recae.store.matrix import RatingMatrix
-from recae.training.config import TrainConfig
+from recae.artifacts.train_config import TrainConfig
 from recae.training.ensemble import partner_configs
 from recae.training.ranking import check_ranker_memory
 

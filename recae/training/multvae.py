@@ -15,7 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recae.clicks import (
+from recae.errors import TrainingError
+from recae.evaluation.clicks import (
     DEFAULT_HELDOUT,
     DEFAULT_HIDDEN_FRACTION,
     DEFAULT_MIN_USER_ITEMS,
@@ -27,7 +28,6 @@ from recae.clicks import (
     implicit_split,
     popularity_scorer,
 )
-from recae.errors import TrainingError
 from recae.models.batches import sparse_rows
 from recae.models.multvae import (
     MultVAE,

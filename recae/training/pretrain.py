@@ -12,10 +12,10 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from recae.artifacts.train_config import TrainConfig
 from recae.models.autoencoders import AutoEncoder, sparse_input_matmul
 from recae.models.batches import SparseRows, iterate_batches
 from recae.models.losses import l2_penalty, masked_mse
-from recae.training.config import TrainConfig
 from recae.training.loop import check_finite
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from recae.errors import TrainingError
 from recae.models.rankers import Ranker, train_ease
 from recae.store.matrix import RatingMatrix
-from recae.training.config import TrainConfig
+from recae.artifacts.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _identity(train: RatingMatrix, cfg: TrainConfig) -> str:
 def _write(path: Path, ranker: Ranker, search: dict[str, Any], seconds: float, identity: str) -> None:
     from safetensors.torch import save_file
 
-    from recae.serving.model_files import _ranker_tensors
+    from recae.artifacts.model_files import _ranker_tensors
 
     meta = {"identity": identity, "describe": json.dumps(ranker.describe()), "search": json.dumps(search),
             "seconds": repr(seconds)}
@@ -150,7 +150,7 @@ def _write(path: Path, ranker: Ranker, search: dict[str, Any], seconds: float, i
 def _read(path: Path, train: RatingMatrix) -> tuple[Ranker, dict[str, Any], float, str]:
     from safetensors import safe_open
 
-    from recae.serving.model_files import _ranker_from
+    from recae.artifacts.model_files import _ranker_from
 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}

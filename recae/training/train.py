@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from recae.artifacts.train_config import AUTO_ONE_THREAD_BELOW, FULL_BATCH, TrainConfig
 from recae.errors import TrainingError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr
@@ -29,7 +30,6 @@ from recae.models.losses import l2_penalty, masked_mse
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
 from recae.training.checkpoint import CHECKPOINT_FILE, Checkpointer, resume_run, run_fingerprint
-from recae.training.config import AUTO_ONE_THREAD_BELOW, FULL_BATCH, TrainConfig
 from recae.training.ensemble import (
     Carve,
     blend_carve,
@@ -56,8 +56,8 @@ from recae.training.ranking import run_ranker
 from recae.training.validation import unit_means, validation_rmse
 
 if TYPE_CHECKING:
-    from recae.serving.scorer import TrainedModel
-    from recae.splits import Split
+    from recae.artifacts.trained_model import TrainedModel
+    from recae.evaluation.splits import Split
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
         train_cfg = train_cfg.sized(carve(0)[0].nnz)
     try:
         if model_cfg.name == "rbm":  # the RBM for CF: its own CD epoch, early stopping on validation RMSE
-            from recae.models.rbm_cf import fit_rating_rbm, single_network
+            from recae.training.rbm import fit_rating_rbm, single_network
 
             return fit_rating_rbm(*carve(0), model_cfg, single_network(train_cfg), device, on_epoch, on_progress)
         if train_cfg.ensemble == 1 and not train_cfg.weight_decay_grid:
@@ -226,7 +226,7 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
         if on_progress:
             on_progress(f"resuming after epoch {state.epoch}")
     elif model_cfg.pretrain_epochs > 0 and model_cfg.pretrain == "rbm":
-        from recae.models.rbm import pretrain_with_rbms
+        from recae.training.rbm import pretrain_with_rbms
 
         pretrain_with_rbms(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
     elif model_cfg.pretrain_epochs > 0:
@@ -336,10 +336,10 @@ def train_split(
 
     The returned model reads every training rating (fit + validation) as its inputs; test ratings never are.
     """
-    from recae.serving.scorer import TrainedModel, with_metrics
+    from recae.artifacts.trained_model import TrainedModel, with_metrics
 
     if model_cfg.name == "rbm":
-        from recae.models.rbm_cf import single_network
+        from recae.training.rbm import single_network
 
         train_cfg = single_network(train_cfg)
     train_cfg = train_cfg.sized(split.train.nnz)  # meta.json records the members and epochs this data got
@@ -395,9 +395,9 @@ def _fit_partner(train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainCo
 def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
     """``test_rmse = sqrt(mean((rhat - r)^2))``, ``test_mae = mean(|rhat - r|)`` over the test ratings, and the
     served ranking's ``test_precision@10``, ``test_recall@10``, ``test_ndcg@10`` (held-out ratings relevant from
-    ``relevant_from``, see ``recae.evaluate.model_relevance``)."""
-    from recae.evaluate import model_relevance
-    from recae.metrics import ranking_metrics
+    ``relevant_from``, see ``recae.artifacts.trained_model.model_relevance``)."""
+    from recae.artifacts.trained_model import model_relevance
+    from recae.evaluation.metrics import ranking_metrics
 
     if test.nnz == 0:
         return {}
@@ -409,7 +409,7 @@ def test_metrics(trained: TrainedModel, test: RatingMatrix) -> dict[str, float]:
     if ranking.n_users:
         out.update({"test_precision@10": ranking.precision, "test_recall@10": ranking.recall,
                     "test_ndcg@10": ranking.ndcg, "test_ranking_users": ranking.n_users})
-        if ranking.of_users:  # a seeded sample of the test users (recae.metrics.RANKING_USERS)
+        if ranking.of_users:  # a seeded sample of the test users (recae.evaluation.metrics.RANKING_USERS)
             out["test_ranking_users_of"] = ranking.of_users
     return out
 

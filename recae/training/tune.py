@@ -42,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
+from recae.artifacts.train_config import TrainConfig
 from recae.errors import TrainingError
 from recae.models.autoencoders import ModelConfig
 from recae.models.names import Orientation
 from recae.store.matrix import RatingMatrix
-from recae.training.config import TrainConfig
 from recae.training.loop import FitResult
 from recae.training.train import fit
 
@@ -170,7 +170,7 @@ class _Search:
 
     def __init__(self, train: RatingMatrix, model_cfg: ModelConfig, train_cfg: TrainConfig, budget_s: float,
                  on_step: StepCallback | None, max_trials: int, spent_s: float) -> None:
-        from recae.splits import holdout_validation
+        from recae.evaluation.splits import holdout_validation
 
         self.started = time.perf_counter() - spent_s
         self.model_cfg, self.train_cfg, self.budget_s = model_cfg, train_cfg, budget_s
@@ -267,7 +267,7 @@ class _Search:
 
     def outer_rmse(self, result: FitResult) -> float:
         """``sqrt(mean((clip(rhat) - r)^2))`` on the outer carve, the model reading every rating of the rest."""
-        from recae.serving.scorer import TrainedModel
+        from recae.artifacts.trained_model import TrainedModel
 
         rows, cols, values = self.outer.coo()
         predicted = TrainedModel.from_fit(result.module, self.rest).predict(rows, cols).astype(np.float64)

@@ -29,7 +29,7 @@ def parse_variant(text: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
     """``"hidden=[500],lr=0.001"`` -> model settings, train settings (values read as JSON, else as strings)."""
     from dataclasses import fields
 
-    from recae.training.config import TrainConfig
+    from recae.artifacts.train_config import TrainConfig
 
     train_names = {f.name for f in fields(TrainConfig)}
     model_part, train_part = {}, {}
@@ -70,8 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     from dataclasses import replace
 
-    from recae.splits import Split, holdout_validation
-    from recae.training.config import default_configs
+    from recae.artifacts.train_config import default_configs
+    from recae.evaluation.splits import Split, holdout_validation
     from recae.training.train import train_split
     from tests.benchmarks.bench_seeds import load_split
 
@@ -103,9 +103,9 @@ def compare_carving(fit_part, development, args: argparse.Namespace) -> None:  #
     """Members each stopping on their own carve (the default) against members sharing one carve."""
     from dataclasses import replace
 
-    from recae.serving.scorer import TrainedModel
-    from recae.splits import holdout_validation
-    from recae.training.config import default_configs
+    from recae.artifacts.train_config import default_configs
+    from recae.artifacts.trained_model import TrainedModel
+    from recae.evaluation.splits import holdout_validation
     from recae.training.train import fit, fit_cross_carved, test_metrics
 
     model_cfg, train_cfg = default_configs()

@@ -26,10 +26,10 @@ def worker(args: argparse.Namespace) -> None:
     """One training run in this process (or in each torchrun rank): print rank 0's figures as JSON."""
     import numpy as np
 
+    from recae.artifacts.train_config import TrainConfig, default_configs
     from recae.store.matrix import IdIndex, RatingMatrix
     from recae.synth import SynthSpec, generate
     from recae.training import distributed
-    from recae.training.config import TrainConfig, default_configs
     from recae.training.train import fit
 
     made = generate(SynthSpec(n_users=args.users, n_movies=args.movies, n_ratings=args.ratings, seed=0))

@@ -110,7 +110,7 @@ def _load(path: str, queue: mp.Queue, with_splits: bool) -> None:  # type: ignor
     result = {"nnz": matrix.nnz, "users": matrix.shape[0], "movies": matrix.shape[1], "seconds": seconds,
               "cpu_seconds": cpu, "peak_bytes": after.ru_maxrss * 1024}  # Linux reports KiB
     if with_splits:
-        from recae.splits import GENERATED_SPLITS, SplitSpec, holdout_validation, make_split
+        from recae.evaluation.splits import GENERATED_SPLITS, SplitSpec, holdout_validation, make_split
 
         for name in GENERATED_SPLITS:
             start = time.perf_counter()

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from recae.metrics import dense_flags
+from recae.evaluation.metrics import dense_flags
 from recae.models.rankers import DEFAULT_MAX_ITEMS, fit_ease
-from recae.metrics import top_k_unseen
+from recae.evaluation.metrics import top_k_unseen
 from recae.serving.recommend import precompute_batch_users
 from recae.synth import SynthSpec, generate
 

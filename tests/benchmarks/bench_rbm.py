@@ -43,9 +43,9 @@ def report(name: str, split, trained, fit, seconds: float, test: bool) -> dict: 
 
 
 def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
+    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.trained_model import TrainedModel
     from recae.models.build import model_config
-    from recae.serving.scorer import TrainedModel
-    from recae.training.config import TrainConfig
     from recae.training.train import fit_cross_carved
 
     given = {"hidden": (args.hidden,) if args.hidden else None, "cd_lr": args.cd_lr, "cd_momentum": args.cd_momentum,
@@ -66,9 +66,9 @@ def run_cf(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-
 
 
 def run_deep(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
+    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.trained_model import TrainedModel
     from recae.models.build import model_config
-    from recae.serving.scorer import TrainedModel
-    from recae.training.config import TrainConfig
     from recae.training.train import fit_cross_carved
 
     hidden = tuple(int(h) for h in args.layers.split(","))
@@ -87,7 +87,7 @@ def run_deep(args: argparse.Namespace, split) -> None:  # type: ignore[no-untype
 
 
 def run_baselines(args: argparse.Namespace, split) -> None:  # type: ignore[no-untyped-def]
-    from recae.evaluate import evaluate_baselines
+    from recae.evaluation.evaluate import evaluate_baselines
 
     started = time.perf_counter()
     for result in evaluate_baselines(split.train, split.test).results():

@@ -137,11 +137,11 @@ def stage_matrix(shape: Shape, args: argparse.Namespace) -> dict[str, object]:
 
 
 def _train(shape: Shape, args: argparse.Namespace, orientation: str) -> dict[str, object]:
-    from recae.serving.model_files import save_model
-    from recae.serving.scorer import TrainedModel
-    from recae.splits import holdout_validation
+    from recae.artifacts.model_files import save_model
+    from recae.artifacts.train_config import default_configs
+    from recae.artifacts.trained_model import TrainedModel
+    from recae.evaluation.splits import holdout_validation
     from recae.store.matrix import RatingMatrix
-    from recae.training.config import default_configs
     from recae.training.train import fit
 
     engine = _open(shape)
@@ -186,7 +186,7 @@ def stage_precompute(shape: Shape, args: argparse.Namespace) -> dict[str, object
     import torch
     from sqlalchemy import delete, func, insert, select
 
-    from recae.serving.model_files import load_model
+    from recae.artifacts.model_files import load_model
     from recae.serving.recommend import precompute_batch_users, precompute_recommendations
     from recae.serving.registry import promote
     from recae.store.db import Champion, ModelVersion, Recommendation, utcnow

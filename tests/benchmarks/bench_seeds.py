@@ -33,7 +33,7 @@ FOLDS = ("u1", "u2", "u3", "u4", "u5")
 def load_split(name: str, cache: Path, seed: int = 0):  # type: ignore[no-untyped-def]
     """The split `recae train --split NAME` would use (ml-1m: random 90/10 with ``seed``), from a store under
     ``cache`` (ingested by recae.store.ingest on first use)."""
-    from recae.splits import SplitSpec, split_from_store
+    from recae.evaluation.splits import SplitSpec, split_from_store
     from recae.store.db import open_store
     from recae.store.ingest import ingest_dataset
     from recae.store.matrix import RatingMatrix
@@ -55,7 +55,8 @@ def load_split(name: str, cache: Path, seed: int = 0):  # type: ignore[no-untype
 
 
 def baseline_rows(name: str, split) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
-    from recae.evaluate import evaluate_baselines, ranking_baselines
+    from recae.evaluation.evaluate import evaluate_baselines
+    from recae.serving.evaluate_version import ranking_baselines
 
     rows = [{"split": name, "model": result.name, "test_rmse": result.rating.rmse,
              "test_ndcg@10": result.ranking.ndcg if result.ranking else None}
@@ -68,7 +69,7 @@ def baseline_rows(name: str, split) -> list[dict]:  # type: ignore[no-untyped-de
 def model_row(name: str, split, init_seed: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
     from dataclasses import replace
 
-    from recae.training.config import default_configs
+    from recae.artifacts.train_config import default_configs
     from recae.training.train import train_split
 
     model_cfg, train_cfg = default_configs()

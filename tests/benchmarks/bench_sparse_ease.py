@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recae.metrics import RowScores, dense_flags, ranking_metrics, relevance_threshold
+from recae.evaluation.metrics import RowScores, dense_flags, ranking_metrics, relevance_threshold
 from recae.models.rankers import train_ease
 from recae.models.sparse_ease import DEFAULT_HEAD_ITEMS, DEFAULT_NEIGHBOURS, train_sparse_ease
-from recae.metrics import top_k_unseen
+from recae.evaluation.metrics import top_k_unseen
 from recae.serving.recommend import precompute_batch_users
 from recae.store.matrix import IdIndex, RatingMatrix
 from recae.threads import in_order_on_threads

@@ -50,9 +50,9 @@ def child(args: argparse.Namespace) -> None:
     """One measured case, in this process: print a JSON line."""
     import torch
 
+    from recae.artifacts.train_config import TrainConfig
     from recae.models.batches import iterate_batches, oriented_csr
     from recae.models.build import build_model, model_config
-    from recae.training.config import TrainConfig
     from recae.training.train import batch_objective, make_optimizer
     from recae.training.validation import unit_means
 

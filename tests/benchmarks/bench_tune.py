@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recae.baselines import BiasBaseline, TruncatedSVDBaseline
+from recae.evaluation.baselines import BiasBaseline, TruncatedSVDBaseline
 from recae.store.matrix import RatingMatrix
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-latest-small"
@@ -47,7 +47,7 @@ def recae(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def tuned_baselines(train: RatingMatrix, test: RatingMatrix, seed: int) -> list[dict[str, object]]:
     """Each baseline's setting chosen on --tune's outer carve of ``train``, then refitted on all of it."""
-    from recae.splits import holdout_validation
+    from recae.evaluation.splits import holdout_validation
     from recae.training.tune import OUTER_SEED_OFFSET, TUNE_VAL_FRACTION
 
     rest, carve = holdout_validation(train, TUNE_VAL_FRACTION, seed + OUTER_SEED_OFFSET)
@@ -107,8 +107,8 @@ def main() -> None:
         if "recae.training.tune" in line:
             print(line.split("recae.training.tune: ", 1)[-1])
 
+    from recae.evaluation.splits import random_split
     from recae.paths import resolve_paths
-    from recae.splits import random_split
     from recae.store.db import open_store
 
     engine = open_store(resolve_paths(home).database_url)

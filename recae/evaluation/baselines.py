@@ -1,7 +1,7 @@
 """Reference models every autoencoder must beat: global mean, user/item biases, truncated SVD of residuals.
 
 Each is a small class: ``Model(...).fit(train)`` returns the fitted model, which implements
-:class:`recae.metrics.Scorer`. Fitting costs O(nnz) (biases) or O(nnz x rank) per iteration (SVD); nothing
+:class:`recae.evaluation.metrics.Scorer`. Fitting costs O(nnz) (biases) or O(nnz x rank) per iteration (SVD); nothing
 ever builds a dense users x movies matrix except ``score_rows`` for the batch it is asked about.
 """
 

@@ -72,7 +72,7 @@ class TrainConfig:
     # share of the training ratings that no member and no partner trains or stops on: the blend weight of the shipped
     # ensemble and partner is fitted there, and the reported validation RMSE is cross-fitted on its halves
     blend_fraction: float = 0.02
-    # one more blend component: Soft-Impute SVD (recae.baselines.TruncatedSVDBaseline) fitted on the members' fit part,
+    # one more blend component: Soft-Impute SVD (recae.evaluation.baselines.TruncatedSVDBaseline) fitted on the members' fit part,
     # stacked with the main ensemble (and partner) by weights and an intercept fitted on the blend carve; on by default
     # since it won on the development carves of u1.base (0.8968 against 0.8984) and ml-1m (0.8279 against 0.8308)
     blend_svd: bool = True
@@ -90,7 +90,7 @@ class TrainConfig:
     memory_budget_gb: float = 6.0
     ranker_val_fraction: float = 0.1  # share of the training ratings carved to choose the ranker's lambda
     # a held-out rating is relevant (liked) from this rating on, in the ranker's lambda search and in the model's
-    # ranking metrics (0: 0.8 x the top training rating, recae.metrics.relevance_threshold: 4 on 1-5 and 0.5-5)
+    # ranking metrics (0: 0.8 x the top training rating, recae.evaluation.metrics.relevance_threshold: 4 on 1-5 and 0.5-5)
     relevant_from: float = 0.0
     threads: int = 0  # CPU threads (0: auto, one below AUTO_ONE_THREAD_BELOW ratings, else torch's default)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda

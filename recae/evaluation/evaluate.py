@@ -1,7 +1,9 @@
-"""Evaluation: metrics (``recae.metrics``) and baselines (``recae.baselines``) composed side by side.
+"""Evaluation: metrics (``recae.evaluation.metrics``) and baselines (``recae.evaluation.baselines``) side by side.
 
 Import the metrics and the ``Scorer`` protocol from here; ``evaluate_baselines`` measures the three
-reference models on the same held-out ratings so that a trained autoencoder can be compared with them.
+reference models on the same held-out ratings so that a trained autoencoder can be compared with them. Scoring a
+published version (which needs the registry and the EASE reference list, rooms above this one) is
+``recae.serving.evaluate_version.evaluate_model``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recae.baselines import BiasBaseline, Biases, GlobalMean, TruncatedSVDBaseline, fit_biases
-from recae.errors import DataError, EmptyStoreError
-from recae.metrics import (
+from recae.errors import DataError
+from recae.evaluation.baselines import BiasBaseline, Biases, GlobalMean, TruncatedSVDBaseline, fit_biases
+from recae.evaluation.metrics import (
     RELEVANT_SHARE,
     ListQuality,
     RankingMetrics,
     RatingMetrics,
-    RowScores,
     Scorer,
     list_quality,
     mae,
@@ -37,12 +38,6 @@ from recae.metrics import (
 from recae.store.matrix import RatingMatrix
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from sqlalchemy.engine import Engine
-
-    from recae.serving.scorer import TrainedModel
-    from recae.splits import SplitSpec
     from recae.store.ingest import RatingsFile
 
 __all__ = [
@@ -59,7 +54,6 @@ __all__ = [
     "TruncatedSVDBaseline",
     "ModelEvaluation",
     "evaluate_baselines",
-    "evaluate_model",
     "held_out_for_model",
     "file_for_model",
     "evaluate_scorer",
@@ -67,14 +61,12 @@ __all__ = [
     "mae",
     "RANKING_KS",
     "list_quality",
-    "ranking_baselines",
     "ndcg_at_k",
     "precision_at_k",
     "ranking_metrics",
     "rating_metrics",
     "recall_at_k",
     "relevance_threshold",
-    "model_relevance",
     "rmse",
     "top_k_unseen",
 ]
@@ -157,28 +149,6 @@ def evaluate_baselines(
 RANKING_KS = (10, 20, 100)
 
 
-def ranking_baselines(
-    train: RatingMatrix, test: RatingMatrix, ks: tuple[int, ...] = RANKING_KS,
-    threshold: float | None = None, seed: int = 0,
-) -> dict[str, ListQuality]:
-    """The two lists a top-N model must beat, measured like it on ``test``: ``most_popular`` (films by training
-    rating count) and ``ease`` (Steck 2019 on the binary "has rated" matrix, lambda chosen on a carve of ``train``;
-    the sparse EASE over every film where the rated films outnumber its exact head, as ``ranker = "auto"`` does).
-    Held-out ratings are relevant from ``threshold`` (None: as in :func:`evaluate_scorer`), in EASE's lambda search
-    too."""
-    from recae.models.rankers import train_ease
-    from recae.models.sparse_ease import DEFAULT_HEAD_ITEMS, train_sparse_ease
-
-    threshold = relevance_threshold(train.rating_scale()[1], threshold)
-    counts = np.bincount(train.csr.indices, minlength=train.shape[1]).astype(np.float32)  # (n_movies,)
-    popular = RowScores(lambda rows: np.broadcast_to(counts, (rows.size, counts.size)))
-    fit = train_sparse_ease if np.count_nonzero(counts) > DEFAULT_HEAD_ITEMS else train_ease
-    ease, _ = fit(train, input="binary", seed=seed, relevant_from=threshold)
-    reference = RowScores(lambda rows: ease.score_rows(train.csr[rows]))
-    return {name: list_quality(scorer, train, test, ks=ks, threshold=threshold)
-            for name, scorer in (("most_popular", popular), ("ease", reference))}
-
-
 def lists_json(quality: ListQuality | None) -> dict[str, float] | None:
     """``precision@k``, ``recall@k``, ``ndcg@k`` for every k, ``coverage@10``, ``mean_popularity@10``, ``n_users``."""
     if quality is None:
@@ -191,7 +161,7 @@ def lists_json(quality: ListQuality | None) -> dict[str, float] | None:
         out.update({f"coverage@{quality.list_k}": quality.coverage,
                     f"mean_popularity@{quality.list_k}": quality.mean_popularity})
     out["n_users"] = first.n_users
-    if first.of_users:  # a sample of the eligible users (recae.metrics.RANKING_USERS)
+    if first.of_users:  # a sample of the eligible users (recae.evaluation.metrics.RANKING_USERS)
         out["of_users"] = first.of_users
     return out
 
@@ -315,60 +285,3 @@ def _on_model(user_ids: np.ndarray, movie_ids: np.ndarray,
     seen = np.zeros(keys.size, dtype=bool)
     seen[known] = np.isin(keys[known], seen_keys, assume_unique=False)
     return user_rows, movie_cols, known, seen
-
-
-def model_relevance(trained: TrainedModel, relevant_from: float | None = None) -> float:
-    """The rating from which a held-out rating is relevant for this model: ``relevant_from`` when given, else the
-    one it was trained with (``relevant_from`` in its train config, also used by its ranker's lambda search), else
-    ``RELEVANT_SHARE`` x the top of its training ratings (4 on 1-5 and 0.5-5, 8 on 2-10)."""
-    if relevant_from is None and trained.train_config is not None:
-        relevant_from = trained.train_config.relevant_from
-    return relevance_threshold(trained.rating_scale[1], relevant_from)
-
-
-def evaluate_model(
-    engine: Engine, version: str | None = None, split: SplitSpec | None = None, k: int = 10,
-    relevant_from: float | None = None, models_dir: Path | None = None, held: RatingsFile | None = None,
-) -> ModelEvaluation:
-    """Score a published model (default: the champion) on the held-out ratings of the split it was trained on.
-
-    The split is rebuilt from the store by its stored name and seed; ``split`` overrides it, ``held`` (a ratings
-    file, see ``file_for_model``) replaces it. Baselines are fitted on exactly the model's training ratings and
-    measured on the same held-out ratings. Held-out ratings are relevant from ``relevant_from`` (None: the model's
-    own threshold, see :func:`model_relevance`), for the model and every baseline alike.
-    """
-    from recae.serving.registry import get_version, load_champion, load_version
-    from recae.splits import SplitSpec, split_from_store
-
-    if split is not None and held is not None:
-        raise ValueError("give a split or a held-out file, not both")
-    info = get_version(engine, version)
-    trained = load_version(engine, info.version, models_dir) if version else load_champion(engine, models_dir)
-    spec = split or SplitSpec.from_json(trained.split_spec or {"name": info.split})
-    note = None
-    if held is not None:
-        test, dropped = file_for_model(held, trained.inputs)
-        if dropped:
-            note = (f"skipped {dropped} of {held.label}'s {held.user_ids.size} pairs: the model does not know the "
-                    "user or the film")
-        if test.nnz == 0:
-            raise DataError(f"{held.label}: none of its {held.user_ids.size} pairs has a user and film the model knows")
-    else:
-        rebuilt = split_from_store(engine, RatingMatrix.from_db(engine), spec)
-        test, dropped = held_out_for_model(rebuilt.test, trained.inputs)
-        if rebuilt.train.ratings_fingerprint() != trained.inputs.ratings_fingerprint():  # a loaded model: no stamps
-            note = (f"the store changed since {info.version} was trained (or another split was asked for); "
-                    f"scored {test.nnz} held-out ratings, skipped {dropped} the model read or does not know")
-        if test.nnz == 0:
-            raise EmptyStoreError(f"split {spec.name!r} leaves no held-out ratings this model has not seen")
-    rating = rating_metrics(trained, test)
-    ks = tuple(sorted({k, *RANKING_KS}))
-    threshold = model_relevance(trained, relevant_from)
-    lists = list_quality(trained, trained.inputs, test, ks=ks, threshold=threshold)
-    baselines = evaluate_baselines(trained.inputs, test, ranking_k=k, threshold=threshold)
-    seed = trained.train_config.seed if trained.train_config is not None else 0
-    others = ranking_baselines(trained.inputs, test, ks=ks, threshold=threshold, seed=seed)
-    return ModelEvaluation(version=info.version, model=info.model, split=spec.name, n_test=test.nnz,
-                           rating=rating, lists=lists, baselines=baselines, ranking_baselines=others,
-                           relevant_from=threshold, k=k, note=note,
-                           n_skipped=dropped, test_file=str(held.path) if held is not None else None)

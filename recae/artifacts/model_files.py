@@ -4,8 +4,8 @@ A version folder holds ``weights.safetensors`` (the module's tensors and the tra
 and ``meta.json`` (model and train config, IdIndex, split spec, metrics, data fingerprint, rating scale, library
 versions, sha256 of the weights). It is filled in a temp folder ``.tmp-<name>-<pid>`` and moved into place with one
 ``os.replace``, so a killed writer never leaves half a model. Loading never unpickles and checks every file; any
-damage is a one-line CorruptArtifactError. The Mult-VAE (``recae.models.multvae``) writes and reads its own meta
-through the same helpers and version names. The store is not touched here: ``recae.serving.registry`` publishes.
+damage is a one-line CorruptArtifactError. The Mult-VAE (``recae.artifacts.multvae_files``) writes and reads its own
+meta through the same helpers and version names. The store is not touched here: ``recae.serving.registry`` publishes.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recae.artifacts.model_checks import check_dtypes, check_finite, check_ids, check_meta, check_sparse_structure
+from recae.artifacts.trained_model import TrainedModel
 from recae.errors import CorruptArtifactError, RecaeError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model
 from recae.models.names import Orientation
 from recae.models.rankers import RANKER_INPUTS, EaseRanker, Ranker
 from recae.models.sparse_ease import SparseEaseRanker
-from recae.serving.model_checks import check_dtypes, check_finite, check_ids, check_meta, check_sparse_structure
-from recae.serving.scorer import TrainedModel
 from recae.store.matrix import IdIndex, RatingMatrix
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ def load_model(path: str | Path) -> TrainedModel:
                                    f"({' '.join(str(err).split())})") from err
     train_cfg = None
     if meta.get("train_config") is not None:
-        from recae.training.config import TrainConfig
+        from recae.artifacts.train_config import TrainConfig
 
         try:
             train_cfg = TrainConfig.from_json(meta["train_config"])

@@ -4,7 +4,7 @@ The sha256 in meta.json catches damage, not a file whose checksum was rewritten 
 export, a malicious copy). Such a file must still be refused in one line rather than crash: a negative or
 out-of-range sparse index reaches torch's sparse kernels unchecked and kills the process with a segfault, and a
 NaN weight flows into every score (NaN in JSON output, a film "most similar" to itself, RMSE NaN). Each check
-raises ValueError naming the field and what is allowed; ``recae.serving.model_files`` turns that into the
+raises ValueError naming the field and what is allowed; ``recae.artifacts.model_files`` turns that into the
 one-line CorruptArtifactError. Every check is vectorised numpy/torch, a few passes over each array: well under
 a second for 50M weights.
 """

@@ -1,7 +1,7 @@
 """Accuracy metrics: rating error (RMSE, MAE) and top-k ranking quality (precision, recall, NDCG).
 
 Pure numpy/scipy, no torch. Any model that implements :class:`Scorer` (the baselines in
-``recae.baselines`` and the autoencoders) can be measured with :func:`rating_metrics` and
+``recae.evaluation.baselines`` and the autoencoders) can be measured with :func:`rating_metrics` and
 :func:`ranking_metrics`. Ranking is honest: a user's training films are never ranked (they cannot be
 recommended), and held-out ratings are only ever used to judge the ranking, never as input.
 """

@@ -3,9 +3,9 @@
 Why: Mult-VAE (``recae.models.multvae``) learns from *which* films a user liked, not from the stars, and is judged by
 how well it ranks films it never saw for users it never trained on ("strong generalisation"):
 
-1. **Binarise.** A rating counts as a click from ``recae.metrics.relevance_threshold`` of the top rating on (0.8 x
-   the top: four stars and up on 1-5 and 0.5-5, the paper's ``rating > 3.5``; 8 and up on 2-10), or when it is
-   above a ``threshold`` given. Users with fewer than ``min_user_items`` clicks (5) are dropped, as in the paper.
+1. **Binarise.** A rating counts as a click from ``recae.evaluation.metrics.relevance_threshold`` of the top rating
+   on (0.8 x the top: four stars and up on 1-5 and 0.5-5, the paper's ``rating > 3.5``; 8 and up on 2-10), or
+   when it is above a ``threshold`` given. Users with fewer than ``min_user_items`` clicks (5) are dropped, as in the paper.
 2. **Split users.** A seeded permutation of the remaining users gives ``n_heldout`` validation users,
    ``n_heldout`` test users and the rest for training. Training users are used whole.
 3. **Items** are the films clicked by at least one training user; held-out users' other clicks are dropped
@@ -19,8 +19,8 @@ Everything here is pure numpy/scipy: same inputs and seed, same split; cost O(nn
 Metrics (per user u with hidden set I_u, fold-in films never ranked; mean over users with I_u non-empty):
     Recall@k = |top_k(u) & I_u| / min(k, |I_u|)                (the paper's "truncated" recall; it reaches 1)
     NDCG@k   = sum_{j<k} [top_k(u)_j in I_u] / log2(j + 2)  /  sum_{j<min(k,|I_u|)} 1 / log2(j + 2)
-NDCG is ``recae.metrics.ndcg_at_k`` (same definition); recall differs from ``recae.metrics.recall_at_k``
-(which divides by |I_u|), hence :func:`truncated_recall_at_k` here.
+NDCG is ``recae.evaluation.metrics.ndcg_at_k`` (same definition); recall differs from
+``recae.evaluation.metrics.recall_at_k`` (which divides by |I_u|), hence :func:`truncated_recall_at_k` here.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recae.errors import TrainingError
-from recae.metrics import ndcg_at_k, relevance_threshold, top_k_unseen
+from recae.evaluation.metrics import ndcg_at_k, relevance_threshold, top_k_unseen
 from recae.store.matrix import RatingMatrix
 
 DEFAULT_THRESHOLD: float | None = None  # keep ratings strictly above this; None: from 0.8 x the top rating on
@@ -250,7 +250,7 @@ def implicit_split(
 def truncated_recall_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
     """Per-user Recall@k of Liang et al.: hits_u / min(k, n_relevant_u), k = hits.shape[1]. Returns (n_users,).
 
-    Unlike ``recae.metrics.recall_at_k`` (hits_u / n_relevant_u) it reaches 1 whenever the top k is all hits.
+    Unlike ``recae.evaluation.metrics.recall_at_k`` (hits_u / n_relevant_u) it reaches 1 whenever the top k is all hits.
     """
     hits = np.asarray(hits, dtype=bool)
     n_relevant = np.asarray(n_relevant, dtype=np.int64)

@@ -1,7 +1,7 @@
 """The scorer every serving, evaluation and insight module uses: a fitted autoencoder with the ratings it reads.
 
 ``TrainedModel`` predicts ratings, scores every film for users and, with a ranker, orders lists; it knows nothing
-of files or the store (``recae.serving.model_files`` writes and reads it, ``recae.serving.registry`` publishes it),
+of files or the store (``recae.artifacts.model_files`` writes and reads it, ``recae.serving.registry`` publishes it),
 so training can build one without importing the serving lifecycle.
 """
 
@@ -14,18 +14,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recae.artifacts.blending import blend, mix
+from recae.evaluation.metrics import relevance_threshold
 from recae.models.autoencoders import AutoEncoder, ModelConfig, pairs_pattern
 from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.names import Orientation
 from recae.models.rankers import Ranker
 from recae.store.matrix import IdIndex, RatingMatrix
-from recae.training.blend import blend, mix
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from recae.artifacts.train_config import TrainConfig
     from recae.models.svd_part import SvdPart
-    from recae.training.config import TrainConfig
 
 _SCORE_CHUNK = 2048  # vectors encoded at once when predicting (bounds memory) ...
 _SCORE_RATINGS = 1 << 20  # ... and at most this many of their ratings or predicted entries, unless one has more
@@ -33,7 +34,7 @@ _SCORE_RATINGS = 1 << 20  # ... and at most this many of their ratings or predic
 
 @dataclass(frozen=True, eq=False)
 class TrainedModel:
-    """A fitted autoencoder ready to score; implements ``recae.evaluate.Scorer``.
+    """A fitted autoencoder ready to score; implements ``recae.evaluation.evaluate.Scorer``.
 
     ``inputs`` are the training ratings the model reads (every training rating, never a test one): in item
     orientation each movie's column of them is encoded once into features (n_movies, h_1); in user orientation a
@@ -213,3 +214,12 @@ def _chunks(lengths: np.ndarray, max_items: int, max_total: int) -> list[slice]:
 def with_metrics(trained: TrainedModel, metrics: dict[str, float]) -> TrainedModel:
     """A copy of ``trained`` carrying ``metrics`` (for meta.json and the store row)."""
     return replace(trained, metrics=dict(metrics), _cache=trained._cache)
+
+
+def model_relevance(trained: TrainedModel, relevant_from: float | None = None) -> float:
+    """The rating from which a held-out rating is relevant for this model: ``relevant_from`` when given, else the
+    one it was trained with (``relevant_from`` in its train config, also used by its ranker's lambda search), else
+    ``recae.evaluation.metrics.RELEVANT_SHARE`` x the top of its training ratings (4 on 1-5 and 0.5-5, 8 on 2-10)."""
+    if relevant_from is None and trained.train_config is not None:
+        relevant_from = trained.train_config.relevant_from
+    return relevance_threshold(trained.rating_scale[1], relevant_from)
