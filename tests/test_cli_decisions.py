@@ -48,7 +48,7 @@ def test_asking_for_pretraining_turns_it_on_unless_the_file_sets_its_epochs(tmp_
 
 def test_resolve_validates_and_refuses_a_flag_that_names_no_setting(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="ensemble"):
-        resolve(None, {"ensemble": 0})
+        resolve(None, {"ensemble": -1})
     with pytest.raises(UnknownSettingError, match="unknown train setting 'epoch'"):
         resolve(None, {"epoch": 3})
 
