@@ -422,7 +422,7 @@ def test_a_challenger_must_lose_neither_rmse_nor_ndcg_beyond_the_margins() -> No
 
 
 def test_a_champion_stacking_an_svd_is_fine_tuned_and_its_svd_and_weights_refitted_on_its_blend_carve(
-        home: Path, planted: tuple[Path, Path]) -> None:
+        home: Path, planted: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """blend_svd (the default): the first champion records its blend carve; the warm challenger keeps it (new
     ratings join it by the seeded rule), refits the SVD for today's users and movies and the stacking weights."""
     from recae.retrain.holdout import blend_keys, read_holdout
@@ -436,10 +436,14 @@ def test_a_champion_stacking_an_svd_is_fine_tuned_and_its_svd_and_weights_refitt
     assert np.array_equal(np.sort(record.blend), np.sort(blend_keys(before)))  # the carve training kept
     assert np.isin(record.blend, matrix_keys(before.inputs)).all()
     drop_in_inbox(home, planted[1])
+    from recae.retrain import job
+
+    monkeypatch.setattr(job, "DEFAULT_WARM_EPOCHS", 3)  # the automatic count (no warm_epochs given), kept short
     report = run_retrain(engine(home), home / "models", home / "locks",
-                         RetrainOptions(inbox=home / "inbox", margin=-1.0, ndcg_margin=1.0, warm_epochs=3))
+                         RetrainOptions(inbox=home / "inbox", margin=-1.0, ndcg_margin=1.0))
     metrics = report.metrics
     assert report.decision == "published" and metrics["warm_start"] is True, report
+    assert metrics["epochs"] <= 3, metrics
     weights = [metrics[k] for k in ("blend_weight_main", "blend_weight_partner", "blend_weight_svd", "blend_intercept")]
     assert np.all(np.isfinite(weights)) and np.isfinite(metrics["svd_val_rmse"]) and metrics["n_blend"] > 0
     after = load_champion(engine(home))

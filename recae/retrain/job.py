@@ -59,7 +59,7 @@ from recae.retrain.warm_start import fine_tune, first_configs, warm_start_module
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-    from recae.artifacts.train_config import TrainConfig
+    from recae.artifacts.train_config import TrainConfig, auto_epochs
     from recae.artifacts.trained_model import TrainedModel
     from recae.models.autoencoders import AutoEncoder, ModelConfig
     from recae.store.matrix import RatingMatrix
@@ -127,10 +127,20 @@ class Comparison:
 # --- the comparison --------------------------------------------------------------------------------------------
 
 
-def compare(champion: TrainedModel, challenger: TrainedModel, holdout: RatingMatrix) -> Comparison:
-    """Both models' RMSE on the holdout ratings whose user and movie the champion knows (``holdout`` is on the
-    challenger's index); the champion never read any of them."""
-    from recae.artifacts.trained_model import model_relevance
+@dataclass(frozen=True, eq=False)
+class ChampionFigures:
+    """The champion scored on the holdout before the challenger is trained, so the champion's networks and ranker
+    need not stay in memory beside the challenger's training (3 GB at ML-32M shape)."""
+
+    common: RatingMatrix  # holdout ratings (challenger's index) whose user and movie the champion knows
+    rmse: float
+    ndcg: float
+    n_holdout: int
+
+
+def champion_figures(champion: TrainedModel, holdout: RatingMatrix, threshold: float) -> ChampionFigures:
+    """The champion's RMSE and NDCG@10 on the holdout ratings whose user and movie it knows (``holdout`` is on the
+    challenger's index; the champion never read any of them); held-out ratings relevant from ``threshold``."""
     from recae.evaluation.evaluate import held_out_for_model
     from recae.evaluation.metrics import ranking_metrics, rating_metrics
 
@@ -139,17 +149,26 @@ def compare(champion: TrainedModel, challenger: TrainedModel, holdout: RatingMat
         champion.index.lookup_movies(holdout.index.movie_ids[cols]) >= 0)
     common = holdout.subset(known)
     if common.nnz == 0:
-        return Comparison(float("nan"), float("nan"), 0, holdout.nnz)
+        return ChampionFigures(common, float("nan"), float("nan"), holdout.nnz)
     on_champion, dropped = held_out_for_model(common, champion.inputs)
     if dropped:
         raise TrainingError(f"{dropped} holdout ratings were read by the champion; the holdout record is inconsistent")
-    champion_rmse = rating_metrics(champion, on_champion).rmse
-    challenger_rmse = rating_metrics(challenger, common).rmse
-    threshold = model_relevance(challenger)  # one threshold for both lists: the one the challenger chose lambda by
-    champion_ndcg = ranking_metrics(champion, champion.inputs, on_champion, k=10, threshold=threshold).ndcg
-    challenger_ndcg = ranking_metrics(challenger, challenger.inputs, common, k=10, threshold=threshold).ndcg
-    return Comparison(float(champion_rmse), float(challenger_rmse), common.nnz, holdout.nnz, float(champion_ndcg),
-                      float(challenger_ndcg))
+    rmse = rating_metrics(champion, on_champion).rmse
+    ndcg = ranking_metrics(champion, champion.inputs, on_champion, k=10, threshold=threshold).ndcg
+    return ChampionFigures(common, float(rmse), float(ndcg), holdout.nnz)
+
+
+def compare(before: ChampionFigures, challenger: TrainedModel, threshold: float) -> Comparison:
+    """The challenger scored like the champion was (:func:`champion_figures`), on the same ratings and threshold
+    (the one the challenger chose lambda by)."""
+    from recae.evaluation.metrics import ranking_metrics, rating_metrics
+
+    common = before.common
+    if common.nnz == 0:
+        return Comparison(float("nan"), float("nan"), 0, before.n_holdout)
+    rmse = rating_metrics(challenger, common).rmse
+    ndcg = ranking_metrics(challenger, challenger.inputs, common, k=10, threshold=threshold).ndcg
+    return Comparison(before.rmse, float(rmse), common.nnz, before.n_holdout, before.ndcg, float(ndcg))
 
 
 def verdict(result: Comparison, margin: float, ndcg_margin: float) -> str | None:
@@ -274,7 +293,9 @@ def _run_locked(engine: Engine, models_dir: Path, options: RetrainOptions, state
         _first_champion(engine, models_dir, options, matrix, state, progress, stage)
     else:
         assert champion_dir is not None
-        _challenge(engine, models_dir, options, matrix, champion, champion_dir, state, progress, stage)
+        handed = [champion]  # _challenge drops it once scored and copied: only its list may hold it then
+        del champion
+        _challenge(engine, models_dir, options, matrix, handed, champion_dir, state, progress, stage)
     state.pruned = removed + prune_versions(engine, models_dir, options.keep)
 
 
@@ -309,16 +330,20 @@ def _after_first_epoch(stage: Callable[[str], None]) -> Callable[[Any], None]:
 
 
 def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix: RatingMatrix,
-               champion: TrainedModel, champion_dir: Path, state: _State, progress: Callable[[str], None],
+               handed: list[TrainedModel], champion_dir: Path, state: _State, progress: Callable[[str], None],
                stage: Callable[[str], None]) -> None:
-    from recae.artifacts.train_config import TrainConfig
+    """Score the champion on the holdout, copy what the challenger needs from it, let it go, then train the
+    challenger (warm or cold), compare and publish it if it wins."""
+    from recae.artifacts.train_config import TrainConfig, auto_epochs
     from recae.artifacts.trained_model import TrainedModel, with_metrics
+    from recae.evaluation.metrics import relevance_threshold
     from recae.evaluation.splits import Split, SplitSpec
     from recae.training.ensemble import fit_blend_parts
     from recae.training.ranking import fit_ranker
     from recae.training.train import test_metrics, train_split
     from recae.training.validation import unit_means
 
+    champion = handed.pop()
     spec_json = dict(champion.split_spec or {})
     fraction = float(spec_json.get("test_fraction", DEFAULT_TEST_FRACTION))
     seed = int(spec_json.get("seed", 0))
@@ -355,6 +380,14 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         if any(m is None for m in modules):
             modules = None
             progress("the champion's weights do not fit a warm start; training from scratch")
+    # both models' lists are judged from the challenger's threshold: its train config is the champion's, its scale
+    # that of the grown training part (recae.artifacts.trained_model.model_relevance)
+    threshold = relevance_threshold(train.rating_scale()[1], train_cfg.relevant_from)
+    progress(f"scoring the champion on {holdout.nnz} held-out ratings")
+    before = champion_figures(champion, holdout, threshold)
+    champion_model, blend_weight = champion.model_config, champion.blend_weight
+    champion_lambda = champion.ranker.lam if champion.ranker is not None else 0.0
+    del champion  # its networks, ranker and inputs: freed before the challenger trains
     if modules is not None:
         warm_epochs = options.warm_epochs or min(DEFAULT_WARM_EPOCHS, auto_epochs(train.nnz))
         progress(f"fine-tuning the champion on {train.nnz} ratings (at most {warm_epochs} epochs)")
@@ -367,8 +400,8 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
                                         split_spec=challenger_spec)
         if len(modules) == 2:  # the partner is tuned alike
             trained = replace(trained, partner=TrainedModel.from_fit(modules[1], train),  # type: ignore[arg-type]
-                              blend_weight=champion.blend_weight)
-            fitted = {**fitted, "partner_val_rmse": tuned[1]["val_rmse"], "blend_weight": champion.blend_weight,
+                              blend_weight=blend_weight)
+            fitted = {**fitted, "partner_val_rmse": tuned[1]["val_rmse"], "blend_weight": blend_weight,
                       "seconds": round(sum(t["seconds"] for t in tuned), 3)}
         if carved:  # the blend refitted where fine-tuning stopped, as training fits it; the champion's kept else
             progress(f"refitting the blend on {blend_part.nnz} blend-carve ratings")
@@ -377,7 +410,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         if train_cfg.ranker != "none":  # EASE has a closed form: refitted on the grown data, not fine-tuned
             # at the champion's lambda, chosen on a carve when it was trained: a night's ratings barely move it, and
             # the search is most of the ranker's time at ML-32M shape (2.5 of 4.5 minutes)
-            lam = champion.ranker.lam if champion.ranker is not None else train_cfg.ranker_lambda
+            lam = champion_lambda or train_cfg.ranker_lambda
             progress(f"refitting the ranker (EASE, lambda {lam:g})" if lam > 0 else "refitting the ranker (EASE)")
             ranker, search = fit_ranker(train, replace(train_cfg, ranker_lambda=lam))
             trained = replace(trained, ranker=ranker, ranker_search=search)
@@ -388,7 +421,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         record = HoldoutRecord(test=matrix_keys(holdout), val=matrix_keys(val_part),
                                store_fingerprint=state.fingerprint, blend=matrix_keys(blend_part) if carved else None)
     else:
-        model_cfg = champion.model_config
+        model_cfg = champion_model
         if train_cfg.ensemble > 1 and all(h % train_cfg.ensemble == 0 for h in model_cfg.hidden):
             model_cfg = replace(model_cfg, hidden=tuple(h // train_cfg.ensemble for h in model_cfg.hidden))
         progress(f"training {model_cfg.name} from scratch on {train.nnz} ratings")
@@ -400,7 +433,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         record = HoldoutRecord(test=matrix_keys(holdout), val=validation_keys(train, train_cfg),
                                store_fingerprint=state.fingerprint, blend=blend_keys(trained))
 
-    result_cmp = compare(champion, trained, holdout)
+    result_cmp = compare(before, trained, threshold)
     state.metrics = {**metrics, "champion_rmse": result_cmp.champion_rmse,
                      "challenger_rmse": result_cmp.challenger_rmse, "improvement": result_cmp.improvement,
                      "champion_ndcg@10": result_cmp.champion_ndcg, "challenger_ndcg@10": result_cmp.challenger_ndcg,

@@ -28,6 +28,7 @@ from recae.serving.registry import VersionInfo, publish, remove_orphans
 from recae.store.db import is_lock_timeout
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
+from recae.training.memory import log_peak
 from recae.training.checkpoint import run_fingerprint
 from recae.training.loop import EpochReport
 from recae.training.train import TrainResult, train_split
@@ -112,7 +113,9 @@ def train_and_publish(
 
         def precompute(conn: Connection, version: str) -> int:
             # Films a user rated anywhere (train or test) are never recommended to them.
-            return precompute_recommendations(conn, version, result.trained, matrix)
+            written = precompute_recommendations(conn, version, result.trained, matrix)
+            log_peak("precompute")
+            return written
 
         try:
             published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),

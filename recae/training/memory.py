@@ -7,12 +7,18 @@ Two peaks, never at once (the ranker is fitted and parked on disk before the net
 
 from __future__ import annotations
 
+import logging
+import resource
+import sys
+
 from recae.errors import TrainingError
 from recae.models.autoencoders import ModelConfig
 from recae.store.matrix import RatingMatrix
 from recae.artifacts.train_config import TrainConfig
 from recae.training.ensemble import partner_configs
 from recae.training.ranking import check_ranker_memory
+
+log = logging.getLogger(__name__)
 
 #: float32 weights, their gradient, Adam's two moments and the best epoch's copy
 BYTES_PER_PARAMETER = 4 * 5
@@ -60,3 +66,14 @@ def check_memory(train: RatingMatrix, model_cfg: ModelConfig, cfg: TrainConfig) 
         raise TrainingError(f"training {what} needs about {need / 1e9:.1f} GB at its peak, above the memory budget "
                             f"of {cfg.memory_budget_gb:g} GB; lower hidden in [model] (or ensemble, partner_members "
                             f"in [train]), or raise memory_budget_gb in [train] if this machine has the memory")
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (what ``/usr/bin/time -v`` reports at the end)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak * (1 if sys.platform == "darwin" else 1024) / 1e9  # bytes on macOS, KiB on Linux
+
+
+def log_peak(stage: str) -> None:
+    """Log the peak resident memory after ``stage`` (``-v``), so a run over its budget says which step took it."""
+    log.info("%s done: peak RSS so far %.2f GB", stage, peak_rss_gb())

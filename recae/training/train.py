@@ -51,7 +51,7 @@ from recae.training.loop import (
     state_dict_copy,
 )
 from recae.training.pretrain import pretrain_autoencoders
-from recae.training.memory import check_memory
+from recae.training.memory import check_memory, log_peak
 from recae.training.ranking import run_ranker
 from recae.training.validation import unit_means, validation_rmse
 
@@ -345,9 +345,11 @@ def train_split(
     train_cfg = train_cfg.sized(split.train.nnz)  # meta.json records the members and epochs this data got
     check_memory(split.train, model_cfg, train_cfg)  # before hours of training, not after them
     parked = run_ranker(split.train, train_cfg, run_dir, resume, on_progress)  # first: see recae.training.ranking
+    log_peak("ranker")
     fit_part, blend_part = blend_carve(split.train, train_cfg) if carves_blend(train_cfg) else (split.train, None)
     result = fit_cross_carved(fit_part, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                               on_progress=on_progress)
+    log_peak("autoencoder")
     chosen = result.weight_decay if result.weight_decay is not None else train_cfg.weight_decay
     train_cfg = replace(train_cfg, weight_decay=chosen, weight_decay_grid=())
     trained = TrainedModel.from_fit(result.module, split.train, train_config=train_cfg,
@@ -359,9 +361,11 @@ def train_split(
                                on_epoch=on_epoch, on_progress=on_progress)
         trained = replace(trained, partner=TrainedModel.from_fit(partner.module, split.train))
         fits.append(partner)
+        log_peak("partner")
     if blend_part is not None:
         trained, blend_metrics = fit_blend_parts(trained, fit_part, blend_part, train_cfg, on_progress)
         metrics.update(blend_metrics)
+        log_peak("blend")
     ranker_seconds = 0.0
     if parked is not None:
         ranker, ranker_seconds = parked.load(), parked.seconds
@@ -377,6 +381,7 @@ def train_split(
     })
     log.info("scoring %d test ratings", split.test.nnz)
     metrics.update(test_metrics(trained, split.test))
+    log_peak("test metrics")
     return TrainResult(trained=with_metrics(trained, metrics), fit=result, metrics=metrics)
 
 
