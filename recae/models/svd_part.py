@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from recae.store.matrix import RatingMatrix
 
 
+#: Pairs predicted at once: their gathered float64 factors take 320 MB at rank 20 (3.2M held-out ratings at
+#: ML-32M shape took 1 GB at once).
+PREDICT_CHUNK = 1 << 20
+
+
 @dataclass(frozen=True, eq=False)
 class SvdPart:
     """A fitted biased low-rank model over an IdIndex's users and movies (see the module docstring)."""
@@ -67,9 +72,13 @@ class SvdPart:
     def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """(n,) float32 clipped predictions at (user row, movie col) pairs."""
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-        low_rank = np.einsum("nk,nk->n", self.user_factors[rows], self.item_factors[cols])
-        out = self.mu + self.user_bias[rows] + self.item_bias[cols] + low_rank
-        return np.clip(out, *self.scale).astype(np.float32)
+        out = np.empty(rows.shape, dtype=np.float32)
+        for start in range(0, rows.size, PREDICT_CHUNK):  # the gathered factors: rank x 16 bytes a pair
+            r, c = rows[start : start + PREDICT_CHUNK], cols[start : start + PREDICT_CHUNK]
+            low_rank = np.einsum("nk,nk->n", self.user_factors[r], self.item_factors[c])
+            out[start : start + PREDICT_CHUNK] = np.clip(self.mu + self.user_bias[r] + self.item_bias[c] + low_rank,
+                                                         *self.scale)
+        return out
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), n_movies) float32 clipped predictions: O(rows x rank x n_movies)."""

@@ -356,7 +356,13 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     part = inherited_partition(matrix, matrix_keys(champion.inputs), recorded.test, recorded.val, fraction,
                                train_cfg.val_fraction, seed, blend_keys=recorded.blend,
                                blend_fraction=train_cfg.blend_fraction)
-    train, holdout = matrix.subset(~part.test), matrix.subset(part.test)
+    holdout = matrix.subset(part.test)
+    # both models' lists are judged from the challenger's threshold: its train config is the champion's, its scale
+    # that of the grown training part (recae.artifacts.trained_model.model_relevance)
+    threshold = relevance_threshold(float(matrix.csr.data[~part.test].max()), train_cfg.relevant_from)
+    progress(f"scoring the champion on {holdout.nnz} held-out ratings")
+    before = champion_figures(champion, holdout, threshold)  # first: nothing else of tonight's is in memory yet
+    train = matrix.subset(~part.test)
     val_part, blend_part = matrix.subset(part.val), matrix.subset(part.blend)
     # An ensemble's members each stop on their own carve, so every rating outside the blend carve was fitted by
     # some member: only the blend carve can tell whether fine-tuning helps (else epoch 0 always looks best).
@@ -380,11 +386,6 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         if any(m is None for m in modules):
             modules = None
             progress("the champion's weights do not fit a warm start; training from scratch")
-    # both models' lists are judged from the challenger's threshold: its train config is the champion's, its scale
-    # that of the grown training part (recae.artifacts.trained_model.model_relevance)
-    threshold = relevance_threshold(train.rating_scale()[1], train_cfg.relevant_from)
-    progress(f"scoring the champion on {holdout.nnz} held-out ratings")
-    before = champion_figures(champion, holdout, threshold)
     champion_model, blend_weight = champion.model_config, champion.blend_weight
     champion_lambda = champion.ranker.lam if champion.ranker is not None else 0.0
     del champion  # its networks, ranker and inputs: freed before the challenger trains

@@ -303,7 +303,7 @@ def measure(stage: str, shape: Shape, args: argparse.Namespace) -> Measured:
                            f"{summary['seconds']:.0f} s, test RMSE {summary['test_rmse']:.3f}, NDCG@10 "
                            f"{summary.get('test_ndcg@10') or float('nan'):.4f}, {_hidden(shape)}"}
     elif stage == "nightly":
-        fresh = _drop_fresh_ratings(shape, args.fresh)
+        fresh = _drop_fresh_ratings(shape, args.fresh, args.fresh_seed)
         cmd = [sys.executable, "-m", "recae", "-v", "--home", str(shape.home), "retrain", "--margin", "0",
                "--ndcg-margin", "1"]
         out, wall, cpu, peak = run_child(cmd)
@@ -331,18 +331,19 @@ def measure(stage: str, shape: Shape, args: argparse.Namespace) -> Measured:
                     load_after=os.getloadavg()[0], note=str(figures.get("note", "")))
 
 
-def _drop_fresh_ratings(shape: Shape, share: float) -> int:
-    """Write ``share`` x the ratings as new ratings of random known users and films into the home's inbox."""
+def _drop_fresh_ratings(shape: Shape, share: float, seed: int) -> int:
+    """Write ``share`` x the ratings as new ratings of random known users and films into the home's inbox (a new
+    ``seed`` for each night: a file ingested before changes nothing)."""
     import numpy as np
 
     count = max(1, round(shape.ratings * share))
-    rng = np.random.default_rng(shape.seed + 1)
+    rng = np.random.default_rng(seed)
     users = rng.integers(1, shape.users + 1, count)
     movies = rng.integers(1, shape.movies + 1, count)
     ratings = rng.integers(1, 11, count) / 2.0  # 0.5 .. 5 in half stars
     inbox = shape.home / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
-    with open(inbox / f"fresh-{count}.csv", "w", encoding="utf-8") as out:
+    with open(inbox / f"fresh-{count}-seed{seed}.csv", "w", encoding="utf-8") as out:
         out.write("user_id,movie_id,rating,timestamp\n")
         stamp = int(time.time())
         out.writelines(f"{u},{m},{r:g},{stamp}\n" for u, m, r in zip(users, movies, ratings, strict=True))
@@ -359,7 +360,7 @@ def _hidden(shape: Shape) -> str:
 
 
 def print_table(shape: Shape, results: list[Measured]) -> None:
-    print(f"\nML-25M-shaped synthetic set: {shape.ratings:,} ratings, {shape.users:,} users, {shape.movies:,} films "
+    print(f"\nSynthetic set: {shape.ratings:,} ratings, {shape.users:,} users, {shape.movies:,} films "
           f"(seed {shape.seed}); {os.cpu_count()} CPUs; work folder {shape.work}")
     header = f"{'stage':<11}{'seconds':>9}{'throughput':>22}{'wall s':>8}{'CPU s':>8}{'peak GB':>9}{'load':>11}  note"
     print(header)
@@ -395,6 +396,8 @@ def main() -> None:
     parser.add_argument("--cli-defaults", action="store_true",
                         help="cli stage: `recae train` with the shipped defaults (no settings at all)")
     parser.add_argument("--fresh", type=float, default=0.01, help="nightly stage: new ratings as a share of --ratings")
+    parser.add_argument("--fresh-seed", type=int, default=1, help="nightly stage: seed of the new ratings (a new one "
+                                                                     "each night)")
     parser.add_argument("--child", choices=sorted(CHILD_STAGES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     users = args.users or max(1, round(ML25M_USERS * args.ratings / ML25M_ROWS))
