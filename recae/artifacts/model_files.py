@@ -30,7 +30,6 @@ from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.build import build_model
 from recae.models.names import Orientation
 from recae.models.rankers import RANKER_INPUTS, EaseRanker, Ranker
-from recae.models.rerank import Reranker
 from recae.models.sparse_ease import SparseEaseRanker
 from recae.store.matrix import IdIndex, RatingMatrix
 
@@ -169,8 +168,6 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         "partner": None if trained.partner is None else {
             "model_config": trained.partner.model_config.to_json(), "blend_weight": trained.blend_weight},
         "ranker": None if trained.ranker is None else {**trained.ranker.describe(), "search": trained.ranker_search},
-        "reranker": (trained.reranker.describe() if trained.reranker is not None
-                     else {"kept": False, "search": trained.rerank_search} if trained.rerank_search else None),
         **({} if trained.svd is None else {"svd": {
             "weights": list(trained.mix_weights), "mu": trained.svd.mu, "scale": list(trained.svd.scale),
             "ridge": trained.svd.ridge, "bias_ridge": trained.svd.bias_ridge}}),
@@ -234,8 +231,6 @@ def load_model(path: str | Path) -> TrainedModel:
         if svd_meta and len(mix_weights) != components + 1:
             raise ValueError(f"svd weights {list(mix_weights)} are not {components} weights and an intercept")
         ranker_meta = meta.get("ranker")
-        rerank_meta = meta.get("reranker") or {}
-        reranker = Reranker.from_json(rerank_meta) if "weights" in rerank_meta else None
     except CorruptArtifactError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
@@ -279,8 +274,6 @@ def load_model(path: str | Path) -> TrainedModel:
                         history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight,
                         svd=svd, mix_weights=mix_weights,
                         ranker=ranker, ranker_search=dict((ranker_meta or {}).get("search") or {}),
-                        reranker=reranker if ranker is not None else None,
-                        rerank_search=dict(rerank_meta.get("search") or {}),
                         tune_search=dict(meta.get("tune") or {}))
 
 

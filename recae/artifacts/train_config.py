@@ -23,7 +23,6 @@ from recae.settings import DEVICES, UnknownSettingError, setting_names, strict_s
 
 OPTIMIZERS = ("adam", "adamw", "rprop", "lbfgs")
 RANKERS = ("auto", "ease", "sparse-ease", "none")
-RERANKS = ("auto", "none")
 AUTO_MIN_BATCH = 8192
 AUTO_STEPS_PER_EPOCH = 25
 #: Below this many training ratings one CPU thread trains fastest: the batches are too small to share, and on a
@@ -90,11 +89,6 @@ class TrainConfig:
     # refused in one line rather than killed by the kernel an hour in); 0: no check
     memory_budget_gb: float = 6.0
     ranker_val_fraction: float = 0.1  # share of the training ratings carved to choose the ranker's lambda
-    # "auto": the ranker's top rerank_depth films re-ordered by a watch-x-like model of the ranker's score and the
-    # predicted rating (recae.models.rerank), fitted on the blend carve and kept when it beats the ranker there;
-    # "none": the ranker's order alone
-    rerank: str = "auto"
-    rerank_depth: int = 100  # candidates per user the re-ranker orders
     # a held-out rating is relevant (liked) from this rating on, in the ranker's lambda search and in the model's
     # ranking metrics (0: 0.8 x the top training rating, recae.evaluation.metrics.relevance_threshold: 4 on 1-5 and 0.5-5)
     relevant_from: float = 0.0
@@ -140,9 +134,6 @@ class TrainConfig:
             raise TrainingError("lr must be positive and weight decays non-negative")
         if self.ranker not in RANKERS:
             raise TrainingError(f"unknown ranker {self.ranker!r}; choose one of {', '.join(RANKERS)}")
-        if self.rerank not in RERANKS or self.rerank_depth < 1:
-            raise TrainingError(f"rerank must be one of {', '.join(RERANKS)} (got {self.rerank!r}) and rerank_depth "
-                                f"positive (got {self.rerank_depth})")
         if self.ranker_input not in RANKER_INPUTS:
             raise TrainingError(f"unknown ranker_input {self.ranker_input!r}; choose one of {', '.join(RANKER_INPUTS)}")
         if not self.memory_budget_gb >= 0:

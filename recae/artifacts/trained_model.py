@@ -20,7 +20,6 @@ from recae.models.autoencoders import AutoEncoder, ModelConfig, pairs_pattern
 from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.names import Orientation
 from recae.models.rankers import Ranker
-from recae.models.rerank import Reranker
 from recae.store.matrix import IdIndex, RatingMatrix
 
 if TYPE_CHECKING:
@@ -61,9 +60,6 @@ class TrainedModel:
     # the top-N model that orders recommendations (recae.models.rankers); None: order by predicted rating
     ranker: Ranker | None = None
     ranker_search: dict[str, Any] = field(default_factory=dict)  # how the ranker's settings were chosen
-    # re-orders the ranker's top films by the ranker's score and the predicted rating (recae.models.rerank)
-    reranker: Reranker | None = None
-    rerank_search: dict[str, Any] = field(default_factory=dict)  # its choice on the blend carve, kept or not
     tune_search: dict[str, Any] = field(default_factory=dict)  # `train --tune`'s trials and choice (training.tune)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -130,18 +126,11 @@ class TrainedModel:
     def rank_rows(self, rows: np.ndarray) -> np.ndarray:
         """Ranking scores of every movie for users ``rows`` (higher first): (len(rows), n_movies) float32.
 
-        The ranker's scores when the model has one (its top films re-ordered by the re-ranker when there is one),
-        else the predicted ratings.
+        The ranker's scores when the model has one, else the predicted ratings.
         """
         if self.ranker is None:
             return self.score_rows(rows)
-        rows = np.asarray(rows, dtype=np.int64)
-        block = self.inputs.csr[rows]
-        scores = self.ranker.score_rows(block)
-        if self.reranker is None:
-            return scores
-        return self.reranker.order(scores, block, lambda at, cols: self.predict(rows[at], cols),
-                                   self.rating_scale[1], self.popularity(), self.index.n_users)
+        return self.ranker.score_rows(self.inputs.csr[np.asarray(rows, dtype=np.int64)])
 
     def blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray],
                 svd_scores: Callable[[SvdPart], np.ndarray]) -> np.ndarray:

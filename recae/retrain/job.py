@@ -316,7 +316,6 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     from recae.evaluation.splits import Split, SplitSpec
     from recae.training.ensemble import fit_blend_parts
     from recae.training.ranking import fit_ranker
-    from recae.training.rerank import attach_reranker
     from recae.training.train import test_metrics, train_split
     from recae.training.validation import unit_means
 
@@ -383,9 +382,6 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
             ranker, search = fit_ranker(train, replace(train_cfg, ranker_lambda=lam))
             trained = replace(trained, ranker=ranker, ranker_search=search)
             fitted = {**fitted, "ranker_lambda": ranker.lam}
-            if carved:  # the re-ranker refitted on the blend carve, as training fits it (recae.training.rerank)
-                trained, reranked = attach_reranker(trained, fit_part, blend_part, train_cfg, progress)
-                fitted = {**fitted, **reranked}
         metrics: dict[str, Any] = {**fitted, "warm_start": True, "n_train": train.nnz, "n_test": holdout.nnz,
                                    **test_metrics(trained, holdout)}
         trained = with_metrics(trained, metrics)

@@ -79,13 +79,7 @@ def fold_in(
     the same ratings (the predicted ratings again when the model has no ranker). Each is (n_movies,) float32.
     """
     predicted = fold_in_scores(trained, ratings, user_row)
-    if trained.ranker is None:
-        return predicted, predicted
-    ranks = fold_in_ranks(trained, ratings)
-    if trained.reranker is not None:  # the ranker's top films re-ordered by watch x like, as the stored lists are
-        ranks = trained.reranker.order(ranks[None, :], _rating_row(trained, ratings), lambda _, cols: predicted[cols],
-                                       trained.rating_scale[1], trained.popularity(), trained.index.n_users)[0]
-    return predicted, ranks
+    return predicted, (predicted if trained.ranker is None else fold_in_ranks(trained, ratings))
 
 
 def fold_in_ranks(trained: TrainedModel, ratings: Mapping[int, float]) -> np.ndarray:
@@ -93,14 +87,10 @@ def fold_in_ranks(trained: TrainedModel, ratings: Mapping[int, float]) -> np.nda
     the folded-in predicted ratings. What a list is ordered by, and what "because you rated" takes apart."""
     if trained.ranker is None:
         return fold_in_scores(trained, ratings)
-    return trained.ranker.score_rows(_rating_row(trained, ratings))[0]
-
-
-def _rating_row(trained: TrainedModel, ratings: Mapping[int, float]) -> sp.csr_matrix:
-    """(1, n_movies) CSR of a user's ratings, columns ascending."""
     cols, values = _ratings_to_cols(trained, ratings)
     order = np.argsort(cols)
-    return sp.csr_matrix((values[order], cols[order], [0, cols.size]), shape=(1, trained.index.n_movies))
+    vector = sp.csr_matrix((values[order], cols[order], [0, cols.size]), shape=(1, trained.index.n_movies))
+    return trained.ranker.score_rows(vector)[0]
 
 
 def _encode_user(trained: TrainedModel, cols: np.ndarray, values: np.ndarray) -> np.ndarray:

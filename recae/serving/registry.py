@@ -226,8 +226,7 @@ def _publish_locked(engine: Engine, models_dir: Path, trained: TrainedModel, ver
     seed = trained.train_config.seed if trained.train_config is not None else 0
     config = {"model": trained.model_config.to_json(),
               "train": trained.train_config.to_json() if trained.train_config is not None else None,
-              "split": trained.split_spec, "ranker": meta["ranker"],
-              "reranker": meta.get("reranker"), "tune": meta["tune"]}
+              "split": trained.split_spec, "ranker": meta["ranker"], "tune": meta["tune"]}
     row = ModelVersion(
         version=version, model=trained.model_config.name, orientation=trained.orientation, split=split_name,
         seed=seed, path=stored_path(version), data_fingerprint=meta["data_fingerprint"],

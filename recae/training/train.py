@@ -53,7 +53,6 @@ from recae.training.loop import (
 from recae.training.pretrain import pretrain_autoencoders
 from recae.training.memory import check_memory
 from recae.training.ranking import run_ranker
-from recae.training.rerank import attach_reranker
 from recae.training.validation import unit_means, validation_rmse
 
 if TYPE_CHECKING:
@@ -368,10 +367,6 @@ def train_split(
         ranker, ranker_seconds = parked.load(), parked.seconds
         trained = replace(trained, ranker=ranker, ranker_search=parked.search)
         metrics.update(ranker_lambda=ranker.lam, ranker_seconds=round(ranker_seconds, 3))
-        if blend_part is not None:  # the ranker's top films re-ordered by watch x like (recae.training.rerank)
-            trained, rerank_metrics = attach_reranker(trained, fit_part, blend_part, train_cfg, on_progress)
-            metrics.update(rerank_metrics)
-            ranker_seconds += rerank_metrics.get("rerank_seconds", 0.0)
     metrics.update({
         "best_epoch": result.best_epoch,
         "epochs": sum(f.epochs_run for f in fits),

@@ -9,9 +9,12 @@ held-out ratings >= 4 are relevant, k = 10. Each variant's settings are chosen o
 lambda search does), so the figures compare the variants at their best; the test fold is never read for a choice.
 Variants: EASE on rating values (today) and on 0/1 input; DLAE and EDLAE (Steck, NeurIPS 2020: the dropout's
 diagonal penalty ``p / (1 - p) diag(X^T X)``); EASE trained towards the liked films (target ``r >= 4``, input the
-values); and "watch x like": the ranker's top-N candidates re-ranked by a logistic model over the ranker's score
-and rank and the rating model's predicted rating (``recae.models.rerank``), fitted on the blend carve of the
-training run exactly as ``recae train`` fits it (``recae.training.rerank``).
+values); and "watch x like": the ranker's top-N candidates re-ranked by a per-user softmax model over the
+ranker's score and rank, the rating model's predicted rating and popularity (``lists_rerank.py`` beside this
+file), fitted on the training run's blend carve (the ratings no autoencoder, partner or SVD part was fitted on),
+with the ceiling a perfect like-model would reach. ``--test`` trains the shipped defaults on the whole training
+part and scores today's order, the re-ranker and ``--test-closed`` closed forms once on the test fold.
+Findings and figures: README "Development", lists (2026-12-06).
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from recae.evaluation.metrics import RowScores, list_quality
-from recae.evaluation.splits import Split, SplitSpec, canonical_split, holdout_validation, random_split
-from recae.models.rankers import EaseRanker, _mirror_lower, covered_items, gram_matrix, ranker_input
+from recae.evaluation.splits import (
+    Split,
+    SplitSpec,
+    canonical_split,
+    holdout_validation,
+    random_split,
+)
+from recae.models.rankers import (
+    _mirror_lower,
+    covered_items,
+)
 from recae.store.matrix import RatingMatrix
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -151,7 +163,6 @@ def _laid_out(covered: np.ndarray, items: np.ndarray, n_movies: int) -> np.ndarr
 
 def run_closed_forms(fit: RatingMatrix, val: RatingMatrix, rows: list[dict], which: str = "all") -> dict[str, float]:
     """Every closed-form variant, each at its best lambda on the carve; returns the best lambda of each."""
-    rmax = fit.rating_scale()[1]
     items = covered_items(fit.csr, 10**9)
     chosen: dict[str, float] = {}
     liked = fit.csr.copy()
@@ -195,7 +206,7 @@ def run_closed_forms(fit: RatingMatrix, val: RatingMatrix, rows: list[dict], whi
         grid = [start * 2.0**e for e in range(-4, 4)] if not dropout else [start * 2.0**e for e in range(-6, 2)]
         for lam in grid:
             b = closed_form(gram, lam, dropout, kind, xty)
-            trials[lam] = float(per_user_ndcg(lambda r: _laid_out(np.asarray(raw[r] @ b), items, fit.shape[1]),
+            trials[lam] = float(per_user_ndcg(lambda r, raw=raw, b=b: _laid_out(np.asarray(raw[r] @ b), items, fit.shape[1]),
                                               fit, val).mean())
             if len(trials) >= 3 and trials[lam] < max(trials.values()) and list(trials.values())[-2] < max(trials.values()):
                 break  # two steps past the peak (the curve is single-peaked over log lambda)
@@ -204,7 +215,7 @@ def run_closed_forms(fit: RatingMatrix, val: RatingMatrix, rows: list[dict], whi
         b = closed_form(gram, best, dropout, kind, xty)
         edge = " (edge)" if best in (grid[0], grid[-1]) else ""
         rows.append({"variant": f"{label}, lambda {best:g}{edge}",
-                     **quality(lambda r: _laid_out(np.asarray(raw[r] @ b), items, fit.shape[1]), fit, val),
+                     **quality(lambda r, raw=raw, b=b: _laid_out(np.asarray(raw[r] @ b), items, fit.shape[1]), fit, val),
                      "seconds": seconds})
         chosen[label] = best
         print(_row(rows[-1]), flush=True)
@@ -229,14 +240,20 @@ def run_watch_like(split_name: str, fit: RatingMatrix, val: RatingMatrix, rows: 
                    depths: tuple[int, ...]) -> None:
     """The rating model trained on the carve's fit part as ``recae train`` trains it (re-ranker off), then the
     re-ranker fitted as ``recae train`` fits it (``attach_reranker``, on the blend carve) at each depth."""
+    from lists_rerank import (
+        RERANK_FEATURES,
+        attach_reranker,
+        carve_lists,
+        choose_reranker,
+        list_ndcg,
+        served_scores,
+    )
+
     from recae.artifacts.train_config import default_configs
-    from recae.models.rerank import RERANK_FEATURES
     from recae.training.ensemble import blend_carve
-    from recae.training.rerank import attach_reranker, carve_lists, choose_reranker, list_ndcg, users_ndcg
     from recae.training.train import train_split
 
     model_cfg, cfg = default_configs()
-    cfg = replace(cfg, rerank="none")
     if quick:
         cfg = replace(cfg, ensemble=1, epochs=8)
     started = time.perf_counter()
@@ -252,29 +269,23 @@ def run_watch_like(split_name: str, fit: RatingMatrix, val: RatingMatrix, rows: 
     rows.append({"variant": "predicted rating alone (rating model)",
                  **quality(lambda r: trained.score_rows(r), fit, val), "seconds": train_s})
     print(_row(rows[-1]), flush=True)
-    resolved = replace(cfg.sized(fit.nnz), rerank="auto")
+    resolved = cfg.sized(fit.nnz)
     fit_part, blend_part = blend_carve(fit, resolved)
     ranker = trained.ranker
     for depth in depths:
         started = time.perf_counter()
-        with_rr, _ = attach_reranker(trained, fit_part, blend_part, replace(resolved, rerank_depth=depth))
+        kept, record = attach_reranker(trained, fit_part, blend_part, resolved, depth)
         fit_s = time.perf_counter() - started
-        record = with_rr.rerank_search
         print(f"depth {depth}: blend-carve users {record['users']}, cross-fitted NDCG@10 {record['ndcg@10']:.4f} "
               f"vs ranker {record['ranker_ndcg@10']:.4f} (kept {record['kept']}); fit {fit_s:.1f} s", flush=True)
         started = time.perf_counter()
-        forced = with_rr if with_rr.reranker is not None else None
-        if forced is None:  # not kept: measure the weights anyway, for the table
-            from recae.models.rerank import Reranker
-
-            forced = replace(with_rr, reranker=Reranker(np.asarray(record["weights_fitted"]), np.asarray(record["mean"]),
-                                                         np.asarray(record["scale"]), depth, record))
-        served = quality(lambda r: forced.rank_rows(r), fit, val)
+        reranker = _fitted(record, depth)  # kept or not: its figures for the table
+        served = quality(lambda r, rr=reranker: served_scores(trained, rr, r), fit, val)
         apply_s = time.perf_counter() - started
-        print(f"  weights {dict(zip(RERANK_FEATURES, np.round(forced.reranker.weights, 3)))}; served lists of "
-              f"{val.shape[0]:,} users... {apply_s:.1f} s for the carve's users")
+        print(f"  weights {dict(zip(RERANK_FEATURES, np.round(reranker.weights, 3)))}; lists of the carve's users "
+              f"{apply_s:.1f} s")
         rows.append({"variant": f"watch x like, top-{depth} re-ranked, weights from the blend carve"
-                                f"{'' if with_rr.reranker is not None else ' (not kept by train)'}",
+                                f"{'' if kept is not None else ' (not kept by the 2 SE rule)'}",
                      **served, "seconds": fit_s})
         print(_row(rows[-1]), flush=True)
         users = np.flatnonzero(np.diff(val.csr.indptr) > 0)
@@ -299,9 +310,17 @@ def run_watch_like(split_name: str, fit: RatingMatrix, val: RatingMatrix, rows: 
             print(f"  without {RERANK_FEATURES[drop]}: cross-fitted on the carve {rec['ndcg@10']:.4f}", flush=True)
 
 
+def _fitted(record: dict, depth: int):
+    from lists_rerank import Reranker
+
+    return Reranker(np.asarray(record["weights_fitted"]), np.asarray(record["mean"]), np.asarray(record["scale"]),
+                    depth, record)
+
+
 def lists_cols(trained, ranker, fit, users, depth):
+    from lists_rerank import candidates
+
     from recae.evaluation.metrics import dense_flags
-    from recae.models.rerank import candidates
 
     block = fit.csr[users]
     scores = ranker.score_rows(block)
@@ -340,25 +359,24 @@ def run_test(split: Split, quick: bool, closed: str) -> None:
     started = time.perf_counter()
     result = train_split(split, model_cfg, cfg)
     trained, m = result.trained, result.metrics
-    print(f"trained in {time.perf_counter() - started:.0f} s (re-ranker fit {m.get('rerank_seconds', 0):.1f} s); "
-          f"test RMSE {m['test_rmse']:.4f}; re-ranker kept: {trained.reranker is not None} "
-          f"(blend carve {m.get('rerank_val_ndcg@10', float('nan')):.4f} vs ranker "
-          f"{m.get('rerank_ranker_val_ndcg@10', float('nan')):.4f})", flush=True)
+    print(f"trained in {time.perf_counter() - started:.0f} s; test RMSE {m['test_rmse']:.4f}", flush=True)
     print("| order, scored once on the test fold | NDCG@10 | vs EASE (paired SE) | P@10 | R@10 | coverage@10 | s |")
     print("|---|---|---|---|---|---|---|")
-    ease = replace(trained, reranker=None, _cache=trained._cache)
-    record = trained.rerank_search
-    forced = trained
-    if trained.reranker is None and "weights_fitted" in record:  # not kept: its test figure anyway, to report
-        from recae.models.rerank import Reranker
+    from lists_rerank import attach_reranker, served_scores
 
-        forced = replace(trained, reranker=Reranker(np.asarray(record["weights_fitted"]), np.asarray(record["mean"]),
-                                                    np.asarray(record["scale"]), record["depth"], record))
-    for label, model in ((f"EASE (lambda {trained.ranker.lam:g}), today's served order", ease),
-                         (f"watch x like, top-{record.get('depth')} re-ranked (kept by train: "
-                          f"{trained.reranker is not None})", forced)):
+    from recae.training.ensemble import blend_carve
+
+    started = time.perf_counter()
+    fit_part, blend_part = blend_carve(split.train, cfg.sized(split.train.nnz))
+    kept, record = attach_reranker(trained, fit_part, blend_part, cfg.sized(split.train.nnz))
+    print(f"re-ranker on the blend carve: {time.perf_counter() - started:.1f} s, NDCG@10 {record['ndcg@10']:.4f} vs "
+          f"ranker {record['ranker_ndcg@10']:.4f}, kept by the 2 SE rule: {kept is not None}", flush=True)
+    reranker = _fitted(record, record["depth"])
+    for label, order in ((f"EASE (lambda {trained.ranker.lam:g}), today's served order", trained.rank_rows),
+                         (f"watch x like, top-{record['depth']} re-ranked (kept: {kept is not None})",
+                          lambda r: served_scores(trained, reranker, r))):
         started = time.perf_counter()
-        row = {"variant": label, **quality(lambda r: model.rank_rows(r), split.train, split.test)}
+        row = {"variant": label, **quality(order, split.train, split.test)}
         row["seconds"] = time.perf_counter() - started
         print(_row(row), flush=True)
     for spec in filter(None, closed.split(",")):  # kind:dropout:lambda:power, lambda as chosen on the carve
@@ -367,7 +385,7 @@ def run_test(split: Split, quick: bool, closed: str) -> None:
         x = _weighted(split.train, items, float(power), 0.0, 0.0)
         b = closed_form((x.T @ x).toarray(), float(lam), float(dropout), kind)
         row = {"variant": f"{kind.upper()} p={dropout} (r/5)^{power}, lambda {lam} (chosen on the carve)",
-               **quality(lambda r: _laid_out(np.asarray(x[r] @ b), items, split.train.shape[1]), split.train,
+               **quality(lambda r, x=x, b=b, items=items: _laid_out(np.asarray(x[r] @ b), items, split.train.shape[1]), split.train,
                          split.test)}
         print(_row(row), flush=True)
 

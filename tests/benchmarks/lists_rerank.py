@@ -1,17 +1,30 @@
-"""Fitting the watch-x-like re-ranker (recae.models.rerank) on the training run's blend carve, never on test.
+"""Watch x like, shelved research code of bench_lists.py (not part of recae: it did not win on the validation
+carves; README "Development", 2026-12-06): the ranker's top-N candidates re-ordered by a small model over the
+ranker and the rating model.
 
-The blend carve (``TrainConfig.blend_fraction`` of the training ratings) is the one part of the training ratings
-that no autoencoder, partner or SVD part was fitted on. With the rating model reading only the fit part as inputs
-and EASE refitted on the fit part (the chosen lambda: one more fit), each user's candidates and features are what
-serving computes, and the carve's ratings >= ``relevant_from`` are the labels. The weights minimise a per-user
-softmax cross-entropy (ListNet with the relevant films as targets) plus a small ridge::
+A relevant film is one the user both watches *and* rates highly. The ranker (EASE) learns the first, the rating
+model (autoencoders + SVD) the second. The order takes the ranker's ``depth`` best unseen films per user and
+re-orders them by a linear score of features (each ``(batch, depth)``)::
 
-    loss = mean_u [ -1/|R_u| sum_{i in R_u} log softmax_i(z_u) ] + l2/2 ||w||^2,  z_ui = w . (f_ui - mean) / scale
+    share       s_ui / s_u,top           the ranker's score over the user's best candidate's (scale-free)
+    log_rank    log(1 + rank_ui)         the ranker's rank among the candidates, 0 first
+    rating      rhat_ui / r_max          the rating model's predicted rating
+    rating_rank rating x log_rank        a liked film deep in the ranker's list still rises
+    popularity  log(n_i / n_users)       how widely the film is rated (the ranker favours popular films)
 
-over users with a relevant film among their candidates (at most ``max_users``, a seeded sample). The settings
-(depth, l2) are chosen by NDCG@10 cross-fitted on two halves of the carve's users, and the re-ranker is kept only
-when that beats the ranker's own order on the same users by more than ``KEEP_MARGIN`` standard errors of the
-paired gain; meta.json records both figures.
+    score_ui = w . (f_ui - mean) / scale
+
+Films beyond the candidates keep the ranker's order after every candidate. The weights are fitted on the training
+run's blend carve (the one part of the training ratings no autoencoder, partner or SVD part was fitted on), with
+the rating model reading only the fit part and EASE refitted on the fit part at its chosen lambda, by a per-user
+softmax cross-entropy plus a small ridge::
+
+    loss = mean_u [ -1/|R_u| sum_{i in R_u} log softmax_i(z_u) ] + l2/2 ||w||^2
+
+and kept only when NDCG@10 cross-fitted on two halves of the carve's users beats the ranker's order there by more
+than ``KEEP_MARGIN`` standard errors of the paired gain. The integrated version (a ``rerank`` setting, hooks in
+``TrainedModel.rank_rows``, meta.json, fold-in and the nightly job, with tests on planted data where watched and
+liked disagree) is commit 5284d37 of branch i27-lists.
 """
 
 from __future__ import annotations
@@ -23,16 +36,112 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from recae.evaluation.metrics import dense_flags, ndcg_at_k
-from recae.models.rerank import DEFAULT_DEPTH, Reranker, candidates, features
+from recae.evaluation.metrics import dense_flags, ndcg_at_k, top_k_unseen
 
 if TYPE_CHECKING:
     from recae.artifacts.train_config import TrainConfig
     from recae.artifacts.trained_model import TrainedModel
     from recae.models.rankers import Ranker
     from recae.store.matrix import RatingMatrix
+
+RERANK_FEATURES: tuple[str, ...] = ("share", "log_rank", "rating", "rating_rank", "popularity")
+#: Candidates per user re-ordered (chosen on the validation carves of u1.base and ml-1m; README "Development").
+DEFAULT_DEPTH = 100
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Each user's ``depth`` best unseen films by the ranker, with what the features need of the ranker."""
+
+    cols: np.ndarray  # (batch, depth) int64, -1 where a user has fewer unseen films
+    scores: np.ndarray  # (batch, depth) float32 ranker scores at cols
+
+
+def candidates(ranker_scores: np.ndarray, seen: np.ndarray, depth: int) -> Candidates:
+    """The ranker's ``depth`` best films per row that are not ``seen`` (bool, same shape), best first."""
+    cols = top_k_unseen(ranker_scores, seen, depth)  # (batch, depth)
+    scores = np.take_along_axis(ranker_scores, np.maximum(cols, 0), axis=1).astype(np.float32)
+    return Candidates(cols=cols, scores=scores)
+
+
+def features(cands: Candidates, ratings: np.ndarray, rating_max: float, popularity: np.ndarray,
+             n_users: int) -> np.ndarray:
+    """(batch, depth, len(RERANK_FEATURES)) float64 features of the candidates (see the module docstring).
+
+    ``ratings`` (batch, depth) are the rating model's predictions at ``cands.cols``; ``popularity`` (n_movies,)
+    the training ratings of each film.
+    """
+    batch, depth = cands.cols.shape
+    top = cands.scores[:, :1].astype(np.float64)
+    top = np.where(np.abs(top) > 1e-12, top, 1.0)
+    share = cands.scores / top  # (batch, depth)
+    log_rank = np.broadcast_to(np.log1p(np.arange(depth, dtype=np.float64)), (batch, depth))
+    rating = np.asarray(ratings, dtype=np.float64) / rating_max
+    counts = popularity[np.maximum(cands.cols, 0)].astype(np.float64)
+    pop = np.log((counts + 1.0) / max(n_users, 1))
+    return np.stack([share, log_rank, rating, rating * log_rank, pop], axis=-1)
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """The fitted re-ranker: standardisation and weights over RERANK_FEATURES, and how many candidates it orders."""
+
+    weights: np.ndarray  # (n_features,) float64
+    mean: np.ndarray  # (n_features,)
+    scale: np.ndarray  # (n_features,)
+    depth: int
+    search: dict[str, Any]  # how it was chosen and its validation figures (meta.json)
+
+    def linear(self, feats: np.ndarray) -> np.ndarray:
+        """(batch, depth) scores of (batch, depth, n_features) features."""
+        return ((feats - self.mean) / self.scale) @ self.weights
+
+    def order(self, ranker_scores: np.ndarray, inputs: sp.csr_matrix,
+              rate: Callable[[np.ndarray, np.ndarray], np.ndarray], rating_max: float, popularity: np.ndarray,
+              n_users: int) -> np.ndarray:
+        """(batch, n_movies) float32 served scores: candidates in (0, 1) by the re-ranker, every other film below
+        them in the ranker's order. ``inputs`` are the users' training ratings (their films are not candidates);
+        ``rate(positions, cols)`` predicts ratings at (position in the batch, film) pairs."""
+        seen = dense_flags(inputs.indptr, inputs.indices, ranker_scores.shape)
+        cands = candidates(ranker_scores, seen, self.depth)
+        batch, depth = cands.cols.shape
+        out = np.asarray(ranker_scores, dtype=np.float32)
+        if out.size == 0:
+            return out
+        out = out - out.max(axis=1, keepdims=True) - np.float32(2.0)  # every film below 0, the ranker's order
+        valid = cands.cols >= 0
+        positions = np.repeat(np.arange(batch), depth).reshape(batch, depth)
+        ratings = np.zeros((batch, depth), np.float32)
+        ratings[valid] = rate(positions[valid], cands.cols[valid])
+        z = self.linear(features(cands, ratings, rating_max, popularity, n_users))
+        probability = (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32)  # (batch, depth) in (0, 1)
+        rows_valid, cols_valid = positions[valid], cands.cols[valid]
+        out[rows_valid, cols_valid] = probability[valid]
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What meta.json keeps: plain numbers, no pickle."""
+        return {"kind": "watch-x-like", "features": list(RERANK_FEATURES), "depth": self.depth,
+                "weights": [float(v) for v in self.weights], "mean": [float(v) for v in self.mean],
+                "scale": [float(v) for v in self.scale], "search": self.search}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Reranker:
+        """The re-ranker meta.json describes; ValueError when it is not one this code can apply."""
+        names = list(data.get("features") or [])
+        if data.get("kind") != "watch-x-like" or names != list(RERANK_FEATURES):
+            raise ValueError(f"unknown re-ranker {data.get('kind')!r} over {names}; this recae applies watch-x-like "
+                             f"over {list(RERANK_FEATURES)}")
+        arrays = [np.asarray(data[key], dtype=np.float64) for key in ("weights", "mean", "scale")]
+        if any(a.shape != (len(RERANK_FEATURES),) or not np.isfinite(a).all() for a in arrays) or \
+                not (arrays[2] > 0).all() or int(data["depth"]) < 1:
+            raise ValueError("stored re-ranker weights are inconsistent")
+        return cls(weights=arrays[0], mean=arrays[1], scale=arrays[2], depth=int(data["depth"]),
+                   search=dict(data.get("search") or {}))
+
 
 log = logging.getLogger(__name__)
 
@@ -193,25 +302,24 @@ def fit_reranker(trained: TrainedModel, ranker_on_fit: Ranker, fit_part: RatingM
 
 
 def attach_reranker(trained: TrainedModel, fit_part: RatingMatrix, blend_part: RatingMatrix, cfg: TrainConfig,
-                    on_progress: Callable[[str], None] | None = None) -> tuple[TrainedModel, dict[str, Any]]:
+                    depth: int = DEFAULT_DEPTH) -> tuple[Reranker | None, dict[str, Any]]:
     """``trained`` (with its ranker, partner and blend fitted) with the re-ranker ``cfg.rerank`` asks for, chosen on
     the blend carve; its figures for the run's metrics. The ranker is refitted on ``fit_part`` at its chosen
     lambda, so the carve's films are unseen to it as to the rating model."""
     from recae.artifacts.trained_model import model_relevance
     from recae.training.ranking import fit_ranker
 
-    if cfg.rerank == "none" or trained.ranker is None or blend_part.nnz == 0:
-        return trained, {}
-    if on_progress:
-        on_progress(f"re-ranker: the ranker's top {cfg.rerank_depth} by predicted rating, fitted on the blend carve")
     started = time.perf_counter()
     on_fit, _ = fit_ranker(fit_part, replace(cfg, ranker_lambda=trained.ranker.lam))
     reranker, record = fit_reranker(trained, on_fit, fit_part, blend_part, threshold=model_relevance(trained),
-                                    seed=cfg.seed, depth_grid=(cfg.rerank_depth,))
-    seconds = time.perf_counter() - started
-    record["seconds"] = round(seconds, 3)
-    if reranker is not None:
-        reranker = replace(reranker, search=record)
-    metrics = {"rerank_seconds": round(seconds, 3), "rerank_val_ndcg@10": record.get("ndcg@10", float("nan")),
-               "rerank_ranker_val_ndcg@10": record.get("ranker_ndcg@10", float("nan"))}
-    return replace(trained, reranker=reranker, rerank_search=record), metrics
+                                    seed=cfg.seed, depth_grid=(depth,))
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return reranker, record
+
+
+def served_scores(trained: TrainedModel, reranker: Reranker, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), n_movies) the order the re-ranker would serve: the ranker's top films re-ordered."""
+    rows = np.asarray(rows, dtype=np.int64)
+    block = trained.inputs.csr[rows]
+    return reranker.order(trained.ranker.score_rows(block), block, lambda at, cols: trained.predict(rows[at], cols),
+                          trained.rating_scale[1], trained.popularity(), trained.index.n_users)
