@@ -99,7 +99,7 @@ def latent_codes(trained: TrainedModel, side: str) -> LatentCodes:
     """Latent vectors of every user or movie (see the module docstring for which layer), chunked over vectors."""
     check_side(side)
     ids = trained.index.movie_ids if side == "movies" else trained.index.user_ids
-    module = trained.module
+    module = trained.torch_module()
     module.eval()
     if side != natural_side(trained):
         codes = module.w_out.detach().cpu().numpy().astype(np.float32, copy=True)  # (n_outputs, h_1)
