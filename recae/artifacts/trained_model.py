@@ -106,6 +106,18 @@ class TrainedModel:
             self._cache["module"] = module_from_arrays(self.model_config, self.network.arrays(), n_units)
         return self._cache["module"]
 
+    def inference_form(self) -> TrainedModel:
+        """This model scoring with numpy (its partner too), as it will once published and loaded: what the lists
+        precomputed at publish time are scored with, so that they are what a server computes from the file."""
+        if self.module is None and (self.partner is None or self.partner.module is None):
+            return self
+        from recae.artifacts.inference import network_from_arrays
+
+        n_units = self.index.n_users if self.orientation is Orientation.ITEM else self.index.n_movies
+        network = network_from_arrays(self.model_config, self.network.arrays(), n_units)
+        partner = None if self.partner is None else self.partner.inference_form()
+        return replace(self, module=None, network=network, partner=partner, _cache={})
+
     def popularity(self) -> np.ndarray:
         """(n_movies,) int64 number of training ratings of each film: the fallback order when a user's ratings
         tell the model nothing (recae.serving.recommend.answer_with_model); cached."""
