@@ -35,10 +35,12 @@ class TorchNetwork:
 
     @torch.no_grad()
     def code_of(self, block: sp.csr_matrix) -> np.ndarray:
+        self.module.eval()  # a caller may have trained the module on since (no dropout, no corruption here)
         return self.module.encode(sparse_rows(block)).code.numpy()
 
     @torch.no_grad()
     def features_of(self, block: sp.csr_matrix) -> np.ndarray:
+        self.module.eval()
         return self.module.features(self.module.encode(sparse_rows(block)).code).numpy()
 
     @torch.no_grad()
