@@ -102,6 +102,9 @@ def test_numpy_forward_passes_equal_torch_for_every_publishable_kind(inputs: Rat
     loaded = _loaded(trained, tmp_path / "v")
     rated = {int(inputs.index.movie_ids[c]): r for c, r in ((1, 5.0), (7, 2.0), (12, 4.0), (0, 3.0))}
     _assert_same_scores(trained, loaded, rated, known_user=5)
+    in_memory = trained.inference_form()  # what publish precomputes the stored lists with
+    assert in_memory.module is None and type(in_memory.network) is type(loaded.network)
+    _assert_same_scores(trained, in_memory, rated, known_user=5)
 
 
 def test_the_blend_svd_part_and_both_rankers_agree_as_well(inputs: RatingMatrix, tmp_path: Path) -> None:

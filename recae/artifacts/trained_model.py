@@ -95,6 +95,11 @@ class TrainedModel:
     def orientation(self) -> Orientation:
         return self.model_config.orientation
 
+    @property
+    def n_units(self) -> int:
+        """The network's output units: users in item orientation, films in user orientation."""
+        return self.index.n_users if self.orientation is Orientation.ITEM else self.index.n_movies
+
     def torch_module(self) -> AutoEncoder:
         """The torch network (imports torch): the fitted module, or one rebuilt from the loaded arrays (cached)."""
         if self.module is not None:
@@ -102,8 +107,7 @@ class TrainedModel:
         if "module" not in self._cache:
             from recae.artifacts.torch_network import module_from_arrays
 
-            n_units = self.index.n_users if self.orientation is Orientation.ITEM else self.index.n_movies
-            self._cache["module"] = module_from_arrays(self.model_config, self.network.arrays(), n_units)
+            self._cache["module"] = module_from_arrays(self.model_config, self.network.arrays(), self.n_units)
         return self._cache["module"]
 
     def inference_form(self) -> TrainedModel:
@@ -113,8 +117,7 @@ class TrainedModel:
             return self
         from recae.artifacts.inference import network_from_arrays
 
-        n_units = self.index.n_users if self.orientation is Orientation.ITEM else self.index.n_movies
-        network = network_from_arrays(self.model_config, self.network.arrays(), n_units)
+        network = network_from_arrays(self.model_config, self.network.arrays(), self.n_units)
         partner = None if self.partner is None else self.partner.inference_form()
         return replace(self, module=None, network=network, partner=partner, _cache={})
 
