@@ -28,8 +28,8 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
 
     The order is the model's top-N ranker (EASE, chosen on validation: it ranks 2-3x better than sorting by
     predicted rating); `predicted_rating` is the rating autoencoder's, `score` the ranker's. Known users are
-    answered from lists precomputed when the model was published (fast, no torch). Fresh ratings (--rate,
-    --ratings-file) are folded into both models without retraining.
+    answered from lists precomputed when the model was published (fast, no model loaded). Fresh ratings (--rate,
+    --ratings-file) are folded into both models without retraining, with numpy (no torch).
 
     \b
     Examples:

@@ -325,8 +325,8 @@ def recommend_live(
 ) -> list[RecommendedMovie]:
     """Score with the model itself: fresh ratings folded in, or filters the precomputed list cannot satisfy.
 
-    Imports torch and loads the model (a few seconds at most); a server keeps the model loaded and calls
-    :func:`answer_with_model` instead.
+    Loads the model and runs it with numpy (no torch; well under a second at ml-1m size); a server keeps the
+    model loaded and calls :func:`answer_with_model` instead.
     """
     return _answer_live(engine, user_id, fresh, n, filters, version, models_dir).films
 
@@ -353,7 +353,7 @@ def answer_films(
 ) -> Answer:
     """The top ``n`` for a known user, a known user with fresh ratings, or a new user (``user_id`` None).
 
-    A known user without fresh ratings is answered from the precomputed list (no torch) when it can answer; fresh
+    A known user without fresh ratings is answered from the precomputed list (no model) when it can answer; fresh
     ratings, a user who joined after training, or filters that leave the list short go to the model.
     """
     if user_id is None and not fresh:
