@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from recae.cli.app import Context, cli, echo_data, echo_info, pass_context
@@ -121,6 +123,9 @@ def serve_command(obj: Context, host: str, port: int, workers: int, cors_origins
       recae serve --port 8080 --workers 2
       curl 'http://127.0.0.1:8000/v1/users/42/recommendations?n=5'
     """
+    # one BLAS thread per worker (read when numpy loads, so before the import below): a worker answers many
+    # requests at once and workers bring the parallelism; OPENBLAS_NUM_THREADS in the environment wins
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         from recae.serving.http import serve
     except ImportError as err:
