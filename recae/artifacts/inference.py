@@ -23,6 +23,7 @@ a folder of its own), so they have no twin here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -179,11 +180,17 @@ class AutoEncoderNet:
         scores += self.b_out[units][:, None]
         return self._out_act(scores)
 
+    @cached_property
+    def average_unit(self) -> tuple[np.ndarray, float]:
+        """The average output unit's (h_1,) float64 row and bias: a new user's prior (computed once, not per
+        request: it reads every unit's weights)."""
+        return self.w_out.mean(0).astype(np.float64), float(self.b_out.mean())
+
     def fold_in_unit(self, feats: np.ndarray, cols: np.ndarray, values: np.ndarray, prior: int | None,
                      ridge: float, bias_ridge: float) -> np.ndarray:
         """A new output unit's decoder row and bias by ridge regression towards the prior (recae.models.ridge)."""
         if prior is None:
-            w0, b0 = self.w_out.mean(0).astype(np.float64), float(self.b_out.mean())
+            w0, b0 = self.average_unit
         else:
             w0, b0 = self.w_out[prior].astype(np.float64), float(self.b_out[prior])
         w, b = w0, b0
@@ -253,12 +260,17 @@ class RbmNet:
                            for k in range(self.weight.shape[0])])  # (K, len(units), n_vectors)
         return np.einsum("kum,k->um", _softmax(logits, 0), self.levels)
 
+    @cached_property
+    def average_unit(self) -> tuple[np.ndarray, np.ndarray]:
+        """The average unit's (K, F) weights and (K,) biases: a new unit's prior (computed once)."""
+        return self.weight.mean(1), self.visible_bias.mean(1)
+
     def fold_in_unit(self, feats: np.ndarray, cols: np.ndarray, values: np.ndarray, prior: int | None,
                      ridge: float, bias_ridge: float = 0.0) -> np.ndarray:
         """A new unit's (K, F) weights and (K,) biases by softmax regression on the rated vectors' codes, pulled
         towards the prior (its own row when known, else the average unit's) with ``ridge``, as RatingRBM does."""
         if prior is None:
-            w0, b0 = self.weight.mean(1), self.visible_bias.mean(1)  # (K, F), (K,)
+            w0, b0 = self.average_unit
         else:
             w0, b0 = self.weight[:, prior], self.visible_bias[:, prior]
         w, b = w0, b0

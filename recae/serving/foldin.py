@@ -107,5 +107,5 @@ def _fit_output_unit(
     bias_ridge: float,
 ) -> np.ndarray:
     """Every film's prediction for a user who is an output unit: the network fits the unit (its own way)."""
-    feats = trained._features(np.arange(trained.index.n_movies))  # (n_movies, h_1) float32, cached per model
+    feats = trained._features_of_all_movies()  # (n_movies, h_1) float32, cached per model: read in place
     return trained.network.fold_in_unit(feats, cols, values, user_row, ridge, bias_ridge)
