@@ -147,6 +147,7 @@ def bench_serve_worker(home: Path, repeat: int) -> list[Figure]:
     server = start_server(home, port)
     try:
         asyncio.run(sequential(port, [body() for _ in range(5)]))  # loads the model: the first visitor's wait
+        asyncio.run(sequential(port, [], [f"/v1/movies/{movie}/similar?n=10" for movie, _ in ratings[users[0]][:5]]))
         asyncio.run(open_loop(port, paths, 50.0, 2.0))  # warm connections
         lists, list_errors, _ = asyncio.run(open_loop(port, paths, SERVE["rate"], SERVE["seconds"]))
         bodies = [body() for _ in range(int(SERVE["foldin_rate"] * SERVE["foldin_seconds"]))]
@@ -156,8 +157,8 @@ def bench_serve_worker(home: Path, repeat: int) -> list[Figure]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    if list_errors or fold_errors:
-        print(f"errors: {list_errors} stored-list, {fold_errors} fold-in requests", file=sys.stderr)
+    print(f"recae serve: errors: {list_errors} of {lists.size} stored lists, {fold_errors} of {folds.size} fold-ins; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     return [Figure(f"recae serve: stored lists at {SERVE['rate']:g}/s", list(lists * 1000), "ms", "latency"),
             Figure(f"recae serve: fold-in (3 rated films) at {SERVE['foldin_rate']:g}/s", list(folds * 1000), "ms",
                    "latency"),
