@@ -438,7 +438,7 @@ def _publish(engine: Engine, models_dir: Path, trained: TrainedModel, matrix: Ra
 
     def precompute(conn: Connection, version: str) -> int:
         progress("precomputing recommendations and switching the champion")
-        return precompute_recommendations(conn, version, trained.inference_form(), matrix, on_batch=on_batch)
+        return precompute_recommendations(conn, version, trained, matrix, on_batch=on_batch)
 
     published = publish(engine, models_dir, trained, data_fingerprint=matrix.fingerprint(), precompute=precompute,
                         extra_files=lambda folder: write_holdout(folder, record), crown_apart=True)

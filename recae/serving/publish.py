@@ -111,9 +111,8 @@ def train_and_publish(
             on_progress("precomputing recommendations")
 
         def precompute(conn: Connection, version: str) -> int:
-            # Films a user rated anywhere (train or test) are never recommended to them; scored with numpy, as a
-            # server scores the published file
-            return precompute_recommendations(conn, version, result.trained.inference_form(), matrix)
+            # Films a user rated anywhere (train or test) are never recommended to them.
+            return precompute_recommendations(conn, version, result.trained, matrix)
 
         try:
             published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),

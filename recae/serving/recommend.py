@@ -124,8 +124,12 @@ def precompute_recommendations(
     PRECOMPUTE_BATCH_BYTES), each batch's top ``n`` is written at once, so memory is O(batch_users x n_movies)
     and never users x movies. Runs inside the caller's transaction (``conn``), so that publishing stays atomic:
     a failure anywhere before the caller commits leaves no row behind. Rows of ``version`` already stored are
-    replaced. ``on_batch`` gets the number of users of each finished batch.
+    replaced. ``on_batch`` gets the number of users of each finished batch. A model just trained scores in its
+    numpy form (``TrainedModel.inference_form``): the lists are what a server computes from the published file.
     """
+    inference_form = getattr(scorer, "inference_form", None)
+    if inference_form is not None:
+        scorer = inference_form()
     index = rated.index
     if batch_users is None:
         batch_users = precompute_batch_users(index.n_movies)
