@@ -1,7 +1,7 @@
 """recae: movie recommendations from autoencoders trained with masked MSE.
 
 Importing this package has no side effects and does not import torch; the public names below load their
-modules on first use (``recae.load_model`` imports torch only when called for).
+modules on first use (``recae.load_model`` reads and runs a model with numpy alone: no torch).
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ A version folder holds ``weights.safetensors`` (the module's tensors and the tra
 and ``meta.json`` (model and train config, IdIndex, split spec, metrics, data fingerprint, rating scale, library
 versions, sha256 of the weights). It is filled in a temp folder ``.tmp-<name>-<pid>`` and moved into place with one
 ``os.replace``, so a killed writer never leaves half a model. Loading never unpickles and checks every file; any
-damage is a one-line CorruptArtifactError. The Mult-VAE (``recae.artifacts.multvae_files``) writes and reads its own
-meta through the same helpers and version names. The store is not touched here: ``recae.serving.registry`` publishes.
+damage is a one-line CorruptArtifactError. Loading reads the tensors with numpy alone (safetensors.numpy) into the
+numpy networks of ``recae.artifacts.inference``, so serving never imports torch; writing (training's job) uses
+torch. The Mult-VAE (``recae.artifacts.multvae_files``) writes and reads its own meta through the same helpers and
+version names. The store is not touched here: ``recae.serving.registry`` publishes.
 """
 
 from __future__ import annotations
@@ -21,32 +23,41 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-from recae.artifacts.model_checks import check_dtypes, check_finite, check_ids, check_meta, check_sparse_structure
+from recae.artifacts.inference import Network, network_from_arrays
+from recae.artifacts.model_checks import (
+    as_array,
+    check_dtypes,
+    check_finite,
+    check_ids,
+    check_meta,
+    check_sparse_structure,
+)
 from recae.artifacts.trained_model import TrainedModel
 from recae.errors import CorruptArtifactError, RecaeError
-from recae.models.autoencoders import AutoEncoder, ModelConfig
-from recae.models.build import build_model
+from recae.models.model_config import ModelConfig
 from recae.models.names import Orientation
 from recae.models.rankers import RANKER_INPUTS, EaseRanker, Ranker
 from recae.models.sparse_ease import SparseEaseRanker
 from recae.store.matrix import IdIndex, RatingMatrix
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
+    import torch
+
+    from recae.models.autoencoders import AutoEncoder
     from recae.models.svd_part import SvdPart
 
 FORMAT_VERSION = 1
 #: The SvdPart arrays stored under ``svd/`` (float64), beside its scalars and mix weights in meta.json's ``svd``.
 SVD_ARRAYS = ("user_bias", "item_bias", "user_factors", "item_factors")
 #: The dtype of every tensor save_model writes outside the modules (whose own dtypes the modules give).
-STORED_DTYPES = {"inputs/indptr": torch.int64, "inputs/indices": torch.int32, "inputs/data": torch.float32,
-                 "ranker/items": torch.int64, "ranker/weights": torch.float32,
-                 "ranker/head": torch.int64, "ranker/tail": torch.int64, "ranker/tail_indptr": torch.int64,
-                 "ranker/tail_indices": torch.int32, "ranker/tail_data": torch.float32,
-                 **{f"svd/{name}": torch.float64 for name in SVD_ARRAYS}}
+STORED_DTYPES = {"inputs/indptr": np.int64, "inputs/indices": np.int32, "inputs/data": np.float32,
+                 "ranker/items": np.int64, "ranker/weights": np.float32,
+                 "ranker/head": np.int64, "ranker/tail": np.int64, "ranker/tail_indptr": np.int64,
+                 "ranker/tail_indices": np.int32, "ranker/tail_data": np.float32,
+                 **{f"svd/{name}": np.float64 for name in SVD_ARRAYS}}
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 T = TypeVar("T")
@@ -62,6 +73,8 @@ def _sha256(path: Path) -> str:
 
 def software_versions() -> dict[str, str]:
     """The versions a model was made with, for its meta.json."""
+    import torch
+
     from recae import __version__
 
     return {"recae": __version__, "torch": torch.__version__, "python": platform.python_version()}
@@ -127,22 +140,33 @@ def require_files(folder: Path, what: str, retrain: str) -> tuple[Path, Path]:
 
 
 def read_tensors(weights: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file (never unpickles); safetensors' own errors pass through."""
+    """Every tensor of a safetensors file as torch tensors (never unpickles); safetensors' errors pass through."""
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as handle:
         return {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
 
 
+def read_arrays(weights: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as numpy arrays, no torch (a bfloat16 one, which numpy lacks, is an
+    error like any other damage); safetensors' own errors pass through."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="numpy") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+
+
 def save_model(trained: TrainedModel, folder: Path, *, version: str, data_fingerprint: str | None = None,
                created_at: datetime | None = None) -> dict[str, Any]:
     """Write ``weights.safetensors`` and ``meta.json`` into ``folder`` (created; fsynced). Returns the meta."""
+    import torch
+
     from recae.store.db import utcnow
 
     csr = trained.inputs.csr
-    tensors = _module_tensors("model/", trained.module)
+    tensors = _module_tensors("model/", trained.torch_module())
     if trained.partner is not None:
-        tensors.update(_module_tensors("partner/", trained.partner.module))
+        tensors.update(_module_tensors("partner/", trained.partner.torch_module()))
     if trained.svd is not None:
         tensors.update({f"svd/{name}": torch.from_numpy(np.ascontiguousarray(getattr(trained.svd, name), np.float64))
                         for name in SVD_ARRAYS})
@@ -190,16 +214,10 @@ def standalone(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if owns else tensor.clone()
 
 
-def _module_from(tensors: dict[str, torch.Tensor], prefix: str, config: ModelConfig, index: IdIndex) -> AutoEncoder:
+def _network_from(arrays: dict[str, np.ndarray], prefix: str, config: ModelConfig, index: IdIndex) -> Network:
     n_units = index.n_users if config.orientation is Orientation.ITEM else index.n_movies
-    with torch.device("meta"):  # no throwaway random weights: the loaded tensors become the parameters
-        module = build_model(config, n_units, n_units)
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    for key, wanted in module.state_dict().items():  # assign=True would keep a stored int or float64 tensor as is
-        if key in state and state[key].dtype != wanted.dtype:
-            raise ValueError(f"{prefix}{key} is {state[key].dtype}, expected {wanted.dtype}")
-    module.load_state_dict(state, strict=True, assign=True)
-    return module.eval()
+    state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    return network_from_arrays(config, state, n_units, prefix)
 
 
 def load_model(path: str | Path) -> TrainedModel:
@@ -239,22 +257,21 @@ def load_model(path: str | Path) -> TrainedModel:
         raise CorruptArtifactError(f"model artifact {folder}: {META_FILE} is inconsistent ({err})") from err
     verify_file(weights, expected, f"model artifact {folder}")
     try:
-        tensors = read_tensors(weights)
+        tensors = read_arrays(weights)
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CorruptArtifactError(f"model artifact {folder}: {WEIGHTS_FILE} is unreadable ({err})") from err
     try:
         check_finite(tensors)
         check_dtypes(tensors, STORED_DTYPES)
-        indptr, indices, data = (tensors[f"inputs/{k}"].numpy() for k in ("indptr", "indices", "data"))
+        indptr, indices, data = (tensors[f"inputs/{k}"] for k in ("indptr", "indices", "data"))
         check_sparse_structure("stored training ratings", indptr, indices, data, (index.n_users, index.n_movies))
         csr = sp.csr_matrix((data, indices, indptr), shape=(index.n_users, index.n_movies))
         inputs = RatingMatrix(csr=csr, timestamps=np.zeros(csr.nnz, np.int64), index=index)
-        module = _module_from(tensors, "model/", model_cfg, index)
-        partner_module = _module_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
+        network = _network_from(tensors, "model/", model_cfg, index)
+        partner_network = _network_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
         ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
         svd = _svd_from(tensors, svd_meta, index) if svd_meta else None
-    except (KeyError, ValueError, RuntimeError, TypeError, RecaeError) as err:  # torch's size mismatches span lines;
-        # a RecaeError: a model's constructor refused meta.json's settings (an rbm without rating_levels)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError, RecaeError) as err:  # messages may span lines
         raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json "
                                    f"({' '.join(str(err).split())})") from err
     train_cfg = None
@@ -266,10 +283,10 @@ def load_model(path: str | Path) -> TrainedModel:
         except Exception as err:  # noqa: BLE001
             raise CorruptArtifactError(f"model artifact {folder}: train_config is inconsistent ({err})") from err
     partner = None
-    if partner_module is not None:
-        partner = TrainedModel(module=partner_module, model_config=partner_module.config, inputs=inputs,
-                               rating_scale=scale)
-    return TrainedModel(module=module, model_config=model_cfg, inputs=inputs, rating_scale=scale,
+    if partner_network is not None:
+        partner = TrainedModel(module=None, network=partner_network, model_config=partner_network.config,
+                               inputs=inputs, rating_scale=scale)
+    return TrainedModel(module=None, network=network, model_config=model_cfg, inputs=inputs, rating_scale=scale,
                         train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}),
                         history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight,
                         svd=svd, mix_weights=mix_weights,
@@ -279,6 +296,8 @@ def load_model(path: str | Path) -> TrainedModel:
 
 def _ranker_tensors(ranker: Ranker) -> dict[str, torch.Tensor]:
     """The tensors a ranker is stored as under ``ranker/`` (views where the dtype already fits)."""
+    import torch
+
     def tensor(array: np.ndarray, dtype: type) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
 
@@ -292,12 +311,14 @@ def _ranker_tensors(ranker: Ranker) -> dict[str, torch.Tensor]:
     raise TypeError(f"cannot store a ranker of type {type(ranker).__name__}")
 
 
-def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> Ranker:
-    """The ranker stored under ``ranker/``; ValueError when it does not fit the IdIndex."""
+def _ranker_from(tensors: Mapping[str, Any], meta: dict[str, Any], index: IdIndex) -> Ranker:
+    """The ranker stored under ``ranker/`` (numpy arrays, or torch tensors from training's parked rankers);
+    ValueError when it does not fit the IdIndex."""
+    tensors = {key: as_array(value) for key, value in tensors.items() if key.startswith("ranker/")}
     if meta["kind"] == "sparse-ease":
         return _sparse_ease_from(tensors, meta, index)
-    items = tensors["ranker/items"].numpy()
-    weights = tensors["ranker/weights"].numpy()
+    items = tensors["ranker/items"]
+    weights = tensors["ranker/weights"]
     check_ids("ranker/items", items, index.n_movies)
     if weights.shape != (items.size, items.size) or weights.dtype.kind != "f":
         raise ValueError(f"ranker/weights is {weights.dtype} of shape {weights.shape}, expected float of shape "
@@ -306,17 +327,17 @@ def _ranker_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: 
                       input=str(meta["input"]), rating_max=float(meta["rating_max"]))
 
 
-def _sparse_ease_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> SparseEaseRanker:
+def _sparse_ease_from(tensors: dict[str, np.ndarray], meta: dict[str, Any], index: IdIndex) -> SparseEaseRanker:
     """The sparse EASE stored under ``ranker/``: head ids, dense head weights, tail ids and the (H, T) CSR."""
-    head, tail = tensors["ranker/head"].numpy(), tensors["ranker/tail"].numpy()
+    head, tail = tensors["ranker/head"], tensors["ranker/tail"]
     check_ids("ranker/head", head, index.n_movies)
     check_ids("ranker/tail", tail, index.n_movies)
     if np.intersect1d(head, tail).size:
         raise ValueError("ranker/head and ranker/tail share films")
-    weights = tensors["ranker/weights"].numpy()
+    weights = tensors["ranker/weights"]
     if weights.shape != (head.size, head.size):
         raise ValueError(f"ranker/weights has shape {weights.shape}, expected {(head.size, head.size)}")
-    indptr, indices, data = (tensors[f"ranker/tail_{k}"].numpy() for k in ("indptr", "indices", "data"))
+    indptr, indices, data = (tensors[f"ranker/tail_{k}"] for k in ("indptr", "indices", "data"))
     check_sparse_structure("ranker tail", indptr, indices, data, (head.size, tail.size))
     tail_weights = sp.csr_matrix((data, indices, indptr), shape=(head.size, tail.size))
     return SparseEaseRanker(head=head, head_weights=weights, tail=tail, tail_weights=tail_weights,
@@ -324,11 +345,11 @@ def _sparse_ease_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], in
                             rating_max=float(meta["rating_max"]), neighbours=int(meta["neighbours"]))
 
 
-def _svd_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], index: IdIndex) -> SvdPart:
+def _svd_from(tensors: dict[str, np.ndarray], meta: dict[str, Any], index: IdIndex) -> SvdPart:
     """The SVD part stored under ``svd/``; ValueError when it does not fit the IdIndex."""
     from recae.models.svd_part import SvdPart
 
-    arrays = {name: tensors[f"svd/{name}"].numpy().astype(np.float64) for name in SVD_ARRAYS}
+    arrays = {name: tensors[f"svd/{name}"].astype(np.float64) for name in SVD_ARRAYS}
     svd = SvdPart(mu=float(meta["mu"]), scale=(float(meta["scale"][0]), float(meta["scale"][1])),
                   ridge=float(meta["ridge"]), bias_ridge=float(meta["bias_ridge"]), **arrays)
     svd.check()

@@ -13,11 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from recae.errors import DataError, TrainingError
-from recae.models.autoencoders import ModelConfig
-from recae.models.build import model_config
+from recae.models.model_config import ModelConfig
 from recae.models.rankers import RANKER_INPUTS
 from recae.settings import DEVICES, UnknownSettingError, setting_names, strict_settings
 
@@ -119,7 +116,7 @@ class TrainConfig:
             raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.device not in DEVICES:
             raise TrainingError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == "cuda" and not _cuda_available():
             raise TrainingError("--device cuda was asked for but torch sees no CUDA device; use --device auto or cpu")
         if not 0.0 < self.lr_decay <= 1.0 or self.lr_decay_patience < 1:
             raise TrainingError("lr_decay must be in (0, 1] and lr_decay_patience positive")
@@ -160,6 +157,12 @@ class TrainConfig:
         (0); a run sizes itself once, on its whole training part, so its members agree."""
         return replace(self, ensemble=self.ensemble or auto_members(n_ratings),
                        epochs=self.epochs or auto_epochs(n_ratings))
+
+
+def _cuda_available() -> bool:
+    import torch  # only a config asking for cuda pays for it: reading a model's meta.json needs no torch
+
+    return bool(torch.cuda.is_available())
 
 
 def auto_members(n_ratings: int) -> int:
@@ -240,6 +243,9 @@ def _is_setting_of(value: Any, wanted: tuple[type, str]) -> bool:
 
 def default_configs(model: str = DEFAULT_MODEL, **model_overrides: Any) -> tuple[ModelConfig, TrainConfig]:
     """The shipped defaults (chosen on validation; see the README's performance table)."""
+    # the model registry imports torch: only training resolves configs, reading one from meta.json does not
+    from recae.models.build import model_config
+
     return model_config(model, **model_overrides), TrainConfig()
 
 
@@ -251,6 +257,8 @@ def resolve(config_file: str | Path | None, flags: Mapping[str, Any] | None = No
     on with DEFAULT_PRETRAIN_EPOCHS per layer unless the file sets its epochs. ``recae train`` and ``recae retrain``
     both build their configuration here, so a file means the same to both.
     """
+    from recae.models.build import model_config
+
     model_part, train_part = load_config_file(config_file) if config_file else ({}, {})
     given = {name: value for name, value in (flags or {}).items() if value is not None}
     model_flags = {name: value for name, value in given.items() if name in setting_names(ModelConfig)}

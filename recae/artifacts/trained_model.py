@@ -2,7 +2,9 @@
 
 ``TrainedModel`` predicts ratings, scores every film for users and, with a ranker, orders lists; it knows nothing
 of files or the store (``recae.artifacts.model_files`` writes and reads it, ``recae.serving.registry`` publishes it),
-so training can build one without importing the serving lifecycle.
+so training can build one without importing the serving lifecycle. It scores through a ``Network``
+(``recae.artifacts.inference``), numpy in and out: a loaded model's is pure numpy (serving imports no torch), a
+freshly trained one's is its torch module (``recae.artifacts.torch_network``); the orchestration is the same code.
 """
 
 from __future__ import annotations
@@ -12,20 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from recae.artifacts.blending import blend, mix
 from recae.evaluation.metrics import relevance_threshold
-from recae.models.autoencoders import AutoEncoder, ModelConfig, pairs_pattern
-from recae.models.batches import oriented_csr, sparse_rows
+from recae.models.model_config import ModelConfig
 from recae.models.names import Orientation
 from recae.models.rankers import Ranker
+from recae.models.vectors import oriented_csr, pairs_csr
 from recae.store.matrix import IdIndex, RatingMatrix
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from recae.artifacts.inference import Network
     from recae.artifacts.train_config import TrainConfig
+    from recae.models.autoencoders import AutoEncoder
     from recae.models.svd_part import SvdPart
 
 _SCORE_CHUNK = 2048  # vectors encoded at once when predicting (bounds memory) ...
@@ -39,9 +42,12 @@ class TrainedModel:
     ``inputs`` are the training ratings the model reads (every training rating, never a test one): in item
     orientation each movie's column of them is encoded once into features (n_movies, h_1); in user orientation a
     user's row is encoded on demand. Predictions are clipped to ``rating_scale``.
+
+    ``module`` is the torch network when the model was fitted in this process (None when it was loaded: then
+    ``network`` is its numpy form, and :meth:`torch_module` rebuilds the module for whoever trains on from it).
     """
 
-    module: AutoEncoder
+    module: AutoEncoder | None
     model_config: ModelConfig
     inputs: RatingMatrix
     rating_scale: tuple[float, float]
@@ -61,7 +67,16 @@ class TrainedModel:
     ranker: Ranker | None = None
     ranker_search: dict[str, Any] = field(default_factory=dict)  # how the ranker's settings were chosen
     tune_search: dict[str, Any] = field(default_factory=dict)  # `train --tune`'s trials and choice (training.tune)
+    network: Network = None  # type: ignore[assignment]  # what scores; None: the module's (set in __post_init__)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.network is None:
+            if self.module is None:
+                raise ValueError("a TrainedModel needs its torch module or its numpy network")
+            from recae.artifacts.torch_network import TorchNetwork
+
+            object.__setattr__(self, "network", TorchNetwork(self.module))
 
     @classmethod
     def from_fit(cls, module: AutoEncoder, inputs: RatingMatrix, *, train_config: TrainConfig | None = None,
@@ -80,6 +95,32 @@ class TrainedModel:
     def orientation(self) -> Orientation:
         return self.model_config.orientation
 
+    @property
+    def n_units(self) -> int:
+        """The network's output units: users in item orientation, films in user orientation."""
+        return self.index.n_users if self.orientation is Orientation.ITEM else self.index.n_movies
+
+    def torch_module(self) -> AutoEncoder:
+        """The torch network (imports torch): the fitted module, or one rebuilt from the loaded arrays (cached)."""
+        if self.module is not None:
+            return self.module
+        if "module" not in self._cache:
+            from recae.artifacts.torch_network import module_from_arrays
+
+            self._cache["module"] = module_from_arrays(self.model_config, self.network.arrays(), self.n_units)
+        return self._cache["module"]
+
+    def inference_form(self) -> TrainedModel:
+        """This model scoring with numpy (its partner too), as it will once published and loaded: what the lists
+        precomputed at publish time are scored with, so that they are what a server computes from the file."""
+        if self.module is None and (self.partner is None or self.partner.module is None):
+            return self
+        from recae.artifacts.inference import network_from_arrays
+
+        network = network_from_arrays(self.model_config, self.network.arrays(), self.n_units)
+        partner = None if self.partner is None else self.partner.inference_form()
+        return replace(self, module=None, network=network, partner=partner, _cache={})
+
     def popularity(self) -> np.ndarray:
         """(n_movies,) int64 number of training ratings of each film: the fallback order when a user's ratings
         tell the model nothing (recae.serving.recommend.answer_with_model); cached."""
@@ -92,23 +133,20 @@ class TrainedModel:
             self._cache["oriented"] = oriented_csr(self.inputs, self.orientation)
         return self._cache["oriented"]
 
-    @torch.no_grad()
-    def _features(self, vectors: np.ndarray) -> torch.Tensor:
+    def _features(self, vectors: np.ndarray) -> np.ndarray:
         """(len(vectors), h_1) decoder features of oriented input vectors; all movies' cached in item orientation."""
         if self.orientation is Orientation.ITEM:
-            return self._features_of_all_movies()[torch.from_numpy(np.asarray(vectors, dtype=np.int64))]
+            return self._features_of_all_movies()[np.asarray(vectors, dtype=np.int64)]
         return self._encode(vectors)
 
-    @torch.no_grad()
-    def _encode(self, vectors: np.ndarray) -> torch.Tensor:
-        self.module.eval()
+    def _encode(self, vectors: np.ndarray) -> np.ndarray:
         parts = []
+        vectors = np.asarray(vectors, dtype=np.int64)
         lengths = np.diff(self._oriented().indptr)[vectors]
         for chunk in _chunks(lengths, _SCORE_CHUNK, _SCORE_RATINGS):
-            block = sparse_rows(self._oriented(), vectors[chunk])
-            parts.append(self.module.features(self.module.encode(block).code))
+            parts.append(self.network.features_of(self._oriented()[vectors[chunk]]))
         width = self.model_config.hidden[0]
-        return torch.cat(parts) if parts else torch.zeros(0, width)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros((0, width), np.float32)
 
     def _empty(self, vectors: np.ndarray) -> np.ndarray:
         return np.diff(self._oriented().indptr)[vectors] == 0
@@ -144,7 +182,6 @@ class TrainedModel:
             return ours
         return blend(ours, theirs(self.partner), self.blend_weight)
 
-    @torch.no_grad()
     def _predict_own(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
@@ -156,42 +193,40 @@ class TrainedModel:
         order = np.argsort(vectors, kind="stable")
         boundaries = np.flatnonzero(np.diff(vectors[order])) + 1
         groups = np.split(order, boundaries)
+        fallback = self.network.fallback
         for chunk in _chunks(np.array([g.size for g in groups]), _SCORE_CHUNK, _SCORE_RATINGS):
             picked = np.concatenate(groups[chunk])
-            unique_vectors, pattern, inverse = pairs_pattern(vectors[picked], units[picked], n_units)
+            unique_vectors, pattern, inverse = pairs_csr(vectors[picked], units[picked], n_units)
             feats = self._features(unique_vectors)  # (n_unique, h_1)
-            values = self.module.output_at(feats, pattern)  # (n_entries,)
-            empty = torch.from_numpy(self._empty(unique_vectors))[pattern.row_of]
-            values = torch.where(empty, self.module.fallback[pattern.col], values)
-            out[picked] = values.numpy()[inverse]
+            values = self.network.output_at(feats, pattern)  # (n_entries,)
+            row_of = np.repeat(np.arange(unique_vectors.size), np.diff(pattern.indptr))
+            values = np.where(self._empty(unique_vectors)[row_of], fallback[pattern.indices], values)
+            out[picked] = values[inverse]
         return np.clip(out, *self.rating_scale)
 
-    @torch.no_grad()
     def _score_rows_own(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        module = self.module
+        network = self.network
         if self.orientation is Orientation.ITEM:
             feats = self._features_of_all_movies()  # (n_movies, h_1), cached, not copied
-            picked = torch.from_numpy(rows)
-            scores = module.unit_scores(feats, picked)  # (batch, n_movies)
+            scores = network.unit_scores(feats, rows)  # (batch, n_movies)
             empty = self._empty_movies()
             if empty is not None:
-                scores = torch.where(empty[None, :], module.fallback[picked][:, None], scores)
+                scores = np.where(empty[None, :], network.fallback[rows][:, None], scores)
         else:
-            scores = module.output_dense(self._features(rows))  # (batch, n_movies)
-            empty = torch.from_numpy(self._empty(rows))
-            scores = torch.where(empty[:, None], module.fallback[None, :], scores)
-        return scores.clamp_(*self.rating_scale).numpy()
+            scores = network.output_dense(self._features(rows))  # (batch, n_movies)
+            scores = np.where(self._empty(rows)[:, None], network.fallback[None, :], scores)
+        return np.clip(scores, *self.rating_scale, out=scores).astype(np.float32, copy=False)
 
-    def _features_of_all_movies(self) -> torch.Tensor:
+    def _features_of_all_movies(self) -> np.ndarray:
         if "features" not in self._cache:
             self._cache["features"] = self._encode(np.arange(self._oriented().shape[0]))
         return self._cache["features"]
 
-    def _empty_movies(self) -> torch.Tensor | None:
+    def _empty_movies(self) -> np.ndarray | None:
         """(n_movies,) movies with no training rating (they get the user's mean), or None when there are none."""
         if "empty_movies" not in self._cache:
-            empty = torch.from_numpy(self._empty(np.arange(self.index.n_movies)))
+            empty = self._empty(np.arange(self.index.n_movies))
             self._cache["empty_movies"] = empty if bool(empty.any()) else None
         return self._cache["empty_movies"]
 

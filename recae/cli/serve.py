@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from recae.cli.app import Context, cli, echo_data, echo_info, pass_context
@@ -28,8 +30,8 @@ def recommend(obj: Context, user_id: int | None, n: int, genre: str | None, min_
 
     The order is the model's top-N ranker (EASE, chosen on validation: it ranks 2-3x better than sorting by
     predicted rating); `predicted_rating` is the rating autoencoder's, `score` the ranker's. Known users are
-    answered from lists precomputed when the model was published (fast, no torch). Fresh ratings (--rate,
-    --ratings-file) are folded into both models without retraining.
+    answered from lists precomputed when the model was published (fast, no model loaded). Fresh ratings (--rate,
+    --ratings-file) are folded into both models without retraining, with numpy (no torch).
 
     \b
     Examples:
@@ -121,6 +123,9 @@ def serve_command(obj: Context, host: str, port: int, workers: int, cors_origins
       recae serve --port 8080 --workers 2
       curl 'http://127.0.0.1:8000/v1/users/42/recommendations?n=5'
     """
+    # one BLAS thread per worker (read when numpy loads, so before the import below): a worker answers many
+    # requests at once and workers bring the parallelism; OPENBLAS_NUM_THREADS in the environment wins
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         from recae.serving.http import serve
     except ImportError as err:

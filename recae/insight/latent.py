@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-from recae.models.batches import oriented_csr, sparse_rows
 from recae.models.names import Orientation
+from recae.models.vectors import oriented_csr
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -94,21 +93,19 @@ def natural_side(trained: TrainedModel) -> str:
     return "movies" if trained.orientation is Orientation.ITEM else "users"
 
 
-@torch.no_grad()
 def latent_codes(trained: TrainedModel, side: str) -> LatentCodes:
-    """Latent vectors of every user or movie (see the module docstring for which layer), chunked over vectors."""
+    """Latent vectors of every user or movie (see the module docstring for which layer), chunked over vectors;
+    the model's network runs them (numpy for a loaded model: no torch)."""
     check_side(side)
     ids = trained.index.movie_ids if side == "movies" else trained.index.user_ids
-    module = trained.module
-    module.eval()
+    network = trained.network
     if side != natural_side(trained):
-        codes = module.w_out.detach().cpu().numpy().astype(np.float32, copy=True)  # (n_outputs, h_1)
+        codes = network.representation().astype(np.float32, copy=True)  # (n_outputs, h_1)
         return LatentCodes(side=side, ids=ids, codes=codes, source="output weights")
     oriented = oriented_csr(trained.inputs, trained.orientation)  # (n_vectors, n_units)
     parts = []
     for start in range(0, oriented.shape[0], _ENCODE_CHUNK):
-        rows = np.arange(start, min(start + _ENCODE_CHUNK, oriented.shape[0]))
-        parts.append(module.encode(sparse_rows(oriented, rows)).code.cpu().numpy())  # (chunk, h_L)
+        parts.append(network.code_of(oriented[start:start + _ENCODE_CHUNK]))  # (chunk, h_L)
     width = trained.model_config.hidden[-1]
     codes = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, width), np.float32)
     return LatentCodes(side=side, ids=ids, codes=codes, source="code layer")

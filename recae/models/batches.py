@@ -19,24 +19,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from recae.models.names import ORIENTATIONS, Orientation
-from recae.store.matrix import RatingMatrix
-
-
-def oriented_csr(matrix: RatingMatrix, orientation: Orientation | str) -> sp.csr_matrix:
-    """The matrix whose rows are the autoencoder's input vectors.
-
-    ``user``: the ratings as they are, (n_users, n_movies): each user's vector over movies.
-    ``item``: the transpose, (n_movies, n_users): each movie's vector over users (as in I-AutoRec).
-    """
-    if orientation == Orientation.USER:
-        csr = matrix.csr
-    elif orientation == Orientation.ITEM:
-        csr = matrix.csr.T.tocsr()
-    else:
-        raise ValueError(f"unknown orientation {orientation!r}; choose one of {', '.join(ORIENTATIONS)}")
-    csr.sort_indices()
-    return csr
+from recae.models.vectors import oriented_csr  # noqa: F401 - handed on: batches' callers read it here
 
 
 def _csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 
 from recae.errors import TrainingError
@@ -179,6 +178,8 @@ def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
     matrix rather than the 9.6 GB of a float64 ``inv`` with its copies. B comes back C-ordered without a copy:
     P is symmetric, so the transposed view of its Fortran buffer is P itself.
     """
+    from scipy.linalg import lapack  # here, not at import: scoring with a fitted ranker (serving) needs none of it
+
     if lam <= 0:
         raise TrainingError(f"the EASE lambda must be positive, got {lam}")
     gram[np.diag_indices_from(gram)] += np.float32(lam)

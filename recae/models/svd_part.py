@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from recae.models.ridge import ridge_closed_form
 
@@ -96,10 +95,8 @@ class SvdPart:
         p, b = np.zeros(rank), 0.0
         if cols.size:
             target = np.asarray(values, dtype=np.float64) - self.mu - self.item_bias[cols]
-            w, bias = ridge_closed_form(torch.from_numpy(self.item_factors[cols]), torch.from_numpy(target),
-                                        torch.zeros(rank, dtype=torch.float64), torch.zeros((), dtype=torch.float64),
-                                        self.ridge, self.bias_ridge)
-            p, b = w.numpy(), float(bias)
+            p, b = ridge_closed_form(self.item_factors[cols], target, np.zeros(rank), 0.0, self.ridge,
+                                     self.bias_ridge)
         out = self.mu + b + self.item_bias + self.item_factors @ p
         return np.clip(out, *self.scale).astype(np.float32)
 

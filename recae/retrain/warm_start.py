@@ -45,7 +45,7 @@ def warm_start_module(champion: TrainedModel, index: Any, unit_means: np.ndarray
     known = torch.from_numpy(source >= 0)
     picked = torch.from_numpy(source[source >= 0])
     module = build_model(cfg, new_ids.size, new_ids.size)
-    old = champion.module.state_dict()
+    old = champion.torch_module().state_dict()
     state = module.state_dict()
     means = torch.from_numpy(np.asarray(unit_means, dtype=np.float32))
     if set(old) != set(state):

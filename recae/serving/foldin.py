@@ -17,6 +17,9 @@
   and intercept.
 - **the ranker** (EASE) needs no fitting: a user's ranking scores are ``x B`` for their rating vector ``x``, so a
   new user's list is ordered exactly as a known user's would be with the same ratings (:func:`fold_in`).
+
+Every pass runs on the model's ``network`` (``recae.artifacts.inference``): numpy for a loaded model, so a server
+or ``recommend --rate`` never imports torch.
 """
 
 from __future__ import annotations
@@ -25,10 +28,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from recae.artifacts.trained_model import TrainedModel
-from recae.models.batches import sparse_rows
 from recae.models.names import Orientation
 
 #: Ridge strength on the decoder row and on its bias, measured in "ratings' worth" of evidence.
@@ -44,7 +45,6 @@ def _ratings_to_cols(trained: TrainedModel, ratings: Mapping[int, float]) -> tup
     return known[keep], values[keep]
 
 
-@torch.no_grad()
 def fold_in_scores(
     trained: TrainedModel, ratings: Mapping[int, float], user_row: int | None = None,
     ridge: float = DEFAULT_RIDGE, bias_ridge: float = DEFAULT_BIAS_RIDGE,
@@ -94,19 +94,18 @@ def fold_in_ranks(trained: TrainedModel, ratings: Mapping[int, float]) -> np.nda
 
 
 def _encode_user(trained: TrainedModel, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
-    module = trained.module.eval()
+    network = trained.network
     if cols.size == 0:
-        return module.fallback.numpy().copy()
+        return network.fallback.copy()
     order = np.argsort(cols)
     vector = sp.csr_matrix((values[order], cols[order], [0, cols.size]), shape=(1, trained.index.n_movies))
-    feats = module.features(module.encode(sparse_rows(vector)).code)  # (1, h_1)
-    return module.output_dense(feats)[0].numpy()
+    return network.output_dense(network.features_of(vector))[0]  # (n_movies,)
 
 
 def _fit_output_unit(
     trained: TrainedModel, cols: np.ndarray, values: np.ndarray, user_row: int | None, ridge: float,
     bias_ridge: float,
 ) -> np.ndarray:
-    """Every film's prediction for a user who is an output unit: the module fits the unit (its own way)."""
-    feats = trained._features(np.arange(trained.index.n_movies))  # (n_movies, h_1) float32, cached per model
-    return trained.module.eval().fold_in_unit(feats, cols, values, user_row, ridge, bias_ridge).numpy()
+    """Every film's prediction for a user who is an output unit: the network fits the unit (its own way)."""
+    feats = trained._features_of_all_movies()  # (n_movies, h_1) float32, cached per model: read in place
+    return trained.network.fold_in_unit(feats, cols, values, user_row, ridge, bias_ridge)

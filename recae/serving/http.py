@@ -2,7 +2,7 @@
 
 Every route is a thin call into the library, as every CLI command is:
 
-- ``GET /v1/users/{id}/recommendations``: the precomputed list (``recommend_from_store``, no torch), or the
+- ``GET /v1/users/{id}/recommendations``: the precomputed list (``recommend_from_store``, no model), or the
   model itself when the filters exhaust that list, like ``recae recommend --user``;
 - ``POST /v1/recommendations``: fold-in of a visitor's ratings, optionally with "because you rated ..."
   (``recae.serving.explain``); ``GET /v1/movies/{id}/similar``; ``GET /v1/movies?query=`` (title search);

@@ -11,7 +11,7 @@ error whatever the loader raised: CorruptArtifactError, which the server answers
 the log. The failure is remembered for RETRY_AFTER_S, so a burst of requests (or readiness probes) against a
 broken champion does not re-read its files each time, while files put right are picked up soon after.
 
-torch is imported only when a model is first loaded; the precomputed-list path never touches this module's model.
+Models are read and run with numpy alone (``recae.artifacts.inference``): a serving worker never imports torch.
 """
 
 from __future__ import annotations
@@ -51,13 +51,12 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 class ModelCache:
     """Loaded models by version, at most ``keep`` of them; thread-safe, one load at a time."""
 
-    def __init__(self, engine: Engine, keep: int = DEFAULT_KEEP, threads: int = 1,
+    def __init__(self, engine: Engine, keep: int = DEFAULT_KEEP,
                  concurrency: int = DEFAULT_CONCURRENCY, models_dir: str | None = None,
                  retry_after_s: float = RETRY_AFTER_S) -> None:
         self._engine = engine
         self._models_dir = models_dir  # None: the folder beside a SQLite store (recae.paths.models_dir_of)
         self._keep = max(1, keep)
-        self._threads = threads
         self._models: OrderedDict[str, TrainedModel] = OrderedDict()
         self._load_lock = threading.Lock()
         self._retry_after_s = retry_after_s
@@ -100,12 +99,9 @@ class ModelCache:
         return model
 
     def _load(self, version: str) -> TrainedModel:
-        import torch
-
         from recae.serving.foldin import fold_in_scores
         from recae.serving.registry import load_version
 
-        torch.set_num_threads(self._threads)  # a worker serves many requests at once; workers bring parallelism
         model = load_version(self._engine, version, self._models_dir)
         fold_in_scores(model, {}, None)  # warm: cache the movie features before the first visitor needs them
         release_free_memory()

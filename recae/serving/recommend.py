@@ -124,8 +124,12 @@ def precompute_recommendations(
     PRECOMPUTE_BATCH_BYTES), each batch's top ``n`` is written at once, so memory is O(batch_users x n_movies)
     and never users x movies. Runs inside the caller's transaction (``conn``), so that publishing stays atomic:
     a failure anywhere before the caller commits leaves no row behind. Rows of ``version`` already stored are
-    replaced. ``on_batch`` gets the number of users of each finished batch.
+    replaced. ``on_batch`` gets the number of users of each finished batch. A model just trained scores in its
+    numpy form (``TrainedModel.inference_form``): the lists are what a server computes from the published file.
     """
+    inference_form = getattr(scorer, "inference_form", None)
+    if inference_form is not None:
+        scorer = inference_form()
     index = rated.index
     if batch_users is None:
         batch_users = precompute_batch_users(index.n_movies)
@@ -325,8 +329,8 @@ def recommend_live(
 ) -> list[RecommendedMovie]:
     """Score with the model itself: fresh ratings folded in, or filters the precomputed list cannot satisfy.
 
-    Imports torch and loads the model (a few seconds at most); a server keeps the model loaded and calls
-    :func:`answer_with_model` instead.
+    Loads the model and runs it with numpy (no torch; well under a second at ml-1m size); a server keeps the
+    model loaded and calls :func:`answer_with_model` instead.
     """
     return _answer_live(engine, user_id, fresh, n, filters, version, models_dir).films
 
@@ -353,7 +357,7 @@ def answer_films(
 ) -> Answer:
     """The top ``n`` for a known user, a known user with fresh ratings, or a new user (``user_id`` None).
 
-    A known user without fresh ratings is answered from the precomputed list (no torch) when it can answer; fresh
+    A known user without fresh ratings is answered from the precomputed list (no model) when it can answer; fresh
     ratings, a user who joined after training, or filters that leave the list short go to the model.
     """
     if user_id is None and not fresh:

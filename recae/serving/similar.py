@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from recae.artifacts.trained_model import TrainedModel
 from recae.models.names import Orientation
@@ -25,13 +24,12 @@ class SimilarMovie:
     similarity: float
 
 
-@torch.no_grad()
 def movie_embeddings(trained: TrainedModel) -> np.ndarray:
     """(n_movies, h_1) latent representation of every movie of ``trained.index`` (a view of the model's own
     arrays, not a copy: a serving worker asks for it on every similar-films request)."""
     if trained.orientation is Orientation.ITEM:
-        return trained._features_of_all_movies().numpy()
-    return trained.module.w_out.detach().numpy()
+        return trained._features_of_all_movies()
+    return trained.network.representation()
 
 
 def similar_movies(trained: TrainedModel, movie_id: int, n: int = 10) -> list[SimilarMovie]:

@@ -112,9 +112,10 @@ async def connect(port: int) -> Connection:
     return Connection(*await asyncio.open_connection("127.0.0.1", port))
 
 
-async def open_loop(port: int, paths: list[str], rate: float, seconds: float, connections: int = 16
-                    ) -> tuple[np.ndarray, int, int]:
-    """Send ``paths`` round-robin at ``rate``/s for ``seconds``; (latencies in s, errors, requests sent)."""
+async def open_loop(port: int, paths: list[str], rate: float, seconds: float, connections: int = 16,
+                    bodies: list[bytes] | None = None) -> tuple[np.ndarray, int, int]:
+    """Send ``paths`` round-robin at ``rate``/s for ``seconds`` (GET, or POST ``bodies`` round-robin when given);
+    (latencies in s, errors, requests sent)."""
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(await connect(port))
@@ -126,7 +127,10 @@ async def open_loop(port: int, paths: list[str], rate: float, seconds: float, co
         nonlocal errors
         conn = await pool.get()
         try:
-            status, _ = await conn.request("GET", paths[i % len(paths)])
+            if bodies is None:
+                status, _ = await conn.request("GET", paths[i % len(paths)])
+            else:
+                status, _ = await conn.request("POST", paths[i % len(paths)], bodies[i % len(bodies)])
             if status != 200:
                 errors += 1
         except (OSError, asyncio.IncompleteReadError, ValueError):
