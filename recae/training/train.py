@@ -48,6 +48,7 @@ from recae.training.loop import (
     rmse_report,
     rmse_stopping,
     run_epochs,
+    best_keeper,
     state_dict_copy,
 )
 from recae.training.pretrain import pretrain_autoencoders
@@ -255,7 +256,7 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
                   if run_dir is not None else None)
     offset = state.seconds if state is not None else 0.0  # time spent in earlier sessions of a resumed run
     outcome = run_epochs(
-        rmse_stopping(train_cfg), one_epoch, score, lambda: state_dict_copy(module), rmse_report(train_cfg.epochs),
+        rmse_stopping(train_cfg), one_epoch, score, best_keeper(module, best_state), rmse_report(train_cfg.epochs),
         restore=module.load_state_dict, state=state, best=best_state, optimizer=optimizer,
         diverged=lambda epoch, value: diverged_message(value, epoch, train_cfg.lr), on_epoch=on_epoch,
         checkpoint=checkpoint, stop_after=stop_after, started=started)
