@@ -68,23 +68,6 @@ def l2_penalty(weights: Iterable[Tensor], weight_decay: float, n_observed: int) 
     return 0.5 * weight_decay * total / max(n_observed, 1)
 
 
-@torch.no_grad()
-def add_l2_gradient(weights: Iterable[Tensor], weight_decay: float, n_observed: int) -> None:
-    """Add :func:`l2_penalty`'s gradient, ``lambda * W / |Omega|``, into each weight's ``.grad`` in place.
-
-    The same step as putting the penalty in the loss, without its two weight-sized temporaries per matrix
-    (``W**2`` forward, ``2 W`` backward): 1 GB of transient memory per step for the item network at ML-32M shape.
-    """
-    if weight_decay <= 0.0:
-        return
-    scale = weight_decay / max(n_observed, 1)
-    for w in weights:
-        if w.grad is None:
-            w.grad = w.detach() * scale
-        else:
-            w.grad.add_(w.detach(), alpha=scale)
-
-
 def kl_sparsity(hidden: Tensor, target_rate: float) -> Tensor:
     """Sparsity penalty ``sum_j KL(rho || rho_hat_j)`` of sigmoid activations.
 

@@ -26,7 +26,7 @@ from recae.errors import TrainingError
 from recae.models.autoencoders import AutoEncoder, ModelConfig
 from recae.models.batches import SparseRows, batch_plan, make_batch, oriented_csr
 from recae.models.build import bake_kernels, build_model
-from recae.models.losses import add_l2_gradient, l2_penalty, masked_mse
+from recae.models.losses import l2_penalty, masked_mse
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
 from recae.training.checkpoint import CHECKPOINT_FILE, Checkpointer, resume_run, run_fingerprint
@@ -76,35 +76,30 @@ def resolve_device(name: str) -> torch.device:
 def make_optimizer(module: AutoEncoder, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer ``cfg`` names over ``module``'s parameters (adamw decays the weight matrices only)."""
     params = list(module.parameters())
-    # fused: one kernel per step, without the weight-sized temporaries of the per-tensor loop (half a GB a step
-    # for the item network at ML-32M shape)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, fused=True)
+        return torch.optim.Adam(params, lr=cfg.lr)
     if cfg.optimizer == "adamw":
         weights = {id(w) for w in module.weight_matrices()}
         groups = [
             {"params": [p for p in params if id(p) in weights], "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if id(p) not in weights], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "rprop":
         return torch.optim.Rprop(params, lr=cfg.lr)
     return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=5, history_size=10, line_search_fn="strong_wolfe")
 
 
 def batch_objective(module: AutoEncoder, inputs: SparseRows, targets: SparseRows, cfg: TrainConfig, n_observed: int,
-                    runner: torch.nn.Module | None = None, share: float = 1.0,
-                    with_l2: bool = True) -> tuple[Tensor, Tensor]:
+                    runner: torch.nn.Module | None = None, share: float = 1.0) -> tuple[Tensor, Tensor]:
     """(masked MSE, full objective) of one batch: MSE + L2 (unless adamw decays) + the model's penalty.
 
     ``runner`` is the module's DistributedDataParallel wrapper in distributed training, and ``share`` this rank's
-    weight of the batch's ratings (see recae.training.distributed.loss_scale). ``with_l2 = False`` leaves the L2
-    term out, for a caller that adds its gradient in place (:func:`recae.models.losses.add_l2_gradient`).
+    weight of the batch's ratings (see recae.training.distributed.loss_scale).
     """
     predicted, penalty = (runner or module)(inputs, targets)  # (nnz,)
     mse = masked_mse(predicted, targets.values, module.loss_weights(inputs, targets))
-    decays = with_l2 and cfg.optimizer != "adamw"
-    l2 = l2_penalty(module.weight_matrices(), cfg.weight_decay, n_observed) if decays else 0.0
+    l2 = 0.0 if cfg.optimizer == "adamw" else l2_penalty(module.weight_matrices(), cfg.weight_decay, n_observed)
     return mse, share * mse + l2 + penalty + module.kernel_penalty(n_observed)
 
 
@@ -307,11 +302,9 @@ def train_epoch(module: AutoEncoder, optimizer: torch.optim.Optimizer, data: sp.
         batch = make_batch(data, data, distributed.shard(group, world)).to(device)
         optimizer.zero_grad(set_to_none=True)
         share = distributed.loss_scale(group, row_ratings, world)
-        mse, loss = batch_objective(module, batch.inputs, batch.targets, cfg, data.nnz, runner, share, with_l2=False)
+        mse, loss = batch_objective(module, batch.inputs, batch.targets, cfg, data.nnz, runner, share)
         check_finite(loss, epoch, cfg.lr)
         loss.backward()
-        if cfg.optimizer != "adamw":  # AutoRec's L2, its gradient added in place (adamw decays in its step)
-            add_l2_gradient(module.weight_matrices(), cfg.weight_decay, data.nnz)
         optimizer.step()
         total += float(mse.detach()) * batch.targets.nnz
         count += batch.targets.nnz
