@@ -512,3 +512,19 @@ def test_a_stacked_champion_without_a_recorded_blend_carve_gets_a_challenger_tra
     assert report["status"] == "succeeded" and report["metrics"]["warm_start"] is False, result.stderr
     assert "no recorded blend carve" in result.stderr
     assert np.isfinite(report["metrics"]["svd_val_rmse"]) and np.isfinite(report["metrics"]["challenger_rmse"])
+
+
+def test_a_store_grown_past_the_memory_budget_is_refused_before_any_work_and_the_champion_stays(
+        home: Path, planted: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly job checks the grown store against the champion's memory budget before it scores, tunes or
+    refits anything (here every rating is made to weigh a GB): one TrainingError naming the budget, no new version."""
+    from recae.errors import TrainingError
+    from recae.retrain.job import RetrainOptions, run_retrain
+    from recae.training import memory
+
+    before = champion(home)
+    drop_in_inbox(home, planted[1])
+    monkeypatch.setattr(memory, "BYTES_PER_RATING", 1e9)
+    with pytest.raises(TrainingError, match="memory budget of 6 GB"):
+        run_retrain(engine(home), home / "models", home / "locks", RetrainOptions(inbox=home / "inbox"))
+    assert champion(home) == before

@@ -339,6 +339,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     from recae.evaluation.metrics import relevance_threshold
     from recae.evaluation.splits import Split, SplitSpec
     from recae.training.ensemble import fit_blend_parts
+    from recae.training.memory import check_memory
     from recae.training.ranking import fit_ranker
     from recae.training.train import test_metrics, train_split
     from recae.training.validation import unit_means
@@ -351,6 +352,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     if recorded is None:
         raise ModelNotFoundError(f"champion {state.champion_before} has no holdout record in {champion_dir}")
     train_cfg = champion.train_config or TrainConfig()
+    check_memory(matrix, champion.model_config, train_cfg)  # a grown store may pass the budget: say so before work
     stacked = champion.svd is not None  # its SVD and stacking weights are refitted, the weights on the blend carve
     carved = recorded.blend is not None  # ratings no model of the line fitted: fine-tuning stops and blends there
     part = inherited_partition(matrix, matrix_keys(champion.inputs), recorded.test, recorded.val, fraction,
