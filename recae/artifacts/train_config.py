@@ -62,7 +62,7 @@ class TrainConfig:
     init_seed: int | None = None  # seeds weights, shuffles and dropout (None: the same as seed)
     deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed thread count (threads, else 1)
     # members trained with seeds seed, seed+1, ... and averaged (merged into one wider net); 0: auto, 4 up to
-    # LARGE_TRAIN_RATINGS training ratings, 1 above (a merged ensemble of 4 would be 3.2 GB of weights at ML-32M)
+    # LARGE_TRAIN_RATINGS training ratings, 1 above (each member of 4 would take 35 s an epoch at ML-32M shape)
     ensemble: int = 0
     # members of the other orientation (a user AE beside an item AE), blended in with a weight fitted on validation
     partner_members: int = 1
@@ -167,8 +167,7 @@ def _cuda_available() -> bool:
 
 def auto_members(n_ratings: int) -> int:
     """Ensemble members when none are set: AUTO_MEMBERS (chosen on validation carves of ml-100k and ml-1m) up to
-    LARGE_TRAIN_RATINGS, one above, where a member's epoch takes most of a minute and four merged members would
-    not fit the memory budget."""
+    LARGE_TRAIN_RATINGS, one above, where a member's epoch takes most of a minute."""
     return AUTO_MEMBERS if n_ratings <= LARGE_TRAIN_RATINGS else 1
 
 
