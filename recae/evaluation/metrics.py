@@ -30,6 +30,14 @@ RELEVANT_SHARE = 0.8
 #: mean NDCG@10 of 50,000 users has a standard error near 0.0013 (per-user spread about 0.3): four times the users
 #: would buy a figure twice as close at four times the minutes.
 RANKING_USERS = 50_000
+#: Users scored at once keep a batch's (batch, n_movies) float32 scores under this: ranking metrics and the
+#: precompute both cut their users by it.
+SCORE_BATCH_BYTES = 64 * 2**20
+
+
+def score_batch_users(n_movies: int, budget_bytes: int = SCORE_BATCH_BYTES) -> int:
+    """Users scored at once so that a batch's (batch, n_movies) float32 scores fit in ``budget_bytes``."""
+    return max(1, budget_bytes // (4 * max(int(n_movies), 1)))
 
 
 @runtime_checkable
@@ -306,8 +314,8 @@ def list_quality(
         seen_block = train.csr[rows]
         return rows, top_k_unseen(scores, dense_flags(seen_block.indptr, seen_block.indices, scores.shape), depth)
 
-    if batch_users is None:  # a batch's float32 scores under 64 MB, as the precompute's
-        batch_users = max(1, min(1024, (64 << 20) // (4 * max(n_movies, 1))))
+    if batch_users is None:
+        batch_users = min(1024, score_batch_users(n_movies))
     # consumed in batch order, so the sums do not depend on the number of threads
     for rows, top in in_order_on_threads(top_of, _row_batches(users, batch_users), threads):
         rel_block = relevant_csr[rows]

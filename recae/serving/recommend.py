@@ -19,10 +19,30 @@ import numpy as np
 from sqlalchemy import and_, delete, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
-from recae.errors import DataError, UnknownGenreError, UnknownMovieError, UnknownUserError
-from recae.evaluation.metrics import dense_flags, ranking_scores, top_k_unseen
+from recae.errors import (
+    DataError,
+    UnknownGenreError,
+    UnknownMovieError,
+    UnknownUserError,
+)
+from recae.evaluation.metrics import (  # noqa: F401  # the batch rule lives below serving, re-exported here
+    SCORE_BATCH_BYTES as PRECOMPUTE_BATCH_BYTES,
+)
+from recae.evaluation.metrics import (
+    dense_flags,
+    ranking_scores,
+    top_k_unseen,
+)
+from recae.evaluation.metrics import (
+    score_batch_users as precompute_batch_users,
+)
 from recae.serving.registry import champion_version
-from recae.serving.stored_lists import Filters, RecommendedMovie, unknown_genre_message, unknown_user_message
+from recae.serving.stored_lists import (
+    Filters,
+    RecommendedMovie,
+    unknown_genre_message,
+    unknown_user_message,
+)
 from recae.store.db import Movie, Rating, Recommendation
 from recae.store.writers import Columns, insert_columns
 from recae.threads import in_order_on_threads
@@ -92,14 +112,8 @@ class Answer:
 
 #: Bytes of predicted scores (float32) held for one batch of users while precomputing. Scoring and the top-N
 #: selection need about five times this at their peak, so a batch stays near 300 MB whatever the catalogue size.
-PRECOMPUTE_BATCH_BYTES = 64 * 2**20
 #: Batches scored side by side while precomputing (None: the CPUs, at most 4).
 PRECOMPUTE_THREADS: int | None = None
-
-
-def precompute_batch_users(n_movies: int, budget_bytes: int = PRECOMPUTE_BATCH_BYTES) -> int:
-    """Users scored at once so that a batch's (batch, n_movies) float32 scores fit in ``budget_bytes``."""
-    return max(1, budget_bytes // (4 * max(int(n_movies), 1)))
 
 
 def _columns(version: str, user_ids: np.ndarray, ranks: np.ndarray, movie_ids: np.ndarray,
