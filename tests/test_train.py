@@ -106,7 +106,7 @@ def test_resumed_optimizer_state_is_aligned_like_fresh_tensors(small, tmp_path: 
     settings = TrainConfig(ensemble=1, weight_decay_grid=(), epochs=2, optimizer="lbfgs", lr=1.0, patience=100,
                            threads=1)
     fit(fit_part, val_part, model_config(hidden=(7,)), settings, run_dir=tmp_path)
-    tensors, _, described = load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    tensors, _, described, _ = load_checkpoint(tmp_path / CHECKPOINT_FILE)
     assert any(t.data_ptr() % TENSOR_ALIGNMENT for t in tensors.values())  # what the file gives back
     state = unflatten_optimizer(tensors, described, torch.device("cpu"))["state"]
     loaded = [v for entries in state.values() for value in entries.values()

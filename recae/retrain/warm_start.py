@@ -87,7 +87,8 @@ def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatri
 
     from recae.artifacts.train_config import FULL_BATCH
     from recae.models.batches import make_batch, oriented_csr
-    from recae.training.loop import LoopState, Stopping, run_epochs, state_dict_copy
+    from recae.training.best_weights import best_keeper
+    from recae.training.loop import LoopState, Stopping, run_epochs
     from recae.training.train import make_optimizer, resolve_device, train_epoch
     from recae.training.validation import validation_rmse
 
@@ -117,13 +118,16 @@ def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatri
             return validation_rmse(module, data, val, scale, batch_ratings=cfg.batch_ratings, device=device)
 
         start = score()  # the warm start is epoch 0's candidate
-        outcome = run_epochs(
-            Stopping(epochs=epochs, patience=cfg.patience), one_epoch, score, lambda: state_dict_copy(module),
-            lambda done: done, restore=module.load_state_dict,
-            state=LoopState(best_score=float("nan") if start is None else start),
-            diverged=lambda epoch, _: f"fine-tuning diverged at epoch {epoch}; try a lower learning rate than "
-                                      f"{cfg.lr:g}",
-            on_epoch=(lambda done: on_epoch(done.epoch, done.score)) if on_epoch else None)
+        with best_keeper(module, None) as keeper:  # a file for networks too large to hold twice
+            outcome = run_epochs(
+                Stopping(epochs=epochs, patience=cfg.patience), one_epoch, score, keeper.snapshot,
+                lambda done: done, state=LoopState(best_score=float("nan") if start is None else start),
+                diverged=lambda epoch, _: f"fine-tuning diverged at epoch {epoch}; try a lower learning rate than "
+                                          f"{cfg.lr:g}",
+                on_epoch=(lambda done: on_epoch(done.epoch, done.score)) if on_epoch else None)
+            optimizer.state.clear()  # Adam's moments and the gradients go before the best is read back
+            module.zero_grad(set_to_none=True)
+            keeper.restore(outcome.best)
         module.to("cpu").eval()
     finally:
         torch.set_num_threads(previous_threads)

@@ -209,22 +209,6 @@ def state_dict_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def best_keeper(module: torch.nn.Module, kept: dict[str, torch.Tensor]) -> Callable[[], dict[str, torch.Tensor]]:
-    """A snapshot function that copies ``module``'s state into ``kept`` in place (cloning only what it lacks), so
-    an improving epoch does not hold a second copy beside the last best one (0.5 GB for the item network at
-    ML-32M shape). The loop keeps one best at a time, so one buffer serves every improvement."""
-    def snapshot() -> dict[str, torch.Tensor]:
-        for name, value in module.state_dict().items():
-            held = kept.get(name)
-            if held is not None and held.shape == value.shape and held.dtype == value.dtype:
-                held.copy_(value.detach())
-            else:
-                kept[name] = value.detach().clone()
-        return kept
-
-    return snapshot
-
-
 # --- the RMSE-scored families (autoencoders, RBMs) -----------------------------------------------------------
 
 

@@ -15,12 +15,14 @@ from recae.errors import TrainingError
 from recae.models.autoencoders import ModelConfig
 from recae.store.matrix import RatingMatrix
 from recae.artifacts.train_config import TrainConfig
+from recae.training.best_weights import best_on_disk
 from recae.training.ensemble import partner_configs
 from recae.training.ranking import check_ranker_memory
 
 log = logging.getLogger(__name__)
 
-#: float32 weights, their gradient, Adam's two moments and the best epoch's copy
+#: float32 weights, their gradient, Adam's two moments and the best epoch's copy (kept in a file above
+#: recae.training.best_weights.BEST_IN_MEMORY_BYTES: one copy fewer)
 BYTES_PER_PARAMETER = 4 * 5
 #: the ratings as the run holds them beside the network: the store's matrix, the blend, fit and validation carves,
 #: the oriented CSR a member trains on and its batches (ML-25M shape, one item member of 500 units: 4.41 GB at the
@@ -48,7 +50,8 @@ def network_peak_bytes(train: RatingMatrix, model_cfg: ModelConfig, cfg: TrainCo
         units = n_users if config.orientation == "item" else n_movies
         one = network_parameters(units, tuple(config.hidden))
         merged = 4.0 * one * run.ensemble if run.ensemble > 1 else 0.0
-        need = BYTES_PER_PARAMETER * one + merged + BYTES_PER_RATING * train.nnz
+        per_parameter = BYTES_PER_PARAMETER - (4 if best_on_disk(4 * one) else 0)
+        need = per_parameter * one + merged + BYTES_PER_RATING * train.nnz
         peaks.append((need, f"the {config.orientation}-based autoencoder ({units:,} inputs, hidden "
                             f"{list(config.hidden)}, {run.ensemble} member(s))"))
     return max(peaks)

@@ -29,6 +29,7 @@ from recae.models.build import bake_kernels, build_model
 from recae.models.losses import l2_penalty, masked_mse
 from recae.store.matrix import RatingMatrix
 from recae.training import distributed
+from recae.training.best_weights import best_keeper
 from recae.training.checkpoint import CHECKPOINT_FILE, Checkpointer, resume_run, run_fingerprint
 from recae.training.ensemble import (
     Carve,
@@ -48,8 +49,6 @@ from recae.training.loop import (
     rmse_report,
     rmse_stopping,
     run_epochs,
-    best_keeper,
-    state_dict_copy,
 )
 from recae.training.pretrain import pretrain_autoencoders
 from recae.training.memory import check_memory, log_peak
@@ -218,47 +217,50 @@ def _fit(fit_ratings: RatingMatrix, val_ratings: RatingMatrix | None, model_cfg:
     optimizer = make_optimizer(module, train_cfg)
     identity = run_fingerprint(model_cfg, train_cfg, fit_ratings.fingerprint())
 
-    best_state = state_dict_copy(module)
-    state = None
-    resumed = resume_run(run_dir, identity, module, optimizer, device) if run_dir is not None and resume else None
-    if resumed is not None:
-        state, best_state = resumed
-        log.info("resuming from epoch %d of %s", state.epoch, run_dir / CHECKPOINT_FILE)
-        if on_progress:
-            on_progress(f"resuming after epoch {state.epoch}")
-    elif model_cfg.pretrain_epochs > 0 and model_cfg.pretrain == "rbm":
-        from recae.training.rbm import pretrain_with_rbms
+    with best_keeper(module, run_dir, world.rank if world is not None else 0) as keeper:
+        state, best = None, None
+        resumed = (resume_run(run_dir, identity, module, optimizer, device) if run_dir is not None and resume
+                   else None)
+        if resumed is not None:
+            state, best = resumed[0], keeper.adopt(resumed[1])
+            log.info("resuming from epoch %d of %s", state.epoch, run_dir / CHECKPOINT_FILE)
+            if on_progress:
+                on_progress(f"resuming after epoch {state.epoch}")
+        elif model_cfg.pretrain_epochs > 0 and model_cfg.pretrain == "rbm":
+            from recae.training.rbm import pretrain_with_rbms
 
-        pretrain_with_rbms(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
-    elif model_cfg.pretrain_epochs > 0:
-        pretrain_autoencoders(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+            pretrain_with_rbms(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
+        elif model_cfg.pretrain_epochs > 0:
+            pretrain_autoencoders(module, data, train_cfg, model_cfg.pretrain_epochs, device, on_progress)
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
 
-    full_batch = make_batch(data, data).to(device) if train_cfg.optimizer in FULL_BATCH else None
+        full_batch = make_batch(data, data).to(device) if train_cfg.optimizer in FULL_BATCH else None
 
-    def one_epoch(epoch: int) -> float:
-        module.train()
-        return train_epoch(module, optimizer, data, full_batch, train_cfg, epoch, device, runner, world)
+        def one_epoch(epoch: int) -> float:
+            module.train()
+            return train_epoch(module, optimizer, data, full_batch, train_cfg, epoch, device, runner, world)
 
-    def score() -> float | None:
-        if val is None or not val.nnz:
-            return None
-        value = validation_rmse(module, data, val, scale, batch_ratings=train_cfg.batch_ratings, device=device)
-        return distributed.broadcast_value(value, world, device)  # every rank decides alike
+        def score() -> float | None:
+            if val is None or not val.nnz:
+                return None
+            value = validation_rmse(module, data, val, scale, batch_ratings=train_cfg.batch_ratings, device=device)
+            return distributed.broadcast_value(value, world, device)  # every rank decides alike
 
-    checkpoint = (Checkpointer(run_dir, identity, module, optimizer, primary=world is None or world.primary)
-                  if run_dir is not None else None)
-    offset = state.seconds if state is not None else 0.0  # time spent in earlier sessions of a resumed run
-    outcome = run_epochs(
-        rmse_stopping(train_cfg), one_epoch, score, best_keeper(module, best_state), rmse_report(train_cfg.epochs),
-        restore=module.load_state_dict, state=state, best=best_state, optimizer=optimizer,
-        diverged=lambda epoch, value: diverged_message(value, epoch, train_cfg.lr), on_epoch=on_epoch,
-        checkpoint=checkpoint, stop_after=stop_after, started=started)
-    state = outcome.state
-    del best_state, outcome, checkpoint  # the best weights are back in the module
-    optimizer.state.clear()  # its moments: as large as the weights
-    module.zero_grad(set_to_none=True)  # the last step's gradients: as large as the weights (0.4 GB at ML-25M)
+        checkpoint = (Checkpointer(run_dir, identity, module, optimizer, primary=world is None or world.primary)
+                      if run_dir is not None else None)
+        offset = state.seconds if state is not None else 0.0  # time spent in earlier sessions of a resumed run
+        outcome = run_epochs(
+            rmse_stopping(train_cfg), one_epoch, score, keeper.snapshot, rmse_report(train_cfg.epochs),
+            state=state, best=best, optimizer=optimizer,
+            diverged=lambda epoch, value: diverged_message(value, epoch, train_cfg.lr), on_epoch=on_epoch,
+            checkpoint=checkpoint, stop_after=stop_after, started=started)
+        state, best = outcome.state, outcome.best
+        del outcome, checkpoint
+        optimizer.state.clear()  # its moments: as large as the weights, freed before the best is read back
+        module.zero_grad(set_to_none=True)  # the last step's gradients: as large as the weights (0.4 GB at ML-25M)
+        keeper.restore(best)
+        del best
     module = bake_kernels(module).eval()  # local kernels folded into plain weights: serving needs no kernel code
     return rmse_fit_result(module, state, time.perf_counter() - started + offset)
 

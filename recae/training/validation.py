@@ -33,7 +33,8 @@ def predict_entries(module: AutoEncoder, inputs: sp.csr_matrix, targets: sp.csr_
     module.eval()
     rows = np.flatnonzero(np.diff(targets.indptr))
     predicted, truth = [], []
-    for batch in iterate_batches(inputs, targets, batch_ratings * 4, seed=0, epoch=0, shuffle=False, rows=rows):
+    for batch in iterate_batches(inputs, targets, batch_ratings * 4, seed=0, epoch=0, shuffle=False, rows=rows,
+                                 count_inputs=True):
         batch = batch.to(device)
         predicted.append(module.predict_at(batch.inputs, batch.targets).cpu().numpy())
         truth.append(batch.targets.values.cpu().numpy())
