@@ -126,3 +126,16 @@ def test_prediction_batches_bound_the_input_ratings_they_read() -> None:
     assert all(per_row[b.rows].sum() <= max(budget, per_row[b.rows].max()) for b in batches)
     assert sorted(np.concatenate([b.rows for b in batches]).tolist()) == list(range(200))
     assert len(list(iterate_batches(inputs, targets, budget, seed=0, epoch=0, shuffle=False))) < len(batches)
+
+
+def test_the_memory_estimate_counts_one_copy_fewer_when_the_best_waits_in_a_file(
+    small, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    from recae.training.memory import network_parameters, network_peak_bytes
+
+    fit_part, _ = small
+    config, settings = model_config(hidden=(64,)), TrainConfig(partner_members=0, ensemble=1)
+    in_memory, _ = network_peak_bytes(fit_part, config, settings)
+    monkeypatch.setattr(best_weights, "BEST_IN_MEMORY_BYTES", 0)
+    on_disk, _ = network_peak_bytes(fit_part, config, settings)
+    assert in_memory - on_disk == 4 * network_parameters(fit_part.shape[0], (64,))

@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 #: float32 weights, their gradient, Adam's two moments and the best epoch's copy (kept in a file above
 #: recae.training.best_weights.BEST_IN_MEMORY_BYTES: one copy fewer)
 BYTES_PER_PARAMETER = 4 * 5
-#: the ratings as the run holds them beside the network: the store's matrix, the blend, fit and validation carves,
-#: the oriented CSR a member trains on and its batches (ML-25M shape, one item member of 500 units: 4.41 GB at the
-#: peak, 3.25 GB of it the network's, so about 46 bytes a rating)
-BYTES_PER_RATING = 48
+#: the ratings as the run holds them beside the network: the store's matrix, the split, the blend, fit and
+#: validation carves, the oriented CSR a member trains on, its batches and the backward pass's temporaries
+#: (`recae train` at ML-32M shape, 28.8M training ratings, the item network of 500 units: 5.33 GB at the peak,
+#: 3.22 GB of it the network's, so about 73 bytes a rating)
+BYTES_PER_RATING = 74
 
 
 def network_parameters(n_units: int, hidden: tuple[int, ...]) -> int:
