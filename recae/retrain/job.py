@@ -339,7 +339,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     from recae.evaluation.metrics import relevance_threshold
     from recae.evaluation.splits import Split, SplitSpec
     from recae.training.ensemble import fit_blend_parts
-    from recae.training.memory import check_memory
+    from recae.training.memory import check_memory, log_peak
     from recae.training.ranking import fit_ranker
     from recae.training.train import test_metrics, train_split
     from recae.training.validation import unit_means
@@ -364,6 +364,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     threshold = relevance_threshold(float(matrix.csr.data[~part.test].max()), train_cfg.relevant_from)
     progress(f"scoring the champion on {holdout.nnz} held-out ratings")
     before = champion_figures(champion, holdout, threshold)  # first: nothing else of tonight's is in memory yet
+    log_peak("champion's scoring")
     train = matrix.subset(~part.test)
     val_part, blend_part = matrix.subset(part.val), matrix.subset(part.blend)
     # An ensemble's members each stop on their own carve, so every rating outside the blend carve was fitted by
@@ -398,6 +399,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
         tune_cfg = replace(train_cfg, lr=train_cfg.lr * options.warm_lr_scale, patience=options.warm_patience)
         tuned = [fine_tune(m, fit_part, stop_part, tune_cfg, warm_epochs,  # type: ignore[arg-type]
                            on_epoch=lambda epoch, _val: on_epoch(epoch)) for m in modules]
+        log_peak("fine-tuning")
         fitted = tuned[0]
         trained = TrainedModel.from_fit(modules[0], train, train_config=train_cfg,  # type: ignore[arg-type]
                                         split_spec=challenger_spec)
@@ -410,6 +412,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
             progress(f"refitting the blend on {blend_part.nnz} blend-carve ratings")
             trained, blended = fit_blend_parts(trained, fit_part, blend_part, replace(train_cfg, blend_svd=stacked))
             fitted = {**fitted, "tuned_val_rmse": fitted["val_rmse"], **blended}
+            log_peak("blend")
         if train_cfg.ranker != "none":  # EASE has a closed form: refitted on the grown data, not fine-tuned
             # at the champion's lambda, chosen on a carve when it was trained: a night's ratings barely move it, and
             # the search is most of the ranker's time at ML-32M shape (2.5 of 4.5 minutes)
@@ -418,6 +421,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
             ranker, search = fit_ranker(train, replace(train_cfg, ranker_lambda=lam))
             trained = replace(trained, ranker=ranker, ranker_search=search)
             fitted = {**fitted, "ranker_lambda": ranker.lam}
+            log_peak("ranker")
         metrics: dict[str, Any] = {**fitted, "warm_start": True, "n_train": train.nnz, "n_test": holdout.nnz,
                                    **test_metrics(trained, holdout)}
         trained = with_metrics(trained, metrics)
@@ -437,6 +441,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
                                store_fingerprint=state.fingerprint, blend=blend_keys(trained))
 
     result_cmp = compare(before, trained, threshold)
+    log_peak("challenger's scoring")
     state.metrics = {**metrics, "champion_rmse": result_cmp.champion_rmse,
                      "challenger_rmse": result_cmp.challenger_rmse, "improvement": result_cmp.improvement,
                      "champion_ndcg@10": result_cmp.champion_ndcg, "challenger_ndcg@10": result_cmp.challenger_ndcg,

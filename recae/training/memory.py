@@ -41,18 +41,21 @@ def network_parameters(n_units: int, hidden: tuple[int, ...]) -> int:
 
 def network_peak_bytes(train: RatingMatrix, model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[float, str]:
     """(bytes, what) of the larger of the main network and its partner while one of them trains, with the data;
-    the members of an ensemble train one at a time and the merged network holds weights only."""
+    the members of an ensemble train one at a time and the merged network holds weights only; the trained main
+    network's weights stay beside its partner while the partner trains."""
     n_users, n_movies = train.shape
     peaks = []
     configs = [(model_cfg, cfg)]
     if cfg.partner_members:
         configs.append(partner_configs(model_cfg, cfg))
+    held = 0.0  # weights of the networks trained before this one
     for config, run in configs:
         units = n_users if config.orientation == "item" else n_movies
         one = network_parameters(units, tuple(config.hidden))
         merged = 4.0 * one * run.ensemble if run.ensemble > 1 else 0.0
         per_parameter = BYTES_PER_PARAMETER - (4 if best_on_disk(4 * one) else 0)
-        need = per_parameter * one + merged + BYTES_PER_RATING * train.nnz
+        need = held + per_parameter * one + merged + BYTES_PER_RATING * train.nnz
+        held += 4.0 * one
         peaks.append((need, f"the {config.orientation}-based autoencoder ({units:,} inputs, hidden "
                             f"{list(config.hidden)}, {run.ensemble} member(s))"))
     return max(peaks)
