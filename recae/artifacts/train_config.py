@@ -152,6 +152,13 @@ class TrainConfig:
         return replace(self.sized(n_ratings),
                        batch_ratings=self.batch_ratings or max(AUTO_MIN_BATCH, -(-n_ratings // AUTO_STEPS_PER_EPOCH)))
 
+    def blas_threads(self, n_ratings: int) -> int | None:
+        """Threads numpy's and scipy's BLAS may use in a run on ``n_ratings`` training ratings (None: BLAS's own
+        default): ``threads`` when set, one below AUTO_ONE_THREAD_BELOW as for torch (recae.threads.blas_threads)."""
+        if self.threads > 0:
+            return self.threads
+        return 1 if n_ratings < AUTO_ONE_THREAD_BELOW else None
+
     def sized(self, n_ratings: int) -> TrainConfig:
         """The config with ``ensemble`` and ``epochs`` fixed for ``n_ratings`` training ratings where they are auto
         (0); a run sizes itself once, on its whole training part, so its members agree."""
