@@ -6,6 +6,7 @@ ratings), never from hard-coded lists; errors must be one-line JSON with the CLI
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from recae.serving.recommend import Filters, recommend_from_store, recommend_live
+from recae.serving.recommend import Filters, RecommendedMovie, recommend_from_store, recommend_live
 from recae.serving.registry import champion_of
 from recae.store.db import Rating, Recommendation, open_store
 from tests.serving import NAMED, Home, Server, build_home, publish_champion, running_server
@@ -128,6 +129,69 @@ def test_filters_apply_and_an_exhausted_list_is_scored_live(client: httpx.Client
     assert not {f["movie_id"] for f in films} & rated_by(home, 7)
     scores = [f["score"] for f in films]  # the ranker's order
     assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize(("args", "params"), [
+    ((), {}),
+    (("--genre", "comedy", "--min-year", "1970", "-n", "5"), {"genre": "comedy", "min_year": 1970, "n": 5}),
+    (("--exclude", "1,2", "--exclude", "3", "-n", "7"), {"exclude": ["1,2", "3"], "n": 7}),
+    (("--genre", "Drama", "-n", "100"), {"genre": "Drama", "n": 100}),  # exhausts the list: the model answers
+], ids=["plain", "genre-year", "exclude", "live"])
+def test_the_api_answers_what_the_command_prints(client: httpx.Client, home: Home, args: tuple[str, ...],
+                                                 params: dict) -> None:
+    """The same user and filters give the same films from `recae recommend --format json` and from the API (the
+    two read a SQLite store's list through the same sqlite3 path, and fall back to the model the same way)."""
+    from click.testing import CliRunner
+
+    from recae.cli import cli
+
+    for user in (7, 42):
+        result = CliRunner().invoke(cli, ["--home", str(home.path), "recommend", "--user", str(user), *args,
+                                          "--format", "json"])
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.stdout)
+        body = client.get(f"/v1/users/{user}/recommendations", params=params).json()
+        if body["source"] == "precomputed":
+            assert body["recommendations"] == printed
+        else:
+            assert "-n" in args and args[args.index("-n") + 1] == "100"
+            assert_same_list(body["recommendations"], [RecommendedMovie(**film) for film in printed])
+    for user, query in ((9999, {}), (7, {"genre": "Noir"})):  # the command's one-line error is the API's message
+        result = CliRunner().invoke(cli, ["--home", str(home.path), "recommend", "--user", str(user),
+                                          *(["--genre", query["genre"]] if query else [])])
+        body = assert_error(client.get(f"/v1/users/{user}/recommendations", params=query), 404 if not query else 422,
+                            "not_found" if not query else "bad_input")
+        assert result.exit_code != 0 and result.stderr.strip() == f"Error: {body['message']}"
+
+
+def test_a_sqlite_stored_list_never_goes_through_sqlalchemy(home: Home) -> None:
+    """In-process: a SQLite store's stored lists, filtered or not, and its unknown-user 404 run no statement on the
+    app's SQLAlchemy engine (sqlite3 alone answers them); a list the filters exhaust still goes to the full path."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    from recae.serving.http import create_app
+
+    app = create_app(home.url)
+    statements: list[str] = []
+    event.listen(app.state.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    async def get(*paths: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as http:
+            return [await http.get(path) for path in paths]
+
+    try:
+        answers = asyncio.run(get("/v1/users/7/recommendations", "/v1/users/11/recommendations?n=3&genre=comedy",
+                                  "/v1/users/42/recommendations?exclude=1,2&min_year=1970",
+                                  "/v1/users/9999/recommendations"))
+        assert [r.status_code for r in answers] == [200, 200, 200, 404]
+        assert {r.json().get("source") for r in answers[:3]} == {"precomputed"}
+        assert statements == []
+        (live,) = asyncio.run(get("/v1/users/7/recommendations?genre=Drama&n=100"))
+        assert live.status_code == 200 and live.json()["source"] == "live" and statements
+    finally:
+        app.state.engine.dispose()
 
 
 def test_fold_in_matches_the_library_and_explains_itself(client: httpx.Client, home: Home) -> None:

@@ -90,6 +90,21 @@ def test_sparse_rows_transpose_pattern_is_the_transpose() -> None:
     assert torch.equal(block.csr_t().to_dense(), dense.t())
 
 
+@pytest.mark.parametrize("rows", [None, [3, 0, 7, 0], [], [5]], ids=["all", "repeated", "none", "one"])
+def test_sparse_rows_transpose_is_the_stable_column_order(rows: list[int] | None) -> None:
+    """The transposed pattern lists each column's entries in CSR order (what a stable argsort of the columns gives),
+    with ``perm`` their CSR positions: the gradient X^T G reads values through it."""
+    csr = planted_low_rank(n_users=12, n_movies=8, seed=2).observed.csr
+    block = sparse_rows(csr, None if rows is None else np.array(rows, dtype=np.int64))
+    col = block.col.numpy()
+    perm = np.argsort(col, kind="stable")
+    row_of = np.repeat(np.arange(block.n_rows), np.diff(block.crow.numpy()))
+    assert block.perm.numpy().tolist() == perm.tolist()
+    assert block.row_t.numpy().tolist() == row_of[perm].tolist()
+    assert block.crow_t.numpy().tolist() == [0, *np.cumsum(np.bincount(col, minlength=8)).tolist()]
+    assert {t.dtype for t in (block.crow, block.col, block.crow_t, block.row_t, block.perm)} == {torch.int64}
+
+
 def test_pairs_pattern_answers_repeated_and_unordered_pairs() -> None:
     vectors = np.array([4, 1, 4, 1, 4])
     units = np.array([2, 0, 2, 3, 0])

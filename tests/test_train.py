@@ -364,6 +364,21 @@ def test_auto_members_and_epochs_follow_the_data_size_and_set_values_win() -> No
     assert TrainConfig().resolved(28_800_184).batch_ratings > 0
 
 
+def test_auto_patience_is_shorter_only_between_ml1m_size_and_the_large_data_line() -> None:
+    from recae.artifacts.train_config import AUTO_PATIENCE, LARGE_TRAIN_RATINGS, SHORT_PATIENCE, SHORT_PATIENCE_FROM
+
+    assert TrainConfig().sized(80_000).patience == AUTO_PATIENCE == 20  # ml-100k u1
+    assert TrainConfig().sized(900_188).patience == SHORT_PATIENCE == 10  # ml-1m 90/10
+    assert TrainConfig().sized(SHORT_PATIENCE_FROM - 1).patience == 20
+    assert TrainConfig().sized(LARGE_TRAIN_RATINGS).patience == 10
+    assert TrainConfig().sized(LARGE_TRAIN_RATINGS + 1).patience == 20 == TrainConfig().sized(28_800_184).patience
+    assert TrainConfig(patience=7).sized(900_188).patience == 7  # a set value wins
+    assert not TrainConfig().is_sized and TrainConfig().sized(900_188).is_sized
+    TrainConfig().validate()  # 0 (auto) is valid
+    with pytest.raises(TrainingError, match="must not be negative"):
+        TrainConfig(patience=-1).validate()
+
+
 def test_a_large_run_records_the_members_and_epochs_it_got(small, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Above the large-data line (lowered here to the planted matrix) the default run trains one member for the
     capped epochs, and the trained model's config says so (meta.json records what ran, never 0)."""

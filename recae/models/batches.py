@@ -86,21 +86,20 @@ class SparseRows:
 def sparse_rows(csr: sp.csr_matrix, rows: np.ndarray | None = None) -> SparseRows:
     """Take ``rows`` (all when None) of a scipy CSR matrix as a :class:`SparseRows` block, in that order."""
     block = csr if rows is None else csr[np.asarray(rows, dtype=np.int64)]
-    indptr = np.asarray(block.indptr, dtype=np.int64)
-    col = np.asarray(block.indices, dtype=np.int64)
     n_rows, n_cols = block.shape
-    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr))
-    perm = np.argsort(col, kind="stable")
-    crow_t = np.zeros(n_cols + 1, dtype=np.int64)
-    np.cumsum(np.bincount(col, minlength=n_cols), out=crow_t[1:])
+    # the transpose by scipy's O(nnz) CSR -> CSC pass over the entries' CSR positions: each column's entries in CSR
+    # order, as a stable argsort of the columns gives them, at an eighth of its cost (make_batch was an eighth of
+    # an ml-1m epoch)
+    positions = sp.csr_matrix((np.arange(block.nnz, dtype=np.int64), block.indices, block.indptr), shape=block.shape)
+    transposed = positions.tocsc()
     return SparseRows(
-        crow=torch.from_numpy(indptr),
-        col=torch.from_numpy(col),
+        crow=torch.from_numpy(np.asarray(block.indptr, dtype=np.int64)),
+        col=torch.from_numpy(np.asarray(block.indices, dtype=np.int64)),
         values=torch.from_numpy(np.asarray(block.data, dtype=np.float64 if block.dtype == np.float64 else np.float32)),
         n_cols=int(n_cols),
-        crow_t=torch.from_numpy(crow_t),
-        row_t=torch.from_numpy(row_of[perm]),
-        perm=torch.from_numpy(perm),
+        crow_t=torch.from_numpy(np.asarray(transposed.indptr, dtype=np.int64)),
+        row_t=torch.from_numpy(np.asarray(transposed.indices, dtype=np.int64)),
+        perm=torch.from_numpy(np.asarray(transposed.data, dtype=np.int64)),
     )
 
 

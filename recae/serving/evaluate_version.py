@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recae.artifacts.train_config import TrainConfig
 from recae.artifacts.trained_model import model_relevance
 from recae.errors import DataError, EmptyStoreError
 from recae.evaluation.evaluate import (
@@ -25,6 +26,7 @@ from recae.models.rankers import train_ease
 from recae.models.sparse_ease import DEFAULT_HEAD_ITEMS, train_sparse_ease
 from recae.serving.registry import get_version, load_champion, load_version
 from recae.store.matrix import RatingMatrix
+from recae.threads import blas_threads
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -85,13 +87,15 @@ def evaluate_model(
                     f"scored {test.nnz} held-out ratings, skipped {dropped} the model read or does not know")
         if test.nnz == 0:
             raise EmptyStoreError(f"split {spec.name!r} leaves no held-out ratings this model has not seen")
-    rating = rating_metrics(trained, test)
     ks = tuple(sorted({k, *RANKING_KS}))
     threshold = model_relevance(trained, relevant_from)
-    lists = list_quality(trained, trained.inputs, test, ks=ks, threshold=threshold)
-    baselines = evaluate_baselines(trained.inputs, test, ranking_k=k, threshold=threshold)
     seed = trained.train_config.seed if trained.train_config is not None else 0
-    others = ranking_baselines(trained.inputs, test, ks=ks, threshold=threshold, seed=seed)
+    # BLAS threads as a training of this size gets them (one on small data: recae.threads.blas_threads)
+    with blas_threads((trained.train_config or TrainConfig()).blas_threads(trained.inputs.nnz)):
+        rating = rating_metrics(trained, test)
+        lists = list_quality(trained, trained.inputs, test, ks=ks, threshold=threshold)
+        baselines = evaluate_baselines(trained.inputs, test, ranking_k=k, threshold=threshold)
+        others = ranking_baselines(trained.inputs, test, ks=ks, threshold=threshold, seed=seed)
     return ModelEvaluation(version=info.version, model=info.model, split=spec.name, n_test=test.nnz,
                            rating=rating, lists=lists, baselines=baselines, ranking_baselines=others,
                            relevant_from=threshold, k=k, note=note,

@@ -31,6 +31,7 @@ from recae.training import distributed
 from recae.training.memory import log_peak
 from recae.training.checkpoint import run_fingerprint
 from recae.training.loop import EpochReport
+from recae.threads import blas_threads
 from recae.training.train import TrainResult, train_split
 
 log = logging.getLogger(__name__)
@@ -86,49 +87,51 @@ def train_and_publish(
     split = split_from_store(engine, matrix, spec)
     if on_split is not None:
         on_split(split)
-    tuned = None
-    if tune_budget_s is not None:
-        from recae.training.tune import tune
+    with blas_threads(train_cfg.blas_threads(split.train.nnz)):  # one BLAS thread on small data
+        tuned = None
+        if tune_budget_s is not None:
+            from recae.training.tune import tune
 
-        tuned = tune(split.train, model_cfg, train_cfg, budget_s=tune_budget_s, spent_s=time.perf_counter() - started,
-                     on_step=on_tune_step)  # only the training part: the test ratings never reach the search
-        model_cfg, train_cfg = tuned.model_config, tuned.train_config
-    run_dir = run_dir or run_folder(models_dir, spec, model_cfg, train_cfg, matrix)
-    with ExitStack() as held:
-        if not distributed.is_secondary_rank():  # torchrun's ranks share rank 0's run; only it takes the lock
-            held.enter_context(run_lock(models_dir, run_dir))
-        if not resume and run_dir.exists():
-            shutil.rmtree(run_dir)
-        final_started = time.perf_counter()
-        result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
-                             on_progress=on_progress)
-        if tuned is not None:
-            record = {**tuned.record, "final_seconds": round(time.perf_counter() - final_started, 1)}
-            result = replace(result, trained=replace(result.trained, tune_search=record))
-        world = distributed.current()
-        if world is not None and not world.primary:
-            return None
-        if make_champion and on_progress is not None:
-            on_progress("precomputing recommendations")
+            # only the training part: the test ratings never reach the search
+            tuned = tune(split.train, model_cfg, train_cfg, budget_s=tune_budget_s,
+                         spent_s=time.perf_counter() - started, on_step=on_tune_step)
+            model_cfg, train_cfg = tuned.model_config, tuned.train_config
+        run_dir = run_dir or run_folder(models_dir, spec, model_cfg, train_cfg, matrix)
+        with ExitStack() as held:
+            if not distributed.is_secondary_rank():  # torchrun's ranks share rank 0's run; only it takes the lock
+                held.enter_context(run_lock(models_dir, run_dir))
+            if not resume and run_dir.exists():
+                shutil.rmtree(run_dir)
+            final_started = time.perf_counter()
+            result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
+                                 on_progress=on_progress)
+            if tuned is not None:
+                record = {**tuned.record, "final_seconds": round(time.perf_counter() - final_started, 1)}
+                result = replace(result, trained=replace(result.trained, tune_search=record))
+            world = distributed.current()
+            if world is not None and not world.primary:
+                return None
+            if make_champion and on_progress is not None:
+                on_progress("precomputing recommendations")
 
-        def precompute(conn: Connection, version: str) -> int:
-            # Films a user rated anywhere (train or test) are never recommended to them.
-            written = precompute_recommendations(conn, version, result.trained, matrix)
-            log_peak("precompute")
-            return written
+            def precompute(conn: Connection, version: str) -> int:
+                # Films a user rated anywhere (train or test) are never recommended to them.
+                written = precompute_recommendations(conn, version, result.trained, matrix)
+                log_peak("precompute")
+                return written
 
-        try:
-            published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
-                                make_champion=make_champion, precompute=precompute if make_champion else None)
-        except Exception as err:
-            if not is_lock_timeout(err):
-                raise
-            # The finished run's checkpoint stays in run_dir: a rerun with resume publishes it without training.
-            raise StoreBusyError(f"{STORE_BUSY}; nothing was published, the trained model is kept in {run_dir}: run "
-                                 "the same command with --resume when it finishes to publish it without retraining"
-                                 ) from None
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return TrainingRun(published=published, result=result, promoted=make_champion)
+            try:
+                published = publish(engine, models_dir, result.trained, data_fingerprint=split.train.fingerprint(),
+                                    make_champion=make_champion, precompute=precompute if make_champion else None)
+            except Exception as err:
+                if not is_lock_timeout(err):
+                    raise
+                # The finished run's checkpoint stays in run_dir: a rerun with resume publishes it without training.
+                raise StoreBusyError(f"{STORE_BUSY}; nothing was published, the trained model is kept in {run_dir}: "
+                                     "run the same command with --resume when it finishes to publish it without "
+                                     "retraining") from None
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return TrainingRun(published=published, result=result, promoted=make_champion)
 
 
 def run_lock(models_dir: Path, run_dir: Path) -> AbstractContextManager[Path]:

@@ -82,6 +82,14 @@ def stored_list(database_url: str, user_id: int, n: int = 10, filters: Filters =
     Raises UnknownGenreError for a genre no film has, and UnknownUserError when the store has never seen the user,
     with the full path's messages.
     """
+    answer = stored_answer(database_url, user_id, n, filters, version)
+    return None if answer is None else answer[1]
+
+
+def stored_answer(database_url: str, user_id: int, n: int = 10, filters: Filters = Filters(),
+                  version: str | None = None) -> tuple[str, list[RecommendedMovie]] | None:
+    """:func:`stored_list` with the version it was read from (the champion when ``version`` is None), read in the
+    same snapshot as the list: what ``recae serve`` returns beside it. None when the full path must answer."""
     try:
         with read_snapshot(database_url) as conn:
             return None if conn is None else _read(conn, user_id, n, filters, version)
@@ -91,7 +99,7 @@ def stored_list(database_url: str, user_id: int, n: int = 10, filters: Filters =
 
 
 def _read(conn: sqlite3.Connection, user_id: int, n: int, filters: Filters,
-          version: str | None) -> list[RecommendedMovie] | None:
+          version: str | None) -> tuple[str, list[RecommendedMovie]] | None:
     version = _servable_version(conn) if version is None else _published(conn, version)
     if version is None:
         return None
@@ -100,10 +108,12 @@ def _read(conn: sqlite3.Connection, user_id: int, n: int, filters: Filters,
             "SELECT DISTINCT genres FROM movies")))
         if message is not None:
             raise UnknownGenreError(message)
-    rows = conn.execute(
+    filtered = filters.genre is not None or filters.min_year is not None or bool(filters.exclude)
+    rows = conn.execute(  # LIMIT -1: every stored row, for the filters to choose from
         "SELECT r.movie_id, m.title, m.year, m.genres, COALESCE(r.predicted_rating, r.score), r.score "
         "FROM recommendations AS r LEFT OUTER JOIN movies AS m ON m.movie_id = r.movie_id "
-        "WHERE r.version = ? AND r.user_id = ? ORDER BY r.rank", (version, user_id)).fetchall()
+        "WHERE r.version = ? AND r.user_id = ? ORDER BY r.rank LIMIT ?", (version, user_id, -1 if filtered else n)
+    ).fetchall()
     if not rows:
         if conn.execute("SELECT 1 FROM ratings WHERE user_id = ? LIMIT 1", (user_id,)).fetchone() is None:
             low, high, count = conn.execute(
@@ -114,8 +124,9 @@ def _read(conn: sqlite3.Connection, user_id: int, n: int, filters: Filters,
     kept = [row for row in rows if row[0] not in banned and filters.allows(row[2], row[3] or "")][:n]
     if len(kept) < n:
         return None  # the filters leave the list short: the model ranks every film
-    return [RecommendedMovie(rank=i + 1, movie_id=m, title=t, year=y, genres=g or "", predicted_rating=float(p),
-                             score=float(s)) for i, (m, t, y, g, p, s) in enumerate(kept)]
+    return version, [RecommendedMovie(rank=i + 1, movie_id=m, title=t, year=y, genres=g or "",
+                                      predicted_rating=float(p), score=float(s)) for i, (m, t, y, g, p, s) in
+                     enumerate(kept)]
 
 
 def _servable_version(conn: sqlite3.Connection) -> str | None:

@@ -167,7 +167,7 @@ def _run(carve: Carve, shared_validation: bool, model_cfg: ModelConfig, train_cf
         torch.use_deterministic_algorithms(True)
     if len(train_cfg.weight_decay_grid) == 1:
         train_cfg = replace(train_cfg, weight_decay=train_cfg.weight_decay_grid[0], weight_decay_grid=())
-    if not (train_cfg.ensemble and train_cfg.epochs):
+    if not train_cfg.is_sized:
         train_cfg = train_cfg.sized(carve(0)[0].nnz)
     try:
         if model_cfg.name == "rbm":  # the RBM for CF: its own CD epoch, early stopping on validation RMSE
