@@ -59,7 +59,7 @@ from recae.retrain.warm_start import fine_tune, first_configs, warm_start_module
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-    from recae.artifacts.train_config import TrainConfig, auto_epochs
+    from recae.artifacts.train_config import TrainConfig
     from recae.artifacts.trained_model import TrainedModel
     from recae.models.autoencoders import AutoEncoder, ModelConfig
     from recae.store.matrix import RatingMatrix
@@ -264,37 +264,35 @@ def _run_locked(engine: Engine, models_dir: Path, options: RetrainOptions, state
     from recae.artifacts.model_files import load_model
     from recae.serving.registry import champion_of, get_version, prune_versions, remove_unfinished, version_folder
     from recae.store.matrix import RatingMatrix
+    from recae.training.memory import release_freed_memory
 
     removed = remove_unfinished(engine, models_dir)
     champion_version = champion_of(engine)
     if champion_version is not None and not _fits_catalogue(engine, champion_version):
         log.warning("champion %s was trained on a catalogue since replaced; training a first champion", champion_version)
         champion_version = None
-    champion: TrainedModel | None = None
     champion_dir: Path | None = None
     known: set[str] = set()
     if champion_version is not None:
         state.champion_before = champion_version
         champion_dir = version_folder(get_version(engine, champion_version).path, models_dir)
-        champion = load_model(champion_dir)
-        record = ensure_holdout(engine, champion_dir, champion, champion_version)  # before tonight's ratings
+        record = ensure_holdout(engine, champion_dir, load_model(champion_dir), champion_version)  # before tonight's
         known.update([record.store_fingerprint] if record.store_fingerprint else [])
 
     state.files = ingest_inbox(engine, options.inbox, scale=options.scale, step=options.step, on_progress=progress)
     matrix = RatingMatrix.from_db(engine)
     state.fingerprint = matrix.fingerprint()
-    if champion is not None and state.fingerprint in known | known_fingerprints(engine, champion_version or ""):
+    if champion_dir is not None and state.fingerprint in known | known_fingerprints(engine, champion_version or ""):
         state.decision = "unchanged"
         state.message = f"no new ratings since {champion_version} was trained or last challenged; nothing trained"
         state.pruned = removed + prune_versions(engine, models_dir, options.keep)
         return
 
-    if champion is None:
+    if champion_dir is None:
         _first_champion(engine, models_dir, options, matrix, state, progress, stage)
     else:
-        assert champion_dir is not None
-        handed = [champion]  # _challenge drops it once scored and copied: only its list may hold it then
-        del champion
+        release_freed_memory()  # loaded again only now: the store's reading peaked without the champion beside it
+        handed = [load_model(champion_dir)]  # _challenge drops it once scored and copied: only this list holds it
         _challenge(engine, models_dir, options, matrix, handed, champion_dir, state, progress, stage)
     state.pruned = removed + prune_versions(engine, models_dir, options.keep)
 

@@ -88,6 +88,7 @@ def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatri
     from recae.artifacts.train_config import FULL_BATCH
     from recae.models.batches import make_batch, oriented_csr
     from recae.training.best_weights import best_keeper
+    from recae.training.memory import release_freed_memory
     from recae.training.loop import LoopState, Stopping, run_epochs
     from recae.training.train import make_optimizer, resolve_device, train_epoch
     from recae.training.validation import validation_rmse
@@ -128,6 +129,7 @@ def fine_tune(module: AutoEncoder, fit_part: RatingMatrix, val_part: RatingMatri
             optimizer.state.clear()  # Adam's moments and the gradients go before the best is read back
             module.zero_grad(set_to_none=True)
             keeper.restore(outcome.best)
+        release_freed_memory()  # the next network's fine-tuning does not stack on this one's freed pages
         module.to("cpu").eval()
     finally:
         torch.set_num_threads(previous_threads)
