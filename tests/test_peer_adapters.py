@@ -4,6 +4,9 @@ sees exactly the training ratings, its scores land on the right films, and the g
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -69,3 +72,15 @@ def test_the_grid_widens_past_an_edge_until_the_peak_and_says_when_it_stopped_sh
     closed = grid_search([Axis("lambda", (100, 200), step=0), Axis("factors", (7, 9), integer=True, step=1.5,
                                                                    high=14)], score)
     assert closed.best["lambda"] == 200 and {k[1] for k in closed.trials} == {7, 9, 14}  # then 21 > 14: stop
+
+
+def test_the_benchmark_skips_with_a_message_without_data_or_a_peer(tmp_path: Path) -> None:
+    bench = Path(__file__).resolve().parent / "benchmarks"
+    done = subprocess.run([sys.executable, str(bench / "bench_peers.py"), "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "skipping" in done.stdout and "ml-100k" in done.stdout, done.stderr
+    probe = (f"import sys; sys.path.insert(0, {str(bench)!r}); import bench_peers; "
+             "print(bench_peers.available('no_such_peer_library'))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 'pip install -e ".[peers]"' in done.stdout and done.stdout.strip().endswith("False")

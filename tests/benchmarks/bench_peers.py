@@ -135,6 +135,11 @@ def fit_cornac_recvae(train: RatingMatrix, s: dict[str, float]) -> ScoreFn:
     return score
 
 
+BPR_GRID = [Axis("factors", (32, 64, 128), integer=True, high=512), Axis("learning_rate", (0.01, 0.03, 0.1), 3, high=1),
+            Axis("regularization", (0.001, 0.01, 0.1), 10),
+            Axis("iterations", (100, 300), 3, integer=True, high=1000)]
+BPR_QUICK = [Axis("factors", (32, 64, 128), integer=True), Axis("learning_rate", (0.01, 0.03), 3, high=1),
+             Axis("regularization", (0.01,), 10), Axis("iterations", (100,), 3, integer=True)]
 PEERS = [
     Peer("implicit iALS", "implicit", {
         "u1": [Axis("factors", (64, 128, 256), integer=True, high=1024), Axis("regularization", (1, 3, 10, 30), 3),
@@ -147,14 +152,8 @@ PEERS = [
                         Axis("alpha", (1, 2, 4))],
     }, fit_ials),
     Peer("implicit BPR", "implicit", {
-        "u1": [Axis("factors", (32, 64, 128), integer=True, high=512), Axis("learning_rate", (0.01, 0.03, 0.1), 3, high=1),
-               Axis("regularization", (0.001, 0.01, 0.1), 10), Axis("iterations", (100, 300), 3, integer=True, high=1000)],
-        "ml-1m": [Axis("factors", (32, 64, 128), integer=True, high=512), Axis("learning_rate", (0.01, 0.03, 0.1), 3, high=1),
-                  Axis("regularization", (0.001, 0.01, 0.1), 10), Axis("iterations", (100, 300), 3, integer=True, high=1000)],
-        "quick-u1": [Axis("factors", (32, 64, 128), integer=True), Axis("learning_rate", (0.01, 0.03), 3, high=1),
-                     Axis("regularization", (0.01,), 10), Axis("iterations", (100,), 3, integer=True)],
-        "quick-ml-1m": [Axis("factors", (32, 64, 128), integer=True), Axis("learning_rate", (0.01, 0.03), 3, high=1),
-                        Axis("regularization", (0.01,), 10), Axis("iterations", (100,), 3, integer=True)],
+        "u1": BPR_GRID, "ml-1m": BPR_GRID,
+        "quick-u1": BPR_QUICK, "quick-ml-1m": BPR_QUICK,
     }, fit_bpr),
     Peer("cornac EASE, fed the 1-5 ratings", "cornac", {
         "u1": [Axis("lambda", (800, 1600, 3200, 6400, 12800))],
