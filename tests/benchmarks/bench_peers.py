@@ -81,9 +81,9 @@ def _one_blas_thread():
 def fit_ials(train: RatingMatrix, s: dict[str, float]) -> ScoreFn:
     from implicit.cpu.als import AlternatingLeastSquares
 
-    model = AlternatingLeastSquares(factors=int(s["factors"]), regularization=s["regularization"], alpha=s["alpha"],
-                                    iterations=15, random_state=0, num_threads=_threads())
-    with _one_blas_thread():  # implicit's own threads do the work; a BLAS pool under them slows it down
+    with _one_blas_thread():  # implicit's own threads do the work; a BLAS pool under them: 10x slower here
+        model = AlternatingLeastSquares(factors=int(s["factors"]), regularization=s["regularization"],
+                                        alpha=s["alpha"], iterations=15, random_state=0, num_threads=_threads())
         model.fit(has_rated(train), show_progress=False)
     users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)  # (n_users, f), (n_movies, f)
     return lambda rows: users[rows] @ items.T
@@ -92,10 +92,10 @@ def fit_ials(train: RatingMatrix, s: dict[str, float]) -> ScoreFn:
 def fit_bpr(train: RatingMatrix, s: dict[str, float]) -> ScoreFn:
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-    model = BayesianPersonalizedRanking(factors=int(s["factors"]), learning_rate=s["learning_rate"],
-                                        regularization=s["regularization"], iterations=int(s["iterations"]),
-                                        random_state=0, num_threads=_threads())
     with _one_blas_thread():
+        model = BayesianPersonalizedRanking(factors=int(s["factors"]), learning_rate=s["learning_rate"],
+                                            regularization=s["regularization"], iterations=int(s["iterations"]),
+                                            random_state=0, num_threads=_threads())
         model.fit(has_rated(train), show_progress=False)
     users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)  # item bias folded in
     return lambda rows: users[rows] @ items.T
