@@ -300,13 +300,12 @@ def main() -> None:
           f"films; carve {fit.nnz:,} fit / {val.nnz:,} validation; relevant from {threshold:g}", flush=True)
     rows = recae_rows(split, threshold, args.recae, args.model)
     reference = rows[1].ndcg
-    for row in rows:
-        print(f"  {row.model}: NDCG@10 {row.ndcg:.4f}", flush=True)
+    print(table(rows, reference), flush=True)
     wanted = [p for p in PEERS if any(p.name.startswith(w.strip()) for w in args.peers.split(","))]
     for peer in wanted + ([RECVAE] if args.recvae else []):
         if available(peer.library):
             rows.append(run_peer(peer, args.data, split, fit, val, threshold, args.quick))
-            print(f"  {peer.name}: test NDCG@10 {rows[-1].ndcg:.4f}", flush=True)
+            print(table([rows[-1]], reference).splitlines()[-1], flush=True)  # the row now: a long run may stop
     print(f"\n{args.data}: scored on {split.test.nnz:,} held-out ratings (users with a film rated >= {threshold:g})")
     print(table(rows, reference))
 
