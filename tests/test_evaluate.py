@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recae.evaluation.evaluate import BASELINES, BaselineReport, evaluate_baselines
+from recae.evaluation.evaluate import BASELINES, BaselineReport, ModelEvaluation, evaluate_baselines, gain
 from recae.store.matrix import IdIndex, RatingMatrix
 from tests.synthetic import planted_low_rank
 
@@ -62,6 +62,38 @@ def test_report_without_ranking_and_on_mismatched_matrices() -> None:
     with pytest.raises(ValueError, match="share one IdIndex"):
         evaluate_baselines(observed, other)
 
+
+
+def test_the_table_shows_by_how_much_each_list_beats_the_ease_reference() -> None:
+    from recae.cli.output import render
+    from recae.evaluation.metrics import RowScores, list_quality
+    from recae.models.rankers import train_ease
+    from recae.serving.evaluate_version import ranking_baselines
+
+    observed = planted_low_rank(seed=4).observed
+    held_out = np.random.default_rng(4).random(observed.nnz) < 0.2
+    train, test = observed.subset(~held_out), observed.subset(held_out)
+    served, _ = train_ease(train, input="value", relevant_from=4.0)  # the order recae serves, fitted here
+    baselines = evaluate_baselines(train, test, ranking_k=10, threshold=4.0)
+    report = ModelEvaluation(
+        version="v1", model="stacked", split="random", n_test=test.nnz, rating=baselines.svd.rating,
+        lists=list_quality(RowScores(lambda rows: served.score_rows(train.csr[rows])), train, test, threshold=4.0),
+        baselines=baselines, ranking_baselines=ranking_baselines(train, test, threshold=4.0), relevant_from=4.0)
+    rows = {r["model"]: r for r in report.rows()}
+    reference = rows["ease"]["ndcg@10"]
+    assert rows["ease"]["ndcg@10 vs ease"] == "+0.0%"
+    for name, row in rows.items():
+        assert row["ndcg@10 vs ease"] == gain(row["ndcg@10"], reference), name
+    assert all(row["ndcg@10 vs ease"] is not None for row in rows.values())  # every row is ranked at 10
+    assert rows["stacked (v1)"]["ndcg@10 vs ease"] == f"{100 * (report.ranking.ndcg / reference - 1):+.1f}%"
+    assert "ndcg@10 vs ease" in render(report.rows(), "table")
+    assert set(report.to_json()) >= {"rmse", "ranking", "baselines"}  # the JSON keeps its keys, gains none
+    assert "ndcg@10 vs ease" not in str(report.to_json())
+
+
+def test_a_gain_needs_two_numbers_and_a_reference_above_zero() -> None:
+    assert gain(0.4820, 0.4458) == "+8.1%" and gain(0.2445, 0.4458) == "-45.2%"
+    assert gain(0.3, 0.0) is None and gain(float("nan"), 0.4) is None and gain(0.3, float("nan")) is None
 
 def test_baselines_on_ml100k_u1(ml100k: Path) -> None:
     train, test = ml100k_fold(ml100k, 1)

@@ -210,6 +210,7 @@ def test_evaluate_ratings_scores_any_held_out_file_beside_the_same_baselines(bui
     assert 0 <= report["ranking"]["ndcg@10"] <= 1
     code, out, _ = run(built.home, "evaluate", "--ratings", str(aside))
     assert code == 0 and "Held-out ratings of aside.csv" in out
+    assert "ndcg@10 vs ease" in out and "+0.0%" in out  # every list against the EASE reference, at a glance
 
 
 def test_evaluate_ratings_refuses_a_rating_the_model_read(built: Built) -> None:

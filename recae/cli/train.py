@@ -58,8 +58,9 @@ def evaluate(obj: Context, version: str | None, split_name: str | None, test_fra
     Predictions are clipped to the rating scale. Ranking quality (precision, recall, NDCG at k) counts held-out
     ratings from --relevant-from on as relevant (default: the model's own threshold, which is 0.8 x its top
     rating unless trained with --relevant-from: 4 on 1-5 and 0.5-5, 8 on 2-10) and never ranks films the model
-    read in training. Baselines (global mean, user+item biases, truncated SVD) are fitted on the same training
-    ratings.
+    read in training. Baselines (global mean, user+item biases, truncated SVD, the most-popular list and EASE with
+    its lambda chosen on validation) are fitted on the same training ratings; the table's "ndcg@k vs ease" column
+    says by how much each list beats (or trails) that EASE reference.
 
     With --ratings FILE the held-out ratings are the file's (they need not be in the store: last month's ratings
     kept aside, a published test set); pairs whose user or film the model does not know are skipped and counted

@@ -212,8 +212,13 @@ class ModelEvaluation:
         }
 
     def rows(self) -> list[dict[str, object]]:
-        """One flat record per model for tables: the autoencoder first, then the rating and ranking baselines."""
+        """One flat record per model for tables: the autoencoder first, then the rating and ranking baselines.
+
+        ``ndcg@k vs ease`` is each list's NDCG@k against the EASE reference's (lambda chosen on validation), as a
+        signed percentage: by how much the served order wins, at a glance."""
         k = self.k
+        reference = self.ranking_baselines.get(REFERENCE_LIST)
+        reference_ndcg = reference.at[k].ndcg if reference is not None and k in reference.at else math.nan
         entries: list[tuple[str, RatingMetrics | None, RankingMetrics | None, ListQuality | None]] = [
             (f"{self.model} ({self.version})", self.rating, self.ranking, self.lists)]
         entries += [(b.name, b.rating, b.ranking, None) for b in self.baselines.results()]
@@ -223,10 +228,23 @@ class ModelEvaluation:
              f"precision@{k}": ranking.precision if ranking else None,
              f"recall@{k}": ranking.recall if ranking else None,
              f"ndcg@{k}": ranking.ndcg if ranking else None,
+             f"ndcg@{k} vs {REFERENCE_LIST}": gain(ranking.ndcg, reference_ndcg) if ranking else None,
              f"coverage@{self.lists.list_k}": lists.coverage if lists else None,
              "n_test": self.n_test}
             for name, rating, ranking, lists in entries
         ]
+
+
+#: The ranking baseline the others are set against in ``ModelEvaluation.rows``: the strongest closed form kept.
+REFERENCE_LIST = "ease"
+
+
+def gain(value: float, reference: float) -> str | None:
+    """``value`` against ``reference`` as a signed percentage (``+8.1%``); None where either is not a number or
+    the reference is 0 (no list to compare with)."""
+    if not (math.isfinite(value) and math.isfinite(reference)) or reference <= 0:
+        return None
+    return f"{100.0 * (value / reference - 1.0):+.1f}%"
 
 
 def _single(ranking: RankingMetrics | None) -> ListQuality | None:
