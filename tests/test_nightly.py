@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from recae.errors import EXIT_LOCKED
@@ -154,6 +156,17 @@ def test_inherited_partition_keeps_old_sides_and_splits_only_new_ratings() -> No
     assert np.array_equal(stacked.blend[old], blend_old[old]) and np.array_equal(stacked.test, part.test)
     assert not (stacked.blend & (stacked.val | stacked.test)).any()
     assert 0.06 < stacked.blend[~old & ~part.test].mean() < 0.14  # new training ratings follow the 10% rule
+
+
+@given(keys=st.lists(st.integers(-2**40, 2**40), max_size=60), reference=st.lists(st.integers(-2**40, 2**40),
+                                                                                  max_size=60))
+def test_membership_by_binary_search_is_numpys_isin(keys: list[int], reference: list[int]) -> None:
+    """The holdout's membership test (binary search, sorting the reference only when it is not) answers as np.isin
+    for any keys, repeated or unsorted, and an empty reference."""
+    from recae.retrain.holdout import is_member
+
+    as_keys, as_reference = np.array(keys, dtype=np.int64), np.array(reference, dtype=np.int64)
+    assert np.array_equal(is_member(as_keys, as_reference), np.isin(as_keys, as_reference))
 
 
 # --- the job in real processes ----------------------------------------------------------------------------------

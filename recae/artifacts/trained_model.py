@@ -100,6 +100,13 @@ class TrainedModel:
         """The network's output units: users in item orientation, films in user orientation."""
         return self.index.n_users if self.orientation is Orientation.ITEM else self.index.n_movies
 
+    def drop_caches(self) -> None:
+        """Forget what scoring cached here and in the partner (encoded features, oriented inputs: 0.8 GB at ML-32M
+        shape), for a caller done scoring with this model that goes on holding it."""
+        self._cache.clear()
+        if self.partner is not None:
+            self.partner.drop_caches()
+
     def torch_module(self) -> AutoEncoder:
         """The torch network (imports torch): the fitted module, or one rebuilt from the loaded arrays (cached)."""
         if self.module is not None:

@@ -362,6 +362,7 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
     threshold = relevance_threshold(float(matrix.csr.data[~part.test].max()), train_cfg.relevant_from)
     progress(f"scoring the champion on {holdout.nnz} held-out ratings")
     before = champion_figures(champion, holdout, threshold)  # first: nothing else of tonight's is in memory yet
+    champion.drop_caches()  # held on only for its weights: the warm start's copy
     log_peak("champion's scoring")
     train = matrix.subset(~part.test)
     val_part, blend_part = matrix.subset(part.val), matrix.subset(part.blend)
