@@ -34,10 +34,10 @@ LARGE_TRAIN_RATINGS = 5_000_000
 #: there the synthetic carve's validation RMSE moved 0.0001 between epochs 1 and 3)
 LARGE_MEMBER_RATINGS = 150_000_000
 AUTO_MEMBERS, AUTO_EPOCHS, LARGE_MIN_EPOCHS = 4, 300, 5
-DEFAULT_MODEL = "denoising"  # chosen on validation (see the README's performance table)
+DEFAULT_MODEL = "denoising"  # chosen on validation (see the development protocol in tests/benchmarks/README.md)
 FULL_BATCH = ("rprop", "lbfgs")
 #: Pretraining epochs per layer when ``--pretrain`` is asked for without ``pretrain_epochs``: the setting of every
-#: measured deep-AE figure in the README's RBM section (not tuned further).
+#: measured deep-AE figure in the RBM section of tests/benchmarks/README.md (not tuned further).
 DEFAULT_PRETRAIN_EPOCHS = 10
 
 
@@ -241,7 +241,7 @@ def _is_setting_of(value: Any, wanted: tuple[type, str]) -> bool:
 
 
 def default_configs(model: str = DEFAULT_MODEL, **model_overrides: Any) -> tuple[ModelConfig, TrainConfig]:
-    """The shipped defaults (chosen on validation; see the README's performance table)."""
+    """The shipped defaults (chosen on validation carves: tests/benchmarks/README.md, development protocol)."""
     # the model registry imports torch: only training resolves configs, reading one from meta.json does not
     from recae.models.build import model_config
 
