@@ -4,7 +4,7 @@ MovieLens data when it is present.
 A module or test marked ``@pytest.mark.backends("sqlite", "postgresql")`` runs once per backend through the
 ``store_url`` / ``engine`` fixtures; unmarked tests use SQLite. ``RECAE_TEST_BACKENDS=postgresql`` runs the
 unmarked tests on PostgreSQL instead (a way to look for dialect problems anywhere). The PostgreSQL server is a
-throwaway cluster started once per session (tests/pg_server.py) with a fresh database per test; without one
+throwaway cluster started once per session (tests/support/pg_server.py) with a fresh database per test; without one
 the PostgreSQL cases skip saying why, or fail when ``RECAE_REQUIRE_POSTGRES`` or ``CI`` is set.
 """
 
@@ -64,7 +64,7 @@ def backend() -> str:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[object]:
     """One throwaway PostgreSQL cluster for the session; skip (or fail under CI) when none can start."""
-    from tests.pg_server import ServerUnavailable, postgres_required, start_server
+    from tests.support.pg_server import ServerUnavailable, postgres_required, start_server
 
     try:
         server = start_server()

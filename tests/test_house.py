@@ -1,4 +1,5 @@
-"""The house plan holds: rooms import only rooms below them, no import loop, no oversized module, no shim packages.
+"""The house plan holds: rooms import only rooms below them, no import loop, no oversized module, no shim packages,
+and the tests live in the rooms they test.
 
 Why: a loop means two modules cannot be read (or changed) apart, an arrow up means a room cannot be understood
 without the rooms built on it, and a module past a few hundred lines usually holds two jobs. The import graph
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "recae"
+TESTS = Path(__file__).resolve().parent
 MAX_LINES = 500
 
 #: The map of the house, bottom floor first: a room may import its own modules and the rooms below it, never one
@@ -174,3 +176,52 @@ def test_package_inits_only_hand_names_on() -> None:
             continue  # recae/__init__.py: the lazy public names; cli/__init__.py: the click group
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             assert isinstance(node, (ast.Expr, ast.Import, ast.ImportFrom)), f"{path}: code at line {node.lineno}"
+
+
+#: Folders of tests/ that are not rooms and hold no test module: shared helpers and worker scripts (``support``),
+#: and the benchmark scripts, which pytest never collects (``benchmarks``).
+TEST_FOLDERS_NOT_ROOMS = ("support", "benchmarks")
+
+
+def misplaced_test_modules(tests: Path) -> list[str]:
+    """Test modules outside ``tests/<room>/`` (this map aside), room folders that are not packages, and folders
+    that are neither a room nor one of TEST_FOLDERS_NOT_ROOMS.
+
+    Why: a test is found where its code lives (tests/store/ for recae/store/), and a folder without __init__.py
+    would make pytest import its modules by bare name, where two rooms' test_x.py would collide.
+    """
+    rooms = {room for room, _ in FLOORS}
+    wrong = [f"{folder.name}/ (neither a room nor one of {TEST_FOLDERS_NOT_ROOMS})"
+             for folder in sorted(tests.iterdir()) if folder.is_dir() and not folder.name.startswith((".", "_"))
+             and folder.name not in rooms and folder.name not in TEST_FOLDERS_NOT_ROOMS]
+    for path in sorted(tests.rglob("test_*.py")):
+        where = path.relative_to(tests)
+        if where == Path(Path(__file__).name):
+            continue  # the map of the house covers every room, so it sits above them
+        if len(where.parts) != 2 or where.parts[0] not in rooms:
+            wrong.append(f"{where} (not in a folder named after a room)")
+        elif not (path.parent / "__init__.py").is_file():
+            wrong.append(f"{where} (tests/{where.parts[0]}/ has no __init__.py)")
+    return wrong
+
+
+def test_a_planted_loose_or_misfiled_test_module_is_found(tmp_path: Path) -> None:
+    for name in ("test_house.py", "test_loose.py", "store/__init__.py", "store/test_db.py", "misc/__init__.py",
+                 "misc/test_x.py", "store/deep/test_y.py", "support/test_z.py", "support/helper.py",
+                 "models/test_no_init.py", "__pycache__/x.pyc"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("", encoding="utf-8")
+    assert misplaced_test_modules(tmp_path) == [
+        "misc/ (neither a room nor one of ('support', 'benchmarks'))",
+        "misc/test_x.py (not in a folder named after a room)",
+        "models/test_no_init.py (tests/models/ has no __init__.py)",
+        "store/deep/test_y.py (not in a folder named after a room)",
+        "support/test_z.py (not in a folder named after a room)",
+        "test_loose.py (not in a folder named after a room)",
+    ]
+
+
+def test_every_test_module_lives_in_its_rooms_folder() -> None:
+    """tests/ mirrors the package: tests/<room>/test_*.py, with room one of FLOORS; helpers in tests/support/."""
+    wrong = misplaced_test_modules(TESTS)
+    assert not wrong, "test modules outside tests/<room>/:\n" + "\n".join(wrong)

@@ -4,7 +4,7 @@ A published model file holds the torch modules' state dicts (``model/`` and ``pa
 :func:`network_from_arrays` reads the same tensor names into a numpy twin of the module that wrote them, and every
 twin answers the :class:`Network` contract that ``recae.artifacts.trained_model.TrainedModel`` scores with. The
 torch modules answer it too, through ``recae.artifacts.torch_network.TorchNetwork``, so training and serving share
-one scorer, and ``tests/test_inference.py`` checks that both forms agree to 1e-5.
+one scorer, and ``tests/artifacts/test_inference.py`` checks that both forms agree to 1e-5.
 
 - :class:`AutoEncoderNet` (stacked, sparse, denoising, contractive: they differ only in training)::
 

@@ -42,10 +42,10 @@ AUTO_MEMBERS, AUTO_EPOCHS, LARGE_MIN_EPOCHS = 4, 300, 5
 #: RMSE lost at patience 10), so small data keeps 20. Above LARGE_TRAIN_RATINGS the run is sized for time (epochs
 #: capped near 6) and keeps 20.
 AUTO_PATIENCE, SHORT_PATIENCE, SHORT_PATIENCE_FROM = 20, 10, 500_000
-DEFAULT_MODEL = "denoising"  # chosen on validation (see the README's performance table)
+DEFAULT_MODEL = "denoising"  # chosen on validation (see the development protocol in tests/benchmarks/README.md)
 FULL_BATCH = ("rprop", "lbfgs")
 #: Pretraining epochs per layer when ``--pretrain`` is asked for without ``pretrain_epochs``: the setting of every
-#: measured deep-AE figure in the README's RBM section (not tuned further).
+#: measured deep-AE figure in the RBM section of tests/benchmarks/README.md (not tuned further).
 DEFAULT_PRETRAIN_EPOCHS = 10
 
 
@@ -268,7 +268,7 @@ def _is_setting_of(value: Any, wanted: tuple[type, str]) -> bool:
 
 
 def default_configs(model: str = DEFAULT_MODEL, **model_overrides: Any) -> tuple[ModelConfig, TrainConfig]:
-    """The shipped defaults (chosen on validation; see the README's performance table)."""
+    """The shipped defaults (chosen on validation carves: tests/benchmarks/README.md, development protocol)."""
     # the model registry imports torch: only training resolves configs, reading one from meta.json does not
     from recae.models.build import model_config
 

@@ -69,7 +69,7 @@ def echo_info(text: str) -> None:
 
 
 #: Every top-level command: the modules that define it (importing them registers it on ``cli``) and its short help,
-#: so that ``recae --help`` lists the commands without importing them. tests/test_cli_lazy.py checks this table
+#: so that ``recae --help`` lists the commands without importing them. tests/cli/test_cli_lazy.py checks this table
 #: against what the modules register. ``models history`` lives in retrain.py, so ``models`` needs both.
 COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "anomalies": (("recae.cli.insight",), "Users whose ratings the model rebuilds worst: candidate bots, shilling "

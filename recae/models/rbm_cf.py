@@ -64,8 +64,9 @@ def rating_levels(values: np.ndarray) -> tuple[float, ...]:
 class RatingRBM(nn.Module):
     """Softmax-visible RBM over observed ratings, with shared weights across vectors (I-RBM or U-RBM)."""
 
-    #: chosen on ml-1m's validation carve (README, RBM section): F = 250 learned faster per epoch than F = 100 and
-    #: decay 0.003 sat between 0.001 (overfits after ~10 epochs) and 0.01 (slower, 0.897 at epoch 15, F = 100);
+    #: chosen on ml-1m's validation carve (RBMs in tests/benchmarks/README.md): F = 250 learned faster per epoch
+    #: than F = 100 and decay 0.003 sat between 0.001 (overfits after ~10 epochs) and 0.01 (slower, 0.897 at epoch
+    #: 15, F = 100);
     #: conditional won on the validation carves of ml-100k u1 (0.903 vs 0.912) and ml-1m (0.866 vs 0.868, 27k batches)
     defaults: ClassVar[dict[str, Any]] = {"hidden": (250,), "cd_lr": 0.1, "cd_momentum": 0.9,
                                           "cd_weight_decay": 0.003, "cd_steps": 1, "conditional": True}

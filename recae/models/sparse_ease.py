@@ -17,7 +17,8 @@ A user's scores are ``x_h B_hh`` on the head and ``x_h B_ht`` on the tail, ``x_h
 (r / r_max or 1, as EASE reads them): tail films are predicted but do not predict (their few ratings carry little).
 When the head holds every rated film this *is* dense EASE, which is what ``ranker = "auto"`` serves on catalogues
 that small. Choosing the tail's columns from the head only, rather than from every film, lost nothing measurable on
-the validation carves of ml-latest-small and ml-1m (README, Ranking) and keeps the fit to three passes over X.
+the validation carves of ml-latest-small and ml-1m (tests/benchmarks/README.md, Ranking) and keeps the fit to
+three passes over X.
 
 Cost: X_h^T X_h and X_h^T X_t are sparse products, O(sum over users of n_rated^2), summed into one dense (H, H)
 matrix and (H, block) blocks; the head's inverse is O(H^3) in place (LAPACK), the tail O(T k^3) in batched solves;

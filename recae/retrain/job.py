@@ -27,7 +27,7 @@ the champion always stays loadable.
 
 ``run_retrain(..., on_stage=...)`` is told when a run reaches ``train`` (after its first training epoch) and
 ``publish`` (inside the publish transaction, after the first batch of recommendations): tests pause there to
-SIGKILL the run at that exact point (tests/retrain_worker.py).
+SIGKILL the run at that exact point (tests/support/retrain_worker.py).
 """
 
 from __future__ import annotations

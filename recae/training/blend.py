@@ -1,10 +1,10 @@
 """Blending an item-based and a user-based autoencoder: ``rhat = w * rhat_main + (1 - w) * rhat_partner``.
 
-The two orientations make different mistakes (an item AE reads a movie's column of ratings, a user AE a user's
-row), so their mix beats either (the README's validation table). The weight is fitted on a carve of the training
-ratings that neither the shipped ensemble nor its partner trained or stopped on, by least squares, which for one
-weight is closed form: ``w = <a - b, y - b> / ||a - b||^2``, clipped to [0, 1]. The validation RMSE reported
-beside it is cross-fitted: each half of the carve is scored with the weight fitted on the other half.
+The two orientations make different mistakes (an item AE reads a movie's column of ratings, a user AE a user's row), so
+their mix beats either (tests/benchmarks/README.md, "The defaults re-derived"). The weight is fitted on a carve of the
+training ratings that neither the shipped ensemble nor its partner trained or stopped on, by least squares, which for
+one weight is closed form: ``w = <a - b, y - b> / ||a - b||^2``, clipped to [0, 1]. The validation RMSE reported beside
+it is cross-fitted: each half of the carve is scored with the weight fitted on the other half.
 
 With ``blend_svd`` a Soft-Impute SVD joins them: the three are stacked by free weights and an intercept
 (:func:`stacking_weights`, :func:`fit_mix`); the two-model functions above are unchanged and still give the pair's

@@ -43,10 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Batch budget when ``batch_ratings`` is 0 (auto): the ratings of about AUTO_BATCH_VECTORS average vectors, but at
-#: least AUTO_BATCHES_PER_EPOCH batches an epoch, within AUTO_BATCH_BOUNDS. Chosen on validation carves (README, RBM
-#: section): ml-1m's I-RBM at 8192 / 27k / 54k / 108k / 216k ratings a batch (116 / 34 / 17 / 8 / 4 batches an
-#: epoch; 108k ~ 440 films) reached 0.875 / 0.866 / 0.860 / 0.857 / 0.867 (still falling slowly at epoch 26); its
-#: U-RBM at 8192 / 16k / 54k (~360 users) / 107k (~720 users) 0.887 / 0.884 / 0.877 / 0.893 (epoch 50, slow);
+#: least AUTO_BATCHES_PER_EPOCH batches an epoch, within AUTO_BATCH_BOUNDS. Chosen on validation carves (RBM section of
+#: tests/benchmarks/README.md): ml-1m's I-RBM at 8192 / 27k / 54k / 108k / 216k ratings a batch (116 / 34 / 17 / 8 / 4
+#: batches an epoch; 108k ~ 440 films) reached 0.875 / 0.866 / 0.860 / 0.857 / 0.867 (still falling slowly at epoch 26);
+#: its U-RBM at 8192 / 16k / 54k (~360 users) / 107k (~720 users) 0.887 / 0.884 / 0.877 / 0.893 (epoch 50, slow);
 #: ml-100k u1 was flat from 10 to 5 batches an epoch and, at 4 or fewer, stopped early before it had learned.
 AUTO_BATCH_VECTORS = 400
 AUTO_BATCHES_PER_EPOCH = 8

@@ -144,7 +144,8 @@ def fit_cross_carved(
     """Like :func:`fit` on ``train``, but ensemble member m carves its own validation (seed + m) from it.
 
     Each member still stops early on ratings it never trained on, yet together the members read every training
-    rating (the README's development protocol compares it with members sharing one carve, on a development carve).
+    rating (the development protocol in tests/benchmarks/README.md compares it with members sharing one carve,
+    on a development carve).
     The reported validation RMSE is then the mean of the members' own best figures.
     """
     return _run(cross_carves(train, train_cfg), False, model_cfg, train_cfg, run_dir=run_dir, resume=resume,

@@ -4,7 +4,7 @@ The training part of a split (ml-100k u1.base, or the ml-1m random 90/10 trainin
 of it (seed 99, never a test rating) is the development set, the rest trains. Each variant (settings of
 ``[model]``/``[train]`` as key=value pairs) is trained with the product's own path (``train_split``) for each
 initialisation seed, and its RMSE and NDCG@10 on the development carve are printed as mean +- sd. The split's
-test part is never read. This is how the README's "Development protocol" table was made.
+test part is never read. This is how the "Development protocol" table of tests/benchmarks/README.md was made.
 
     python tests/benchmarks/bench_defaults.py --split u1 --variant "" --variant "blend_fraction=0.01"
     python tests/benchmarks/bench_defaults.py --split u1 --variant "partner_members=0" --variant "hidden=[500]"

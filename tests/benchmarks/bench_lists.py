@@ -14,7 +14,7 @@ ranker's score and rank, the rating model's predicted rating and popularity (``l
 file), fitted on the training run's blend carve (the ratings no autoencoder, partner or SVD part was fitted on),
 with the ceiling a perfect like-model would reach. ``--test`` trains the shipped defaults on the whole training
 part and scores today's order, the re-ranker and ``--test-closed`` closed forms once on the test fold.
-Findings and figures: README "Development", lists (2026-12-06).
+Findings and figures: tests/benchmarks/README.md, "Lists against EASE" (2026-12-06).
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ For each split (ml-100k's canonical u1..u5 folds, ml-1m random 90/10 with split 
 validation carves stay fixed (``seed = 0``) while ``init_seed`` runs over 0..N-1, so the spread is the
 initialisation's alone. The baselines (global mean, user+item biases, truncated SVD, most popular, EASE) are fitted
 on exactly the same training part and scored on the same test part; they are deterministic, so they have no
-spread. Nothing here chooses anything: every setting was chosen on validation carves before the run (README,
-"Development protocol"), and each test part is scored once per trained model.
+spread. Nothing here chooses anything: every setting was chosen on validation carves before the run
+(tests/benchmarks/README.md, "Development protocol"), and each test part is scored once per trained model.
 
 Results are appended to ``--out`` (JSON lines) as they come, so an interrupted run resumes where it stopped; the
-summary table (the README's accuracy table) is printed from that file.
+summary table ("Accuracy over seeds" in tests/benchmarks/README.md) is printed from that file.
 
     python tests/benchmarks/bench_seeds.py                                   # everything (about an hour)
     python tests/benchmarks/bench_seeds.py --splits u1,u2,u3,u4,u5 --out /tmp/seeds-100k.jsonl

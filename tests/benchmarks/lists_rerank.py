@@ -1,6 +1,6 @@
 """Watch x like, shelved research code of bench_lists.py (not part of recae: it did not win on the validation
-carves; README "Development", 2026-12-06): the ranker's top-N candidates re-ordered by a small model over the
-ranker and the rating model.
+carves; tests/benchmarks/README.md, "Lists against EASE", 2026-12-06): the ranker's top-N candidates
+re-ordered by a small model over the ranker and the rating model.
 
 A relevant film is one the user both watches *and* rates highly. The ranker (EASE) learns the first, the rating
 model (autoencoders + SVD) the second. The order takes the ranker's ``depth`` best unseen films per user and
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from recae.store.matrix import RatingMatrix
 
 RERANK_FEATURES: tuple[str, ...] = ("share", "log_rank", "rating", "rating_rank", "popularity")
-#: Candidates per user re-ordered (chosen on the validation carves of u1.base and ml-1m; README "Development").
+#: Candidates per user re-ordered (chosen on the validation carves of u1.base and ml-1m; benchmarks README).
 DEFAULT_DEPTH = 100
 
 
