@@ -130,15 +130,14 @@ class BestKeeper:
 @contextmanager
 def best_keeper(module: torch.nn.Module, run_dir: Path | None, rank: int = 0) -> Iterator[BestKeeper]:
     """The keeper for ``module``: in memory when its state is small, else a file in ``run_dir`` (a temporary
-    folder without one, removed on exit). Ranks of a distributed run keep files of their own."""
+    folder, removed on exit, without one and on torchrun's other ranks)."""
     if not best_on_disk(state_bytes(module)):
         yield BestKeeper(module, None)
         return
-    name = "best.safetensors" if rank == 0 else f"best-rank{rank}.safetensors"
-    if run_dir is not None:
+    if run_dir is not None and rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        yield BestKeeper(module, run_dir, name)
+        yield BestKeeper(module, run_dir)
         return
-    with tempfile.TemporaryDirectory(prefix="recae-best-") as folder:
-        yield BestKeeper(module, Path(folder), name)
+    with tempfile.TemporaryDirectory(prefix="recae-best-") as folder:  # other ranks: rank 0 owns the run folder
+        yield BestKeeper(module, Path(folder))
 

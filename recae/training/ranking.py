@@ -103,7 +103,11 @@ def run_ranker(train: RatingMatrix, cfg: TrainConfig, run_dir: Path | None, resu
         return None
     from safetensors import SafetensorError
 
-    path = run_dir / RANKER_FILE if run_dir is not None else None
+    # torchrun's other ranks keep theirs in memory: rank 0 removes the run folder once it has published, maybe
+    # before a slower rank reads its ranker back
+    from recae.training.distributed import is_secondary_rank
+
+    path = run_dir / RANKER_FILE if run_dir is not None and not is_secondary_rank() else None
     identity = _identity(train, cfg)
     if path is not None and resume and path.exists():
         try:
