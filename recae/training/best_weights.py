@@ -89,14 +89,10 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
 class BestKeeper:
     """The snapshot and restore the training loop calls for one network (see the module docstring)."""
 
-    def __init__(self, module: torch.nn.Module, folder: Path | None, name: str = "best.safetensors") -> None:
+    def __init__(self, module: torch.nn.Module, folder: Path | None) -> None:
         self.module = module
-        self.path = folder / name if folder is not None else None
+        self.path = folder / "best.safetensors" if folder is not None else None  # None: kept in memory
         self.kept: Weights = {}
-
-    @property
-    def on_disk(self) -> bool:
-        return self.path is not None
 
     def snapshot(self) -> Snapshot:
         """Keep the module's current weights as the best."""

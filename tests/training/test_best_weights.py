@@ -36,6 +36,12 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def assert_same_weights(expected: torch.nn.Module, got: torch.nn.Module) -> None:
+    """Exact: the same arithmetic on the same machine, only the best copy's home differs."""
+    for name, tensor in weights(expected).items():
+        assert torch.equal(tensor, weights(got)[name]), name
+
+
 def test_a_best_kept_in_a_file_restores_the_same_weights_as_one_in_memory(
     small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
@@ -47,11 +53,9 @@ def test_a_best_kept_in_a_file_restores_the_same_weights_as_one_in_memory(
     on_disk = fit(fit_part, val_part, config, SETTINGS, run_dir=tmp_path)
     assert (tmp_path / "best.safetensors").is_file()
     assert on_disk.best_epoch == in_memory.best_epoch
-    for name, tensor in weights(in_memory.module).items():
-        assert torch.equal(tensor, weights(on_disk.module)[name]), name
+    assert_same_weights(in_memory.module, on_disk.module)
     without_folder = fit(fit_part, val_part, config, SETTINGS)  # a temporary folder, removed afterwards
-    for name, tensor in weights(in_memory.module).items():
-        assert torch.equal(tensor, weights(without_folder.module)[name]), name
+    assert_same_weights(in_memory.module, without_folder.module)
 
 
 @pytest.mark.faults
@@ -71,8 +75,7 @@ def test_a_run_with_its_best_in_a_file_resumes_to_the_same_weights(
     assert [p.name for p in run_dir.glob(f"{BEST_LINK_PREFIX}*")] == [best.path.name]  # older links removed
     resumed = fit(fit_part, val_part, config, SETTINGS, run_dir=run_dir, resume=True)
     assert resumed.best_epoch == straight.best_epoch and resumed.epochs_run == straight.epochs_run
-    for name, tensor in weights(straight.module).items():
-        assert torch.equal(tensor, weights(resumed.module)[name]), name
+    assert_same_weights(straight.module, resumed.module)
 
 
 def test_a_later_best_never_changes_the_file_a_checkpoint_names(tmp_path: Path) -> None:
