@@ -47,17 +47,21 @@ if TYPE_CHECKING:
     import torch
 
     from recae.models.autoencoders import AutoEncoder
+    from recae.models.side_part import SidePart
     from recae.models.svd_part import SvdPart
 
 FORMAT_VERSION = 1
 #: The SvdPart arrays stored under ``svd/`` (float64), beside its scalars and mix weights in meta.json's ``svd``.
 SVD_ARRAYS = ("user_bias", "item_bias", "user_factors", "item_factors")
+#: The SidePart arrays stored under ``side/``, beside its scalars and group names in meta.json's ``side``.
+SIDE_ARRAYS = {"item_bias": np.float64, "user_affinity": np.float64, "groups": np.float32}
 #: The dtype of every tensor save_model writes outside the modules (whose own dtypes the modules give).
 STORED_DTYPES = {"inputs/indptr": np.int64, "inputs/indices": np.int32, "inputs/data": np.float32,
                  "ranker/items": np.int64, "ranker/weights": np.float32,
                  "ranker/head": np.int64, "ranker/tail": np.int64, "ranker/tail_indptr": np.int64,
                  "ranker/tail_indices": np.int32, "ranker/tail_data": np.float32,
-                 **{f"svd/{name}": np.float64 for name in SVD_ARRAYS}}
+                 **{f"svd/{name}": np.float64 for name in SVD_ARRAYS},
+                 **{f"side/{name}": dtype for name, dtype in SIDE_ARRAYS.items()}}
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 T = TypeVar("T")
@@ -170,6 +174,9 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
     if trained.svd is not None:
         tensors.update({f"svd/{name}": torch.from_numpy(np.ascontiguousarray(getattr(trained.svd, name), np.float64))
                         for name in SVD_ARRAYS})
+    if trained.side is not None:
+        tensors.update({f"side/{name}": torch.from_numpy(np.ascontiguousarray(getattr(trained.side, name), dtype))
+                        for name, dtype in SIDE_ARRAYS.items()})
     if trained.ranker is not None:
         tensors.update(_ranker_tensors(trained.ranker))
     # views of the model's own arrays where the dtype already fits (save_file only reads them)
@@ -195,6 +202,9 @@ def save_model(trained: TrainedModel, folder: Path, *, version: str, data_finger
         **({} if trained.svd is None else {"svd": {
             "weights": list(trained.mix_weights), "mu": trained.svd.mu, "scale": list(trained.svd.scale),
             "ridge": trained.svd.ridge, "bias_ridge": trained.svd.bias_ridge}}),
+        **({} if trained.side is None else {"side": {
+            "mu": trained.side.mu, "bias_ridge": trained.side.bias_ridge, "shrink": trained.side.shrink,
+            "groups": list(trained.side.names)}}),
         "tune": trained.tune_search or None,
         "versions": software_versions(),
         "created_at": (created_at or utcnow()).isoformat(),
@@ -245,7 +255,8 @@ def load_model(path: str | Path) -> TrainedModel:
         blend_weight = float(partner_meta["blend_weight"]) if partner_meta else 1.0
         svd_meta = meta.get("svd")
         mix_weights = tuple(float(w) for w in svd_meta["weights"]) if svd_meta else ()
-        components = 3 if partner_cfg is not None else 2
+        side_meta = meta.get("side") if svd_meta else None
+        components = 2 + (partner_cfg is not None) + (side_meta is not None)
         if svd_meta and len(mix_weights) != components + 1:
             raise ValueError(f"svd weights {list(mix_weights)} are not {components} weights and an intercept")
         ranker_meta = meta.get("ranker")
@@ -271,6 +282,7 @@ def load_model(path: str | Path) -> TrainedModel:
         partner_network = _network_from(tensors, "partner/", partner_cfg, index) if partner_cfg else None
         ranker = _ranker_from(tensors, ranker_meta, index) if ranker_meta is not None else None
         svd = _svd_from(tensors, svd_meta, index) if svd_meta else None
+        side = _side_from(tensors, side_meta, index) if side_meta else None
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError, RecaeError) as err:  # messages may span lines
         raise CorruptArtifactError(f"model artifact {folder}: weights do not match meta.json "
                                    f"({' '.join(str(err).split())})") from err
@@ -289,7 +301,7 @@ def load_model(path: str | Path) -> TrainedModel:
     return TrainedModel(module=None, network=network, model_config=model_cfg, inputs=inputs, rating_scale=scale,
                         train_config=train_cfg, split_spec=meta.get("split"), metrics=dict(meta.get("metrics") or {}),
                         history=list(meta.get("history") or []), partner=partner, blend_weight=blend_weight,
-                        svd=svd, mix_weights=mix_weights,
+                        svd=svd, side=side, mix_weights=mix_weights,
                         ranker=ranker, ranker_search=dict((ranker_meta or {}).get("search") or {}),
                         tune_search=dict(meta.get("tune") or {}))
 
@@ -356,6 +368,19 @@ def _svd_from(tensors: dict[str, np.ndarray], meta: dict[str, Any], index: IdInd
     if svd.shape != (index.n_users, index.n_movies):
         raise ValueError("stored SVD part does not fit the IdIndex")
     return svd
+
+
+def _side_from(tensors: dict[str, np.ndarray], meta: dict[str, Any], index: IdIndex) -> SidePart:
+    """The side part stored under ``side/``; ValueError when it does not fit the IdIndex."""
+    from recae.models.side_part import SidePart
+
+    side = SidePart(mu=float(meta["mu"]), bias_ridge=float(meta["bias_ridge"]), shrink=float(meta["shrink"]),
+                    names=tuple(str(name) for name in meta["groups"]),
+                    **{name: tensors[f"side/{name}"].astype(dtype) for name, dtype in SIDE_ARRAYS.items()})
+    side.check()
+    if side.shape != (index.n_users, index.n_movies):
+        raise ValueError("stored side part does not fit the IdIndex")
+    return side
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

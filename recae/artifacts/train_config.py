@@ -83,6 +83,10 @@ class TrainConfig:
     # stacked with the main ensemble (and partner) by weights and an intercept fitted on the blend carve; on by default
     # since it won on the development carves of u1.base (0.8968 against 0.8984) and ml-1m (0.8279 against 0.8308)
     blend_svd: bool = True
+    # with blend_svd, one more stacked column: each user's affinity for the films' genres and release eras
+    # (recae.models.side_part), where the catalogue has them; on since it won on the development carves of u1.base
+    # and ml-1m (tests/benchmarks/README.md, "Side information")
+    blend_side: bool = True
     # the top-N model that orders recommendations: "ease" (dense, recae.models.rankers), "sparse-ease" (every film at
     # any catalogue size, recae.models.sparse_ease), "auto" (dense EASE while the rated films fit ranker_head_items,
     # sparse above), or "none" to order by predicted rating

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from recae.artifacts.inference import Network
     from recae.artifacts.train_config import TrainConfig
     from recae.models.autoencoders import AutoEncoder
+    from recae.models.side_part import SidePart
     from recae.models.svd_part import SvdPart
 
 _SCORE_CHUNK = 2048  # vectors encoded at once when predicting (bounds memory) ...
@@ -62,6 +63,9 @@ class TrainedModel:
     # w_2 * svd's + c)`` with ``mix_weights = (w_0, w_1, w_2, c)`` fitted on the blend carve (without a partner
     # ``clip(w_0 * ours + w_1 * svd's + c)``, three numbers); None: the blend above
     svd: SvdPart | None = None
+    # the films' genres and eras (TrainConfig.blend_side, with an SVD part only): one more stacked column after the
+    # SVD's, a correction around 0 (``mix_weights`` then has one weight more)
+    side: SidePart | None = None
     mix_weights: tuple[float, ...] = ()
     # the top-N model that orders recommendations (recae.models.rankers); None: order by predicted rating
     ranker: Ranker | None = None
@@ -161,12 +165,12 @@ class TrainedModel:
     def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Clipped predicted ratings at (user row, movie col) pairs: (n,) float32 (blended with the partner's)."""
         return self.blended(self._predict_own(rows, cols), lambda partner: partner.predict(rows, cols),
-                             lambda svd: svd.predict(rows, cols))
+                             lambda part: part.predict(rows, cols))
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
         """Clipped predicted ratings of every movie for users ``rows``: (len(rows), n_movies) float32."""
         return self.blended(self._score_rows_own(rows), lambda partner: partner.score_rows(rows),
-                             lambda svd: svd.score_rows(rows))
+                             lambda part: part.score_rows(rows))
 
     def rank_rows(self, rows: np.ndarray) -> np.ndarray:
         """Ranking scores of every movie for users ``rows`` (higher first): (len(rows), n_movies) float32.
@@ -178,13 +182,14 @@ class TrainedModel:
         return self.ranker.score_rows(self.inputs.csr[np.asarray(rows, dtype=np.int64)])
 
     def blended(self, ours: np.ndarray, theirs: Callable[[TrainedModel], np.ndarray],
-                svd_scores: Callable[[SvdPart], np.ndarray]) -> np.ndarray:
-        """``ours`` mixed with the partner's and the SVD part's predictions as the model was fitted: the stacked
-        weights when it has an SVD part, else the pair's blend weight, else ``ours`` alone. Scoring and fold-in
-        both mix here, each handing in how its parts predict."""
+                part_scores: Callable[[SvdPart | SidePart], np.ndarray]) -> np.ndarray:
+        """``ours`` mixed with the partner's and the stacked parts' (SVD, side) predictions as the model was fitted:
+        the stacked weights when it has an SVD part, else the pair's blend weight, else ``ours`` alone. Scoring and
+        fold-in both mix here, each handing in how its parts predict (the parts share one interface)."""
         if self.svd is not None:
             partner = [] if self.partner is None else [theirs(self.partner)]
-            return mix([ours, *partner, svd_scores(self.svd)], np.asarray(self.mix_weights), self.rating_scale)
+            stacked = [part_scores(part) for part in (self.svd, self.side) if part is not None]
+            return mix([ours, *partner, *stacked], np.asarray(self.mix_weights), self.rating_scale)
         if self.partner is None or self.blend_weight >= 1.0:
             return ours
         return blend(ours, theirs(self.partner), self.blend_weight)

@@ -256,8 +256,8 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     }
     if result.trained.svd is not None:  # blend_svd: the mix's weights, intercept, the SVD's own blend-carve RMSE
         summary.update({key: metrics[key] for key in (
-            "blend_weight_main", "blend_weight_partner", "blend_weight_svd", "blend_intercept", "svd_val_rmse")
-            if key in metrics})  # no partner weight when partner_members = 0
+            "blend_weight_main", "blend_weight_partner", "blend_weight_svd", "blend_weight_side", "blend_intercept",
+            "svd_val_rmse") if key in metrics})  # no partner weight when partner_members = 0, no side without genres
     if result.trained.tune_search:
         summary["tuned"] = tune_summary(result.trained.tune_search)
     echo_data(render(summary, fmt) if fmt == "json" else render(

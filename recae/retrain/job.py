@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recae.errors import ModelNotFoundError, RecaeError, TrainingError
+from recae.models.side_part import groups_from_store
 from recae.retrain.holdout import (
     HoldoutRecord,
     blend_keys,
@@ -306,7 +307,8 @@ def _first_champion(engine: Engine, models_dir: Path, options: RetrainOptions, m
     spec = SplitSpec("random", DEFAULT_TEST_FRACTION, train_cfg.seed)
     split = make_split(matrix, spec)
     progress(f"no champion yet: training {model_cfg.name} ({model_cfg.orientation}) on {split.train.nnz} ratings")
-    result = train_split(split, model_cfg, train_cfg, on_epoch=_after_first_epoch(stage))
+    result = train_split(split, model_cfg, train_cfg, on_epoch=_after_first_epoch(stage),
+                         groups=groups_from_store(engine, matrix.index))
     state.metrics = {k: v for k, v in result.metrics.items()}
     state.metrics["challenger_rmse"] = result.metrics.get("test_rmse")
     record = HoldoutRecord(test=matrix_keys(split.test), val=validation_keys(split.train, train_cfg),
@@ -409,7 +411,8 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
                       "seconds": round(sum(t["seconds"] for t in tuned), 3)}
         if carved:  # the blend refitted where fine-tuning stopped, as training fits it; the champion's kept else
             progress(f"refitting the blend on {blend_part.nnz} blend-carve ratings")
-            trained, blended = fit_blend_parts(trained, fit_part, blend_part, replace(train_cfg, blend_svd=stacked))
+            trained, blended = fit_blend_parts(trained, fit_part, blend_part, replace(train_cfg, blend_svd=stacked),
+                                               groups=groups_from_store(engine, matrix.index))
             fitted = {**fitted, "tuned_val_rmse": fitted["val_rmse"], **blended}
             log_peak("blend")
         if train_cfg.ranker != "none":  # EASE has a closed form: refitted on the grown data, not fine-tuned
@@ -432,7 +435,8 @@ def _challenge(engine: Engine, models_dir: Path, options: RetrainOptions, matrix
             model_cfg = replace(model_cfg, hidden=tuple(h // train_cfg.ensemble for h in model_cfg.hidden))
         progress(f"training {model_cfg.name} from scratch on {train.nnz} ratings")
         split = Split(spec=SplitSpec.from_json(challenger_spec), train=train, test=holdout)
-        result = train_split(split, model_cfg, train_cfg, on_epoch=_after_first_epoch(stage))
+        result = train_split(split, model_cfg, train_cfg, on_epoch=_after_first_epoch(stage),
+                             groups=groups_from_store(engine, matrix.index))
         metrics = {**result.metrics, "warm_start": False}
         trained = with_metrics(replace(result.trained, split_spec=challenger_spec, _cache=result.trained._cache),
                                metrics)

@@ -13,8 +13,10 @@
 - **a blended model** (an item AE with a user-AE partner): each folds the user in its own way; the scores are
   mixed with the model's blend weight.
 - **a Soft-Impute SVD part** (``blend_svd``): the user's bias and factor by ridge regression on the item factors
-  of the films they rated, prior zero, closed form (recae.models.svd_part); mixed in with the model's three weights
-  and intercept.
+  of the films they rated, prior zero, closed form (recae.models.svd_part); mixed in with the model's stacked
+  weights and intercept.
+- **a side part** (``blend_side``): the user's bias, then their shrunk mean residual per genre and era of the films
+  they rated (recae.models.side_part), as in training.
 - **the ranker** (EASE) needs no fitting: a user's ranking scores are ``x B`` for their rating vector ``x``, so a
   new user's list is ordered exactly as a known user's would be with the same ratings (:func:`fold_in`).
 
@@ -67,7 +69,7 @@ def fold_in_scores(
             scores = _fit_output_unit(part, cols, values, user_row, ridge, bias_ridge)
         return np.clip(scores, *part.rating_scale).astype(np.float32)
 
-    return trained.blended(scores_of(trained), scores_of, lambda svd: svd.fold_in(cols, values))
+    return trained.blended(scores_of(trained), scores_of, lambda part: part.fold_in(cols, values))
 
 
 def fold_in(

@@ -23,6 +23,7 @@ from recae.errors import STORE_BUSY, StoreBusyError
 from recae.evaluation.splits import Split, SplitSpec, split_from_store
 from recae.locks import job_lock
 from recae.models.autoencoders import ModelConfig
+from recae.models.side_part import groups_from_store
 from recae.serving.recommend import precompute_recommendations
 from recae.serving.registry import VersionInfo, publish, remove_orphans
 from recae.store.db import is_lock_timeout
@@ -104,7 +105,7 @@ def train_and_publish(
                 shutil.rmtree(run_dir)
             final_started = time.perf_counter()
             result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
-                                 on_progress=on_progress)
+                                 on_progress=on_progress, groups=groups_from_store(engine, matrix.index))
             if tuned is not None:
                 record = {**tuned.record, "final_seconds": round(time.perf_counter() - final_started, 1)}
                 result = replace(result, trained=replace(result.trained, tune_search=record))

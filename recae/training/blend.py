@@ -6,7 +6,8 @@ training ratings that neither the shipped ensemble nor its partner trained or st
 one weight is closed form: ``w = <a - b, y - b> / ||a - b||^2``, clipped to [0, 1]. The validation RMSE reported beside
 it is cross-fitted: each half of the carve is scored with the weight fitted on the other half.
 
-With ``blend_svd`` a Soft-Impute SVD joins them: the three are stacked by free weights and an intercept
+With ``blend_svd`` a Soft-Impute SVD joins them, and with ``blend_side`` the films' genres and eras
+(``recae.models.side_part``): all are stacked by free weights and an intercept
 (:func:`stacking_weights`, :func:`fit_mix`); the two-model functions above are unchanged and still give the pair's
 own weight. Applying the fitted weights (``blend``, ``mix``) is the trained model's, in
 ``recae.artifacts.blending``.
@@ -121,9 +122,10 @@ def fit_mix(predictions: list[np.ndarray], truth: np.ndarray, scale: tuple[float
                      rmses=tuple(_rmse(p[:, j], y) for j in range(p.shape[1])), cross_fitted_rmse=_rmse(crossed, y))
 
 
-def mix_figures(fitted: FittedMix) -> dict[str, float]:
+def mix_figures(fitted: FittedMix, with_partner: bool, with_side: bool = False) -> dict[str, float]:
     """A stacked mix's weights, intercept, the SVD's own and the mix's cross-fitted blend-carve RMSE, as metrics."""
-    names = ["blend_weight_main", *(["blend_weight_partner"] if len(fitted.weights) == 4 else []), "blend_weight_svd",
-             "blend_intercept"]
-    return {"svd_val_rmse": fitted.rmses[-1], "val_rmse": fitted.cross_fitted_rmse,
+    names = ["blend_weight_main", *(["blend_weight_partner"] if with_partner else []), "blend_weight_svd",
+             *(["blend_weight_side"] if with_side else []), "blend_intercept"]
+    svd = 1 + with_partner  # the SVD's column
+    return {"svd_val_rmse": fitted.rmses[svd], "val_rmse": fitted.cross_fitted_rmse,
             **{name: round(weight, 6) for name, weight in zip(names, fitted.weights, strict=True)}}

@@ -27,6 +27,7 @@ from recae.training.loop import EpochReport, FitResult
 
 if TYPE_CHECKING:
     from recae.artifacts.trained_model import TrainedModel
+    from recae.models.side_part import FilmGroups
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +155,17 @@ def blend_carve(train: RatingMatrix, cfg: TrainConfig) -> tuple[RatingMatrix, Ra
 
 
 def fit_blend_parts(trained: TrainedModel, fit_part: RatingMatrix, blend_part: RatingMatrix, cfg: TrainConfig,
-                    on_progress: Callable[[str], None] | None = None) -> tuple[TrainedModel, dict[str, float]]:
+                    on_progress: Callable[[str], None] | None = None, groups: FilmGroups | None = None,
+                    ) -> tuple[TrainedModel, dict[str, float]]:
     """``trained`` with its blend fitted on ``blend_part``, which neither its network nor its partner fitted (both
     read ``fit_part`` as inputs here): the pair's weight (recae.training.blend.fit_blend) when it has a partner, and
     with ``cfg.blend_svd`` a Soft-Impute SVD fitted on ``fit_part`` (never the blend carve) stacked in by weights
-    and an intercept (recae.training.blend.fit_mix). Both read one set of blend-part predictions. Returns the model
-    and its figures: each part's and the cross-fitted blend's RMSE on the carve, the weights (``pair_val_rmse``
-    keeps the pair's figure when the stack replaces it as ``val_rmse``). Training and the nightly warm start both
-    blend here."""
+    and an intercept (recae.training.blend.fit_mix), then with ``cfg.blend_side`` and ``groups`` that place any
+    film the films' genres and eras (recae.models.side_part, also fitted on ``fit_part``). All read one set of
+    blend-part predictions. Returns the model and its figures: each part's and the cross-fitted blend's RMSE on
+    the carve, the weights (``pair_val_rmse`` keeps the pair's figure when the stack replaces it as ``val_rmse``).
+    Training and the nightly warm start both blend here."""
+    from recae.models.side_part import fit_side_part
     from recae.models.svd_part import fit_svd_part
     from recae.training.blend import fit_blend, fit_mix, mix_figures
 
@@ -179,12 +183,15 @@ def fit_blend_parts(trained: TrainedModel, fit_part: RatingMatrix, blend_part: R
             on_progress("Soft-Impute SVD for the blend")
         started = time.perf_counter()
         svd = fit_svd_part(fit_part, seed=cfg.seed)
+        side = fit_side_part(fit_part, groups) if cfg.blend_side and groups is not None and groups.any else None
         rows, cols, _ = blend_part.coo()
-        stacked = fit_mix([*predictions, svd.predict(rows, cols)], values, fit_part.rating_scale(), seed=cfg.seed)
-        trained = replace(trained, svd=svd, mix_weights=stacked.weights)
+        stacked_parts = [part.predict(rows, cols) for part in (svd, side) if part is not None]
+        stacked = fit_mix([*predictions, *stacked_parts], values, fit_part.rating_scale(), seed=cfg.seed)
+        trained = replace(trained, svd=svd, side=side, mix_weights=stacked.weights)
         if partner is not None:
             metrics["pair_val_rmse"] = metrics["val_rmse"]
-        metrics.update(mix_figures(stacked), svd_seconds=round(time.perf_counter() - started, 3))
+        metrics.update(mix_figures(stacked, partner is not None, side is not None),
+                       svd_seconds=round(time.perf_counter() - started, 3))
     return trained, metrics
 
 

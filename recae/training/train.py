@@ -58,6 +58,7 @@ from recae.training.validation import unit_means, validation_rmse
 if TYPE_CHECKING:
     from recae.artifacts.trained_model import TrainedModel
     from recae.evaluation.splits import Split
+    from recae.models.side_part import FilmGroups
 
 log = logging.getLogger(__name__)
 
@@ -335,10 +336,12 @@ def train_split(
     resume: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
+    groups: FilmGroups | None = None,
 ) -> TrainResult:
     """Carve validation from ``split.train``, fit, and score ``split.test`` (never used before this point).
 
     The returned model reads every training rating (fit + validation) as its inputs; test ratings never are.
+    ``groups`` (the films' genres and eras in column order, ``recae.models.side_part``) feed the stacked side part.
     """
     from recae.artifacts.trained_model import TrainedModel, with_metrics
 
@@ -367,7 +370,7 @@ def train_split(
         fits.append(partner)
         log_peak("partner")
     if blend_part is not None:
-        trained, blend_metrics = fit_blend_parts(trained, fit_part, blend_part, train_cfg, on_progress)
+        trained, blend_metrics = fit_blend_parts(trained, fit_part, blend_part, train_cfg, on_progress, groups)
         metrics.update(blend_metrics)
         log_peak("blend")
     del fit_part, blend_part  # carves of the training part (half a GB at ML-32M shape): done with

@@ -73,9 +73,10 @@ def main() -> None:
     from recae.artifacts.train_config import default_configs
     from recae.evaluation.splits import Split, holdout_validation
     from recae.training.train import train_split
-    from tests.benchmarks.bench_seeds import load_split
+    from tests.benchmarks.bench_seeds import load_groups, load_split
 
     split = load_split(args.split, args.cache)
+    groups = load_groups(args.split, args.cache, split.train.index)  # the catalogue's genres and eras
     fit_part, development = holdout_validation(split.train, 0.1, DEVELOPMENT_CARVE_SEED)
     inner = Split(split.spec, fit_part, development)  # the test part of `split` is not used below
     if args.compare_carving:
@@ -88,7 +89,8 @@ def main() -> None:
         seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else range(args.init_seeds)
         for init_seed in seeds:
             started = time.perf_counter()
-            metrics = train_split(inner, model_cfg, replace(train_cfg, **train_part, init_seed=init_seed)).metrics
+            metrics = train_split(inner, model_cfg, replace(train_cfg, **train_part, init_seed=init_seed),
+                                  groups=groups).metrics
             scores.append((metrics["test_rmse"], metrics.get("test_ndcg@10", float("nan"))))
             print(json.dumps({"split": args.split, "variant": text or "defaults", "init_seed": init_seed,
                               "dev_rmse": round(scores[-1][0], 5), "dev_ndcg@10": round(scores[-1][1], 4),

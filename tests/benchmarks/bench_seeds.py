@@ -54,6 +54,18 @@ def load_split(name: str, cache: Path, seed: int = 0):  # type: ignore[no-untype
     return split
 
 
+def load_groups(name: str, cache: Path, index):  # type: ignore[no-untyped-def]
+    """The films' genres and eras for ``index`` (the stacked side part's input), from the store ``load_split`` made."""
+    from recae.models.side_part import groups_from_store
+    from recae.store.db import open_store
+
+    engine = open_store(f"sqlite:///{cache / ('ml-1m' if name == 'ml-1m' else 'ml-100k')}.db")
+    try:
+        return groups_from_store(engine, index)
+    finally:
+        engine.dispose()
+
+
 def baseline_rows(name: str, split) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
     from recae.evaluation.evaluate import evaluate_baselines
     from recae.serving.evaluate_version import ranking_baselines
@@ -66,7 +78,7 @@ def baseline_rows(name: str, split) -> list[dict]:  # type: ignore[no-untyped-de
     return rows
 
 
-def model_row(name: str, split, init_seed: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
+def model_row(name: str, split, init_seed: int, groups=None) -> dict:  # type: ignore[no-untyped-def,type-arg]
     from dataclasses import replace
 
     from recae.artifacts.train_config import default_configs
@@ -75,7 +87,7 @@ def model_row(name: str, split, init_seed: int) -> dict:  # type: ignore[no-unty
     model_cfg, train_cfg = default_configs()
     train_cfg = replace(train_cfg, seed=0, init_seed=init_seed)
     started = time.perf_counter()
-    metrics = train_split(split, model_cfg, train_cfg).metrics
+    metrics = train_split(split, model_cfg, train_cfg, groups=groups).metrics
     return {"split": name, "model": "default", "init_seed": init_seed, "test_rmse": metrics["test_rmse"],
             "test_ndcg@10": metrics.get("test_ndcg@10"), "val_rmse": metrics["val_rmse"],
             "blend_weight": metrics.get("blend_weight"), "seconds": round(time.perf_counter() - started, 1),
@@ -151,7 +163,7 @@ def main() -> None:
             _append(args.out, row)
         for init_seed in range(args.init_seeds):
             if not any(r["split"] == name and r.get("init_seed") == init_seed for r in done):
-                _append(args.out, model_row(name, split, init_seed))
+                _append(args.out, model_row(name, split, init_seed, load_groups(name, args.cache, split.train.index)))
     print(summary(read_rows([args.out])))
 
 

@@ -83,11 +83,15 @@ def other_values(values: np.ndarray) -> np.ndarray:
     return np.where(values <= 3.0, values + 2.0, values - 2.0)
 
 
-def train_on(root: Path, name: str, ratings: Ratings, *split_args: str, config: str = "tiny.toml") -> Learned:
-    """Ingest ``ratings`` into a fresh home, `recae train --config root/config` there, and read the champion's files."""
+def train_on(root: Path, name: str, ratings: Ratings, *split_args: str, config: str = "tiny.toml",
+             genres: bool = False) -> Learned:
+    """Ingest ``ratings`` into a fresh home, `recae train --config root/config` there, and read the champion's files.
+    With ``genres`` the catalogue first learns a genre and a year for every film (the side part's input)."""
     home = root / name
     code, _, err = run(home, "ingest", "--ratings", str(ratings.write(root / f"{name}.csv")))
     assert code == 0, err
+    if genres:
+        describe_films(home / "recae.db", np.unique(ratings.movies))
     code, _, err = run(home, "train", "--config", str(root / config), *split_args)
     assert code == 0, err
     folder = next(p for p in (home / "models").iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -98,6 +102,18 @@ def train_on(root: Path, name: str, ratings: Ratings, *split_args: str, config: 
     kept = {k: v for k, v in metrics.items() if not k.startswith("test_") and "seconds" not in k}
     return Learned(tensors=load_file(str(folder / "weights.safetensors")),
                    meta={k: v for k, v in meta.items() if k not in VOLATILE_META}, metrics={**kept, "all": metrics})
+
+
+def describe_films(store: Path, movie_ids: np.ndarray) -> None:
+    """Give each film of the store a genre and a release year, as a MovieLens movies file would."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{store}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE movies SET genres = :genres, year = :year WHERE movie_id = :movie"),
+                     [{"genres": ["Comedy", "Drama|Romance", "Horror"][m % 3], "year": int(1950 + 7 * (m % 9)),
+                       "movie": int(m)} for m in movie_ids])
+    engine.dispose()
 
 
 def assert_same_learning(a: Learned, b: Learned) -> None:
@@ -180,3 +196,20 @@ def test_the_svd_in_the_blend_learns_nothing_from_test_values(base: tuple[Path, 
     assert {"svd/user_factors", "svd/item_factors", "svd/user_bias", "svd/item_bias"} <= set(first.tensors)
     assert first.metrics["all"]["test_rmse"] != second.metrics["all"]["test_rmse"]
     assert_same_learning(first, second)  # meta.json's svd weights and intercept included
+
+
+def test_the_films_genres_in_the_blend_learn_nothing_from_test_values(base: tuple[Path, Ratings]) -> None:
+    """``blend_side``: with a catalogue that has genres and years, the side part's affinities and the stacked
+    weights are bit-equal too."""
+    root, ratings = base
+    (root / "tiny-side.toml").write_text(TINY + "blend_svd = true\nblend_side = true\n")
+    held = np.arange(ratings.users.size) % 9 == 4
+    changed = ratings.with_values(held, other_values(ratings.values[held]))
+    first = train_on(root, "side-a", ratings, "--test-ratings",
+                     str(ratings.write(root / "side-a-test.csv", held, True)), config="tiny-side.toml", genres=True)
+    second = train_on(root, "side-b", changed, "--test-ratings",
+                      str(changed.write(root / "side-b-test.csv", held, True)), config="tiny-side.toml", genres=True)
+    assert {"side/user_affinity", "side/item_bias", "side/groups"} <= set(first.tensors)
+    assert "Comedy" in first.meta["side"]["groups"]  # type: ignore[index]
+    assert first.metrics["all"]["test_rmse"] != second.metrics["all"]["test_rmse"]
+    assert_same_learning(first, second)  # meta.json's side weights and groups included

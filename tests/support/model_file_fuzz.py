@@ -30,6 +30,7 @@ from recae.artifacts.trained_model import TrainedModel
 from recae.models.build import build_model, model_config
 from recae.models.names import Orientation
 from recae.models.rankers import EaseRanker
+from recae.models.side_part import SidePart
 from recae.models.svd_part import SvdPart
 from recae.store.matrix import IdIndex, RatingMatrix
 
@@ -44,7 +45,8 @@ KINDS: tuple[tuple[str, str, bool, bool, bool], ...] = (
 
 def random_model(seed: int, n_users: int = 12, n_movies: int = 9, *, name: str = "stacked",
                  orientation: str = "item", hidden: tuple[int, ...] = (5,), ranker: bool = True,
-                 svd: bool = False, partner: bool = False, ranker_items: int | None = None) -> TrainedModel:
+                 svd: bool = False, partner: bool = False, ranker_items: int | None = None,
+                 side: bool = False) -> TrainedModel:
     """A small, valid, untrained model with random weights on random ratings (ids 3, 6, ... and 2, 4, ...)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -83,9 +85,17 @@ def random_model(seed: int, n_users: int = 12, n_movies: int = 9, *, name: str =
                            item_factors=rng.normal(0, 0.3, (n_movies, rank)), scale=(1.0, 5.0), ridge=1.0,
                            bias_ridge=1.0)
         mix = tuple(float(w) for w in rng.uniform(0.1, 0.5, 4 if partner else 3))
+    part_side = None
+    if svd and side:  # genres and eras: 3 groups, each film in one or two
+        groups = (rng.random((n_movies, 3)) < 0.5).astype(np.float32)
+        groups[np.arange(n_movies), rng.integers(0, 3, n_movies)] = 1.0
+        part_side = SidePart(mu=3.5, item_bias=rng.normal(0, 0.3, n_movies), bias_ridge=5.0,
+                             user_affinity=rng.normal(0, 0.3, (n_users, 3)), groups=groups,
+                             names=("Comedy", "Drama", "era:1990-1994"))
+        mix = (*mix[:-1], 0.3, mix[-1])
     return TrainedModel(module=main, model_config=main.config, inputs=inputs, rating_scale=(1.0, 5.0),
                         partner=other, blend_weight=float(rng.uniform(0.2, 1.0)) if partner else 1.0,
-                        svd=part_svd, mix_weights=mix, ranker=ease)
+                        svd=part_svd, side=part_side, mix_weights=mix, ranker=ease)
 
 
 def rewrite_checksum(folder: Path) -> None:
@@ -193,7 +203,7 @@ def main(base: Path, examples: int) -> int:
     for i, (name, orientation, ranker, svd, partner) in enumerate(KINDS):
         folder = base / f"kind{i}"
         save_model(random_model(i, name=name, orientation=orientation, ranker=ranker, svd=svd, partner=partner,
-                                ranker_items=6 if i == 2 else None), folder, version=f"kind{i}")
+                                ranker_items=6 if i == 2 else None, side=i == 0), folder, version=f"kind{i}")
         exercise(load_model(folder))  # the uncorrupted copy loads and serves
         sources.append(folder)
     outcomes = {"refused": 0, "loaded": 0}

@@ -40,3 +40,18 @@ def planted_low_rank(
     index = IdIndex(np.arange(n_users, dtype=np.int64) + user_id_offset,
                     np.arange(n_movies, dtype=np.int64) + movie_id_offset)
     return Planted(full=full, observed=RatingMatrix.from_positions(rows, cols, values, timestamps, index))
+
+
+def planted_tastes(seed: int = 0, n_users: int = 300, n_movies: int = 80, density: float = 0.3,
+                   ) -> tuple[RatingMatrix, list[str], np.ndarray]:
+    """(ratings, each film's genre, the planted taste (n_users, n_movies) of +-1): rating = 3 + the film's quality
+    + the user's taste for its genre + noise. Half the users love comedies and dislike dramas, half the reverse;
+    films alternate comedy, drama. What the ratings say beyond the biases is the genre taste alone."""
+    rng = np.random.default_rng(seed)
+    comedy = np.arange(n_movies) % 2 == 0
+    loves_comedy = rng.random(n_users) < 0.5
+    taste = np.where(loves_comedy[:, None] == comedy[None, :], 1.0, -1.0)
+    values = 3.0 + rng.normal(0, 0.3, n_movies)[None, :] + taste + rng.normal(0, 0.3, (n_users, n_movies))
+    rows, cols = np.nonzero(rng.random((n_users, n_movies)) < density)
+    matrix = RatingMatrix.from_ids(rows + 1, cols + 1, np.clip(values[rows, cols], 1, 5).astype(np.float32))
+    return matrix, ["Comedy" if c else "Drama" for c in comedy], taste
