@@ -31,6 +31,12 @@ class DataError(RecaeError):
     exit_code = EXIT_DATA
 
 
+class ArgumentError(RecaeError, ValueError):
+    """A Python API call got a value it does not take (an unknown split, source or option); the CLI's usage error."""
+
+    exit_code = EXIT_USAGE
+
+
 class DownloadError(RecaeError):
     """A dataset could not be fetched or failed its checksum."""
 

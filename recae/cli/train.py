@@ -202,8 +202,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     """
     from recae.cli.output import render
     from recae.artifacts.trained_model import model_relevance
-    from recae.serving.publish import train_and_publish
-    from recae.evaluation.splits import SplitSpec
+    from recae.serving.publish import train_and_publish, training_spec
     from recae.artifacts.train_config import resolve
     from recae.training.distributed import is_secondary_rank, launched_by_torchrun
     from recae.training.tune import DEFAULT_BUDGET_MINUTES
@@ -221,12 +220,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
         "name": model_name, "orientation": orientation, "pretrain": pretrain, "seed": seed, "init_seed": init_seed,
         "epochs": epochs, "ensemble": ensemble, "deterministic": deterministic, "device": device,
         "relevant_from": relevant_from})
-    if test_ratings is not None:
-        from recae.store.ingest import read_ratings_file
-
-        spec = SplitSpec.of_file(read_ratings_file(test_ratings))
-    else:
-        spec = SplitSpec(split_name, test_fraction=test_fraction, seed=train_cfg.seed)
+    spec = training_spec(split_name, test_fraction, train_cfg.seed, test_ratings)
     held_out = f"the ratings of {os.path.basename(spec.path)}" if spec.is_file else f"{spec.name} split"
 
     def announce(split) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,9 @@
+"""The Python API: a recae home as a ``Store``, a published model as a ``Model``, DataFrames in and out.
+
+``import recae`` hands these names on lazily (``recae/__init__.py``); the command line and the HTTP API call the
+same library functions, so every figure and list is theirs.
+"""
+
+from recae.api.experiment import train
+from recae.api.model import Model, load_model
+from recae.api.store import Store, open_store
