@@ -20,16 +20,10 @@ from typing import Any
 
 from recae.errors import (
     ArgumentError,
-    CorruptArtifactError,
     DataError,
-    DownloadError,
-    EmptyStoreError,
-    LockHeldError,
     ModelNotFoundError,
     RecaeError,
-    StoreBusyError,
     TrainingError,
-    UnknownGenreError,
     UnknownMovieError,
     UnknownUserError,
 )
@@ -42,11 +36,10 @@ _LAZY = {
     "Model": "recae.api.model",
     "load_model": "recae.api.model",
     "train": "recae.api.experiment",
-    "UnknownSettingError": "recae.settings",
 }
-ERRORS = ("RecaeError", "ArgumentError", "DataError", "UnknownUserError", "UnknownMovieError", "UnknownGenreError",
-          "ModelNotFoundError", "CorruptArtifactError", "EmptyStoreError", "TrainingError", "DownloadError",
-          "LockHeldError", "StoreBusyError")
+#: What the API raises, each with a one-line message (every other error of recae.errors is a RecaeError too).
+ERRORS = ("RecaeError", "ArgumentError", "DataError", "UnknownUserError", "UnknownMovieError", "ModelNotFoundError",
+          "TrainingError")
 
 __all__ = ["__version__", *_LAZY, *ERRORS]
 

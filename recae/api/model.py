@@ -162,7 +162,7 @@ class Model:
 
         Example:
             >>> pairs = pd.DataFrame({"user": [1, 2], "movie": [3, 4]})
-            >>> model.predict(pairs)["predicted_rating"].between(0.5, 5).all()
+            >>> bool(model.predict(pairs)["predicted_rating"].between(0.5, 5).all())
             True
         """
         frame = pairs_frame(pairs)
