@@ -78,10 +78,10 @@ class Model:
             ['global_mean', 'biases', 'svd']
         """
         from recae.serving.evaluate_version import evaluate_model
-        from recae.serving.publish import training_spec
+        from recae.evaluation.splits import choose_split
 
         store = self._needs_store("evaluate")
-        spec = training_spec(split, test_fraction, seed) if split is not None else None
+        spec = choose_split(split, test_fraction, seed) if split is not None else None
         if test is not None and split is not None:
             raise ArgumentError("give split= or test=, not both")
         held = None

@@ -146,11 +146,12 @@ class Store:
             True
         """
         from recae.artifacts.train_config import resolve
-        from recae.serving.publish import train_and_publish, training_spec
+        from recae.evaluation.splits import choose_split
+        from recae.serving.publish import train_and_publish
 
         model_cfg, train_cfg = resolve(config, {**_checked_settings(settings), "name": model})
         test_file = self._test_file(test) if test is not None else None
-        spec = training_spec(split, test_fraction, train_cfg.seed, test_file)
+        spec = choose_split(split, test_fraction, train_cfg.seed, test_file)
         run = train_and_publish(self.engine, self.paths.models_dir, spec, model_cfg, train_cfg, resume=resume,
                                 on_progress=on_progress or log.info,
                                 tune_budget_s=None if tune_minutes is None else 60.0 * tune_minutes)

@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy.engine import Connection, Engine
 
 from recae.artifacts.train_config import TrainConfig
-from recae.errors import STORE_BUSY, ArgumentError, StoreBusyError
+from recae.errors import STORE_BUSY, StoreBusyError
 from recae.evaluation.splits import Split, SplitSpec, split_from_store
 from recae.locks import job_lock
 from recae.models.autoencoders import ModelConfig
@@ -44,23 +44,6 @@ class TrainingRun:
     published: VersionInfo
     result: TrainResult
     promoted: bool
-
-
-def training_spec(split: str = "random", test_fraction: float = 0.1, seed: int = 0,
-                  test_file: str | Path | None = None) -> SplitSpec:
-    """The split a training holds out, as ``recae train`` and ``Store.train`` name it: a named split (generated
-    ones seeded by the run's ``seed``), or the stored ratings listed in ``test_file`` (``--test-ratings``).
-
-    Raises ArgumentError for an unknown split or a fraction outside (0, 1), DataError for an unreadable file.
-    """
-    if test_file is not None:
-        from recae.store.ingest import read_ratings_file
-
-        return SplitSpec.of_file(read_ratings_file(test_file))
-    try:
-        return SplitSpec(split, test_fraction=test_fraction, seed=seed)
-    except ValueError as err:
-        raise ArgumentError(str(err)) from None
 
 
 def run_folder(models_dir: Path, spec: SplitSpec, model_cfg: ModelConfig, train_cfg: TrainConfig,
