@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from recae.errors import (
-    ArgumentError,
-    DataError,
-    ModelNotFoundError,
-    RecaeError,
-    TrainingError,
-    UnknownMovieError,
-    UnknownUserError,
-)
+from recae.errors import ArgumentError as ArgumentError
+from recae.errors import DataError as DataError
+from recae.errors import ModelNotFoundError as ModelNotFoundError
+from recae.errors import RecaeError as RecaeError
+from recae.errors import TrainingError as TrainingError
+from recae.errors import UnknownMovieError as UnknownMovieError
+from recae.errors import UnknownUserError as UnknownUserError
 
 __version__ = "0.1.0"
 
@@ -37,11 +35,9 @@ _LAZY = {
     "load_model": "recae.api.model",
     "train": "recae.api.experiment",
 }
-#: What the API raises, each with a one-line message (every other error of recae.errors is a RecaeError too).
-ERRORS = ("RecaeError", "ArgumentError", "DataError", "UnknownUserError", "UnknownMovieError", "ModelNotFoundError",
-          "TrainingError")
-
-__all__ = ["__version__", *_LAZY, *ERRORS]
+#: The API's names, then what it raises, each with a one-line message (every error of recae.errors is a RecaeError).
+__all__ = ["__version__", "open_store", "Store", "Model", "load_model", "train", "RecaeError", "ArgumentError",
+           "DataError", "UnknownUserError", "UnknownMovieError", "ModelNotFoundError", "TrainingError"]
 
 
 def __getattr__(name: str) -> Any:

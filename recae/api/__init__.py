@@ -4,6 +4,8 @@
 same library functions, so every figure and list is theirs.
 """
 
-from recae.api.experiment import train
-from recae.api.model import Model, load_model
-from recae.api.store import Store, open_store
+from recae.api.experiment import train as train
+from recae.api.model import Model as Model
+from recae.api.model import load_model as load_model
+from recae.api.store import Store as Store
+from recae.api.store import open_store as open_store

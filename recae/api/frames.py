@@ -9,6 +9,7 @@ column ``j`` film ``j + 1`` (ids start at 1, as MovieLens's do), each stored val
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ def _named(data: Any, what: str, needed: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def _bad_row(what: str, frame: pd.DataFrame, bad: np.ndarray, reason: str) -> DataError:
+def _bad_row(what: str, frame: pd.DataFrame, bad: np.ndarray, reason: str | Callable[[int], str]) -> DataError:
+    """DataError naming the first flagged row by position and index label, and why (``reason(position)``)."""
     at = int(np.flatnonzero(bad)[0])
     return DataError(f"{what} row {at} (index {frame.index[at]!r}): {reason(at) if callable(reason) else reason}")
 

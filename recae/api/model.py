@@ -77,8 +77,8 @@ class Model:
             >>> table["model"].iloc[1:4].tolist()
             ['global_mean', 'biases', 'svd']
         """
-        from recae.serving.evaluate_version import evaluate_model
         from recae.evaluation.splits import choose_split
+        from recae.serving.evaluate_version import evaluate_model
 
         store = self._needs_store("evaluate")
         spec = choose_split(split, test_fraction, seed) if split is not None else None

@@ -18,7 +18,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recae.api.frames import DEFAULT_SCALE, DEFAULT_STEP, ratings_frame, write_ratings_csv
+from recae.api.frames import (
+    DEFAULT_SCALE,
+    DEFAULT_STEP,
+    ratings_frame,
+    write_ratings_csv,
+)
 from recae.errors import ArgumentError, TrainingError
 from recae.paths import Paths, resolve_paths
 

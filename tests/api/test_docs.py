@@ -49,5 +49,5 @@ def test_the_examples_run(name: str, api_home) -> None:  # type: ignore[no-untyp
     for test in tests:
         test.globs = {"recae": recae, "pd": pd, "np": np, "home": api_home.home, "ratings": api_home.ratings,
                       "store": api_home.store, "model": api_home.model}
-        runner.run(test, out=lambda text: pytest.fail(f"{test.name}:\n{text}", pytrace=False))
+        runner.run(test, out=lambda text, name=test.name: pytest.fail(f"{name}:\n{text}", pytrace=False))
     assert runner.failures == 0

@@ -26,7 +26,7 @@ def python_examples() -> list[str]:
     text = README.read_text(encoding="utf-8")
     section = text[text.index("\n## Python API\n"):]
     section = section[:section.index("\n## ", 1)]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
 def run_example(code: str) -> dict[str, Any]:
