@@ -128,8 +128,8 @@ class Model:
         fresh = _fresh(ratings)
         if user is None and not fresh:
             raise ArgumentError("give user= (a known user id) or ratings= ({movie_id: rating}) to recommend for")
-        filters = Filters(genre=genre, min_year=min_year, exclude=tuple(int(m) for m in exclude))
-        answer = answer_films(store.engine, None if user is None else int(user), fresh, _count(n, "n"), filters,
+        filters = Filters(genre=genre, min_year=min_year, exclude=tuple(_id(m, "exclude") for m in exclude))
+        answer = answer_films(store.engine, None if user is None else _id(user, "user"), fresh, _count(n, "n"), filters,
                               self.version, store.paths.models_dir, trained=self.trained)
         if answer.note:
             log.warning("%s", answer.note)
@@ -148,10 +148,11 @@ class Model:
         """
         from recae.serving.similar import similar_films
 
-        answer = similar_films(self.store.engine if self.store is not None else None, self.trained, int(movie),
+        movie = _id(movie, "movie")
+        answer = similar_films(self.store.engine if self.store is not None else None, self.trained, movie,
                                _count(n, "n"))
         table = pd.DataFrame(answer.films, columns=SIMILAR_COLUMNS)
-        table.attrs.update(version=self.version, movie_id=int(movie), title=answer.title)
+        table.attrs.update(version=self.version, movie_id=movie, title=answer.title)
         return table
 
     def predict(self, pairs: pd.DataFrame) -> pd.DataFrame:
@@ -177,6 +178,13 @@ class Model:
             raise RecaeError(f"cannot {verb} model {self.version}: it was loaded from its folder alone; open its "
                              "home with recae.open_store(home).model(version)")
         return self.store
+
+
+def _id(value: Any, name: str) -> int:
+    """A user or movie id: a whole number (ArgumentError naming ``name`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(f"{name} must be a whole-number id, got {value!r}")
+    return int(value)
 
 
 def _count(n: int, name: str) -> int:

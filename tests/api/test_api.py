@@ -96,6 +96,10 @@ BAD_CALLS: list[tuple[str, BadCall, type[recae.RecaeError], str, int]] = [
     ("unknown source", lambda h: h.store.ingest("ml-7m"), recae.ArgumentError, "ml-7m is not a MovieLens name",
      EXIT_USAGE),
     ("nobody to recommend for", lambda h: h.model.recommend(), recae.ArgumentError, "give user=", EXIT_USAGE),
+    ("user id not a number", lambda h: h.model.recommend(user="42"), recae.ArgumentError,
+     "user must be a whole-number id, got '42'", EXIT_USAGE),
+    ("n out of range", lambda h: h.model.similar(movie=1, n=0), recae.ArgumentError,
+     "n must be a whole number in 1..1000, got 0", EXIT_USAGE),
     ("not a DataFrame", lambda h: h.store.ingest([(1, 2, 3.0)]), recae.ArgumentError,
      "must be a pandas DataFrame or a scipy sparse matrix, not list", EXIT_USAGE),
     ("unknown version", lambda h: h.store.model("20200101-000000-denoising"), recae.ModelNotFoundError,
@@ -165,3 +169,8 @@ def test_the_package_names_its_api_and_imports_nothing_heavy() -> None:
     code = ("import sys, recae; assert not {'numpy', 'pandas', 'sqlalchemy', 'torch'} & set(sys.modules); "
             "assert all(getattr(recae, name) is not None for name in recae.__all__)")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_a_movielens_folder_is_ingested_by_its_name(ml100k: Path, tmp_path: Path) -> None:
+    report = recae.open_store(tmp_path / "home").ingest(ml100k)  # the folder is named ml-100k: its format
+    assert report.dataset == "ml-100k" and report.rows_loaded == 100_000 and report.fold_tests_loaded > 0
