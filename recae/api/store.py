@@ -126,7 +126,8 @@ class Store:
         frame = ratings_frame(source, "ratings", scale, step)
         with tempfile.TemporaryDirectory(prefix="recae-ingest-") as folder:
             file = write_ratings_csv(frame, Path(folder) / "dataframe.csv")
-            return ingest_ratings_file(self.engine, file, scale=scale, step=step, skip_bad=skip_bad, replace=replace)
+            return ingest_ratings_file(self.engine, file, scale=scale, step=step, skip_bad=skip_bad, replace=replace,
+                                       source=f"a DataFrame of {len(frame):,} ratings")
 
     def train(self, split: str = "random", *, test_fraction: float = 0.1, test: Any = None,
               model: str | None = None, config: str | Path | None = None, resume: bool = False,

@@ -174,3 +174,15 @@ def test_the_package_names_its_api_and_imports_nothing_heavy() -> None:
 def test_a_movielens_folder_is_ingested_by_its_name(ml100k: Path, tmp_path: Path) -> None:
     report = recae.open_store(tmp_path / "home").ingest(ml100k)  # the folder is named ml-100k: its format
     assert report.dataset == "ml-100k" and report.rows_loaded == 100_000 and report.fold_tests_loaded > 0
+
+
+def test_a_dataframe_is_stored_as_a_ratings_file_would_be(tmp_path: Path) -> None:
+    ratings = planted_ratings(n_users=40, n_movies=30, n_ratings=600, seed=2)
+    store = recae.open_store(tmp_path / "home")
+    short = ratings.rename(columns={"user_id": "user", "movie_id": "movie"}).drop(columns="timestamp")
+    report = store.ingest(short)
+    assert report.source == "a DataFrame of 600 ratings" and report.rows_loaded == 600
+    again = store.ingest(ratings[["user_id", "movie_id", "rating"]])  # the same ratings: nothing changes
+    assert again.already_ingested and again.rows_loaded == 0
+    newer = ratings.assign(rating=5.0, timestamp=ratings["timestamp"] + 1)
+    assert store.ingest(newer).rows_loaded == 600  # as `recae ingest --ratings`: the newer rating wins
