@@ -44,6 +44,8 @@ def test_evaluate_gives_the_figures_of_recae_evaluate(api_home: ApiHome) -> None
     assert table["rmse"].iloc[0] == pytest.approx(full["rmse"], rel=1e-6)
     assert table["mae"].iloc[0] == pytest.approx(full["mae"], rel=1e-6)
     assert table.attrs["n_test"] == full["n_test"] == 600 and table.attrs["split"] == full["split"] == "random"
+    rebuilt = model.evaluate(split="random", seed=0)  # its own split named again: the same figures
+    np.testing.assert_allclose(rebuilt[numbers].to_numpy(float), table[numbers].to_numpy(float), rtol=1e-6)
 
 
 def test_recommend_and_similar_give_the_lists_of_the_commands(api_home: ApiHome) -> None:
@@ -137,6 +139,8 @@ def test_store_free_training_on_a_dataframe_with_its_own_test_part_is_scored_on_
     rmse = float(np.sqrt(((mine["rating"] - mine["predicted_rating"]) ** 2).mean()))
     assert rmse == pytest.approx(table["rmse"].iloc[0], rel=1e-5)
     assert rmse < table.set_index("model").loc["global_mean", "rmse"]  # it learned the planted structure
+    again = model.evaluate(test=test)  # held-out ratings handed in, as `recae evaluate --ratings FILE`
+    assert again.attrs["n_test"] == len(test) and again["rmse"].iloc[0] == pytest.approx(rmse, rel=1e-5)
     folder = model.store.home
     assert folder.is_dir()
     del model, table
