@@ -20,15 +20,41 @@ EXIT_LOCKED = 75
 
 
 class RecaeError(Exception):
-    """Base class: a one-line message meant for the user, and an exit code."""
+    """Base class: a one-line message meant for the user, and an exit code.
+
+    Example:
+        >>> try:
+        ...     model.recommend(user=999999)
+        ... except recae.RecaeError as err:
+        ...     print(err.exit_code, err)
+        1 user 999999 is unknown; known users are 1..150 (150 users)
+    """
 
     exit_code: int = EXIT_ERROR
 
 
 class DataError(RecaeError):
-    """Input data is malformed or out of range; the message names file and line."""
+    """Input data is malformed or out of range; the message names file and line (a DataFrame's row).
+
+    Example:
+        >>> store.ingest(ratings.assign(rating=7))
+        Traceback (most recent call last):
+        recae.errors.DataError: ratings row 0 (index 0): rating 7 is not on the scale (every 0.5 on 0.5..5); ...
+    """
 
     exit_code = EXIT_DATA
+
+
+class ArgumentError(RecaeError, ValueError):
+    """A Python API call got a value it does not take (an unknown split, source or option); the CLI's usage error.
+
+    Example:
+        >>> store.train(split="u9")
+        Traceback (most recent call last):
+        recae.errors.ArgumentError: unknown split 'u9'; choose one of random, per-user, temporal, ...
+    """
+
+    exit_code = EXIT_USAGE
 
 
 class DownloadError(RecaeError):
@@ -36,11 +62,23 @@ class DownloadError(RecaeError):
 
 
 class UnknownUserError(RecaeError):
-    """A user id is not in the store or not in the model."""
+    """A user id is not in the store or not in the model.
+
+    Example:
+        >>> model.recommend(user=999999)
+        Traceback (most recent call last):
+        recae.errors.UnknownUserError: user 999999 is unknown; known users are 1..150 (150 users)
+    """
 
 
 class UnknownMovieError(RecaeError):
-    """A movie id is not in the catalogue or not in the model."""
+    """A movie id is not in the catalogue or not in the model.
+
+    Example:
+        >>> model.similar(movie=999999)
+        Traceback (most recent call last):
+        recae.errors.UnknownMovieError: movie 999999 is unknown; known movies are 1..120
+    """
 
 
 class UnknownGenreError(RecaeError):
@@ -48,7 +86,13 @@ class UnknownGenreError(RecaeError):
 
 
 class ModelNotFoundError(RecaeError):
-    """No trained model (or not the requested version) is published."""
+    """No trained model (or not the requested version) is published.
+
+    Example:
+        >>> store.model("20200101-000000-denoising")
+        Traceback (most recent call last):
+        recae.errors.ModelNotFoundError: model version '20200101-000000-denoising' is unknown; published versions: ...
+    """
 
 
 class CorruptArtifactError(RecaeError):
@@ -60,7 +104,13 @@ class EmptyStoreError(RecaeError):
 
 
 class TrainingError(RecaeError):
-    """Training diverged (NaN loss) or could not start."""
+    """Training diverged (NaN loss) or could not start: a bad or unknown setting among them.
+
+    Example:
+        >>> store.train(epoch=3)
+        Traceback (most recent call last):
+        recae.settings.UnknownSettingError: unknown setting 'epoch'; known settings are activation, ...
+    """
 
 
 class LockHeldError(RecaeError):

@@ -31,10 +31,11 @@ FLOORS: tuple[tuple[str, str], ...] = (
     ("serving", "published versions: registry, recommendations, fold-in, similar films, HTTP"),
     ("retrain", "the nightly job: inbox, holdout, champion against challenger"),
     ("insight", "looking inside a model: latent maps, plots, anomalies, embeddings"),
+    ("api", "the Python API: Store, Model and store-free training, pandas DataFrames in and out"),
     ("cli", "the commands, and ``python -m recae``"),
 )
 ROOT_MODULES = {
-    "recae": "base",  # __version__; its public names are looked up by name on first use, not imported
+    "recae": "base",  # __version__ and the errors; the API's names are looked up by name on first use, not imported
     "recae.__main__": "cli",
     "recae.errors": "base", "recae.paths": "base", "recae.settings": "base", "recae.threads": "base",
     "recae.locks": "base",

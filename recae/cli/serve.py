@@ -84,19 +84,13 @@ def similar(obj: Context, movie_id: int, n: int, version: str | None, fmt: str) 
       recae similar --movie 1 -n 5 --format json
     """
     from recae.cli.output import render
-    from recae.serving.recommend import movie_details
-    from recae.serving.similar import similar_movies
+    from recae.serving.similar import similar_films
 
     engine, trained = obj.load_model(version)
-    neighbours = similar_movies(trained, movie_id, n)
-    details = movie_details(engine, [movie_id, *(s.movie_id for s in neighbours)])
-    records = []
-    for neighbour in neighbours:
-        title, year, genres = details.get(neighbour.movie_id, (None, None, ""))
-        records.append({"rank": neighbour.rank, "movie_id": neighbour.movie_id, "title": title, "year": year,
-                        "genres": genres, "similarity": neighbour.similarity})
-    query_title = details.get(movie_id, (None, None, ""))[0] or f"movie {movie_id}"
-    echo_data(render(records, fmt, title=f"Films like {query_title}"))
+    answer = similar_films(engine, trained, movie_id, n)
+    columns = ["rank", "movie_id", "title", "year", "genres", "similarity"]
+    records = [{name: film[name] for name in columns} for film in answer.films]
+    echo_data(render(records, fmt, title=f"Films like {answer.title or f'movie {movie_id}'}"))
 
 
 @cli.command("serve")

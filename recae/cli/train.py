@@ -75,7 +75,7 @@ def evaluate(obj: Context, version: str | None, split_name: str | None, test_fra
     """
     from recae.cli.output import render
     from recae.serving.evaluate_version import evaluate_model
-    from recae.evaluation.splits import SplitSpec
+    from recae.evaluation.splits import choose_split
 
     held = None
     if ratings_file is not None:
@@ -83,7 +83,7 @@ def evaluate(obj: Context, version: str | None, split_name: str | None, test_fra
         from recae.store.ingest import read_ratings_file
 
         held = read_ratings_file(ratings_file)
-    spec = SplitSpec(split_name, test_fraction, seed) if split_name else None
+    spec = choose_split(split_name, test_fraction, seed) if split_name else None
     report = evaluate_model(obj.engine(), version, spec, k=k, relevant_from=relevant_from,
                             models_dir=obj.paths().models_dir, held=held)
     if report.note:
@@ -202,8 +202,8 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
     """
     from recae.cli.output import render
     from recae.artifacts.trained_model import model_relevance
+    from recae.evaluation.splits import choose_split
     from recae.serving.publish import train_and_publish
-    from recae.evaluation.splits import SplitSpec
     from recae.artifacts.train_config import resolve
     from recae.training.distributed import is_secondary_rank, launched_by_torchrun
     from recae.training.tune import DEFAULT_BUDGET_MINUTES
@@ -221,12 +221,7 @@ def train_command(obj: Context, model_name: str | None, pretrain: str | None, or
         "name": model_name, "orientation": orientation, "pretrain": pretrain, "seed": seed, "init_seed": init_seed,
         "epochs": epochs, "ensemble": ensemble, "deterministic": deterministic, "device": device,
         "relevant_from": relevant_from})
-    if test_ratings is not None:
-        from recae.store.ingest import read_ratings_file
-
-        spec = SplitSpec.of_file(read_ratings_file(test_ratings))
-    else:
-        spec = SplitSpec(split_name, test_fraction=test_fraction, seed=train_cfg.seed)
+    spec = choose_split(split_name, test_fraction, train_cfg.seed, test_ratings)
     held_out = f"the ratings of {os.path.basename(spec.path)}" if spec.is_file else f"{spec.name} split"
 
     def announce(split) -> None:  # type: ignore[no-untyped-def]

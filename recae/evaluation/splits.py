@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from recae.errors import DataError
+from recae.errors import ArgumentError, DataError
 from recae.store.matrix import RatingMatrix
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy.engine import Engine
 
     from recae.store.ingest import RatingsFile
@@ -404,3 +406,21 @@ def split_from_store(engine: Engine, matrix: RatingMatrix, spec: SplitSpec) -> S
     pairs = load_fold_pairs(engine, spec.name) if spec.is_canonical else None
     held = load_test_file(spec) if spec.is_file else None
     return make_split(matrix, spec, pairs, held)
+
+
+def choose_split(split: str = "random", test_fraction: float = 0.1, seed: int = 0,
+               test_file: str | Path | None = None) -> SplitSpec:
+    """The split a training holds out or an evaluation scores, as ``recae train``, ``recae evaluate`` and the Python
+    API name it: a named split (generated ones seeded by ``seed``), or the stored ratings listed in ``test_file``
+    (``--test-ratings``).
+
+    Raises ArgumentError for an unknown split or a fraction outside (0, 1), DataError for an unreadable file.
+    """
+    if test_file is not None:
+        from recae.store.ingest import read_ratings_file
+
+        return SplitSpec.of_file(read_ratings_file(test_file))
+    try:
+        return SplitSpec(split, test_fraction=test_fraction, seed=seed)
+    except ValueError as err:
+        raise ArgumentError(str(err)) from None

@@ -315,19 +315,13 @@ def _add_routes(app: FastAPI, database_url: str, engine: Engine, models: ModelCa
     @app.get("/v1/movies/{movie_id}/similar", response_model=SimilarList, responses=_ERRORS, tags=["movies"])
     def similar(movie_id: MovieIdPath, n: Count = 10) -> dict[str, Any]:
         """Films nearest to this one in the model's latent space (cosine similarity)."""
-        from recae.serving.similar import similar_movies
+        from recae.serving.similar import similar_films
 
         with engine.connect() as conn:
             version = champion_version(conn)
         with models.scoring:
-            neighbours = similar_movies(models.get(version), movie_id, n)
-        details = movie_details(engine, [movie_id, *(s.movie_id for s in neighbours)])
-        films = []
-        for neighbour in neighbours:
-            title, year, genres = details.get(neighbour.movie_id, (None, None, ""))
-            films.append({**asdict(neighbour), "title": title, "year": year, "genres": genres})
-        title = details.get(movie_id, (None, None, ""))[0]
-        return {"version": version, "movie_id": movie_id, "title": title, "similar": films}
+            answer = similar_films(engine, models.get(version), movie_id, n)
+        return {"version": version, "movie_id": movie_id, "title": answer.title, "similar": answer.films}
 
     @app.get("/v1/movies", response_model=MovieList, responses=_ERRORS, tags=["movies"])
     def search(query: Annotated[str, Query(min_length=1, max_length=200, description="Words of the title.")],

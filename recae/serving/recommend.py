@@ -368,11 +368,14 @@ def recommend_films(
 def answer_films(
     engine: Engine, user_id: int | None, fresh: dict[int, float], n: int = 10,
     filters: Filters = Filters(), version: str | None = None, models_dir: Path | None = None,
+    trained: TrainedModel | None = None,
 ) -> Answer:
-    """The top ``n`` for a known user, a known user with fresh ratings, or a new user (``user_id`` None).
+    """The top ``n`` for a known user, a known user with fresh ratings, or a new user (``user_id`` None): what
+    ``recae recommend`` and ``Model.recommend`` answer.
 
     A known user without fresh ratings is answered from the precomputed list (no model) when it can answer; fresh
-    ratings, a user who joined after training, or filters that leave the list short go to the model.
+    ratings, a user who joined after training, or filters that leave the list short go to the model: ``trained``
+    when the caller holds ``version`` loaded already, else it is loaded.
     """
     if user_id is None and not fresh:
         raise ValueError("recommend_films needs a user id or fresh ratings")
@@ -380,6 +383,8 @@ def answer_films(
         recs = recommend_from_store(engine, user_id, n, filters, version)
         if recs is not None:
             return Answer(recs, "precomputed")
+    if trained is not None:
+        return answer_with_model(engine, trained, user_id, fresh, n, filters)
     return _answer_live(engine, user_id, fresh, n, filters, version, models_dir)
 
 

@@ -7,12 +7,16 @@ up close together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recae.artifacts.trained_model import TrainedModel
 from recae.models.names import Orientation
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -48,3 +52,26 @@ def similar_movies(trained: TrainedModel, movie_id: int, n: int = 10) -> list[Si
     top = np.argpartition(-similarity, k - 1)[:k]
     top = top[np.argsort(-similarity[top], kind="stable")]
     return [SimilarMovie(i + 1, int(trained.index.movie_ids[c]), float(similarity[c])) for i, c in enumerate(top)]
+
+
+@dataclass(frozen=True)
+class SimilarFilms:
+    """The answer of ``recae similar``, ``GET /v1/movies/{id}/similar`` and ``Model.similar``: the query film's
+    title and one record per neighbour (rank, movie_id, similarity, title, year, genres)."""
+
+    title: str | None
+    films: list[dict[str, Any]] = field(default_factory=list)
+
+
+def similar_films(engine: Engine | None, trained: TrainedModel, movie_id: int, n: int = 10) -> SimilarFilms:
+    """:func:`similar_movies` with each film's title, year and genres from the store (none without one): the one
+    place the command line, the HTTP API and the Python API build their neighbour lists."""
+    from recae.serving.recommend import movie_details
+
+    neighbours = similar_movies(trained, movie_id, n)
+    details = movie_details(engine, [movie_id, *(s.movie_id for s in neighbours)]) if engine is not None else {}
+    films = []
+    for neighbour in neighbours:
+        title, year, genres = details.get(neighbour.movie_id, (None, None, ""))
+        films.append({**asdict(neighbour), "title": title, "year": year, "genres": genres})
+    return SimilarFilms(details.get(movie_id, (None, None, ""))[0], films)

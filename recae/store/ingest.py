@@ -245,7 +245,7 @@ def ingest_dataset(engine: Engine, name: str, path: str | Path | None = None, *,
 
 def ingest_ratings_file(engine: Engine, path: str | Path, *, scale: tuple[float, float] = (0.5, 5.0),
                         step: float | None = 0.5, skip_bad: bool = False, progress: bool = False,
-                        replace: bool = False) -> IngestReport:
+                        replace: bool = False, source: str | None = None) -> IngestReport:
     """Ingest a plain ``user_id,movie_id,rating[,timestamp]`` CSV (header optional): new ratings from production.
 
     Movies not yet in the catalogue are added with a NULL title (``IngestReport.movies_untitled``).
@@ -253,12 +253,14 @@ def ingest_ratings_file(engine: Engine, path: str | Path, *, scale: tuple[float,
     Args:
         scale: allowed (low, high) ratings; ``step`` the allowed increment from ``low`` (None: any value).
         replace: replace the store's ratings, films and folds with this file's ratings (a new catalogue).
+        source: how the report, the log and the store's ingest record name the data (default: the file's path;
+            the Python API names a DataFrame it wrote to a scratch file).
     """
     low, high = float(scale[0]), float(scale[1])
     if not low < high:
         raise DataError(f"rating scale {low:g}..{high:g} is empty; give LOW < HIGH")
     file, layout = plain_file_layout(path, RatingScale(low, high, step))
-    plan = _Plan(dataset=PLAIN, source=str(file), sha256=sha256_file(file),
+    plan = _Plan(dataset=PLAIN, source=source or str(file), sha256=sha256_file(file),
                  open_ratings=lambda stack: stack.enter_context(open(file, "rb")),
                  ratings_size=file.stat().st_size, layout=layout, header=None)
     return _run(engine, plan, skip_bad, progress, replace)

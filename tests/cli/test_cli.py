@@ -167,3 +167,10 @@ def test_models_list_show_and_use(trained_home: Path) -> None:
     assert code == 0 and "now serves" in err
     code, _, err = run(trained_home, "models", "use", "no-such-version")
     assert code == EXIT_ERROR and "unknown" in err
+
+
+def test_evaluate_on_an_unknown_split_is_a_usage_error_in_one_line(tmp_path: Path) -> None:
+    """`recae evaluate --split` names its split as `recae train` and the Python API do (one shared function)."""
+    code, _, err = run(tmp_path, "evaluate", "--split", "u9")
+    assert code == EXIT_USAGE and err.startswith("Error: unknown split 'u9'; choose one of random")
+    assert len(err.strip().splitlines()) == 1

@@ -168,3 +168,6 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     assert "recae/_migrations/script.py.mako" in names
     for script in sorted((ROOT / "migrations" / "versions").glob("*.py")):
         assert f"recae/_migrations/versions/{script.name}" in names
+    assert "recae/py.typed" in names  # PEP 561: type checkers read the package's hints
+    for module in sorted((ROOT / "recae").rglob("*.py")):  # every room ships (a package left off the list would not)
+        assert module.relative_to(ROOT).as_posix() in names, module
