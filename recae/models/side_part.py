@@ -28,6 +28,7 @@ import scipy.sparse as sp
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from recae.evaluation.baselines import Biases
     from recae.store.matrix import IdIndex, RatingMatrix
 
 #: Release eras: before 1950, then each decade to 1990, then five-year spans (most MovieLens films are recent).
@@ -147,21 +148,29 @@ class SidePart:
         return (self._film_weights @ affinity.astype(np.float32)).astype(np.float32)
 
 
-def fit_side_part(fit_part: RatingMatrix, groups: FilmGroups, shrink: float = SHRINK) -> SidePart:
-    """Biases (``fit_biases``' defaults) and every user's group affinities, from ``fit_part`` alone."""
+def fit_side_part(fit_part: RatingMatrix, groups: FilmGroups, biases: Biases | None = None,
+                  bias_ridge: float = BIAS_RIDGE, shrink: float = SHRINK) -> SidePart:
+    """Every user's group affinities from ``fit_part`` alone, against ``biases`` fitted on it by ``fit_biases`` with
+    ``reg_user = bias_ridge`` (the SVD part's, handed in by training so they are fitted once; None: fitted here).
+
+    Memory beyond the ratings: three float32 arrays of one entry a rating (0.4 GB at ML-32M shape) and the
+    (users, groups) affinities; the two sparse products share the ratings' own index arrays."""
     from recae.evaluation.baselines import fit_biases
 
     if groups.matrix.shape[0] != fit_part.shape[1]:
         raise ValueError(f"groups describe {groups.matrix.shape[0]} films but the ratings have {fit_part.shape[1]}")
-    biases = fit_biases(fit_part, BIAS_RIDGE, BIAS_RIDGE)
+    biases = biases if biases is not None else fit_biases(fit_part, bias_ridge, bias_ridge)
     csr = fit_part.csr
-    rows, cols = fit_part.row_of_each_rating(), csr.indices
-    residual = (csr.data - biases.at(rows, cols)).astype(np.float32)
-    del rows  # 8 bytes a rating; the matrices below share the ratings' own column indices
+    residual = csr.data.astype(np.float32)  # r - mu - b_i - b_u, in place
+    residual -= np.float32(biases.mu)
+    residual -= biases.item.astype(np.float32)[csr.indices]
+    residual -= np.repeat(biases.user.astype(np.float32), np.diff(csr.indptr))
     members = sp.csr_matrix(groups.matrix)
-    by_user = sp.csr_matrix((residual, cols, csr.indptr), shape=csr.shape, copy=False)
-    rated = sp.csr_matrix((np.ones_like(residual), cols, csr.indptr), shape=csr.shape, copy=False)
-    affinity = (by_user @ members).toarray().astype(np.float64) / ((rated @ members).toarray() + shrink)
-    return SidePart(mu=biases.mu, item_bias=biases.item.astype(np.float64), bias_ridge=BIAS_RIDGE,
-                    user_affinity=affinity, groups=groups.matrix.astype(np.float32), names=groups.names,
-                    shrink=shrink)
+    by_user = sp.csr_matrix((residual, csr.indices, csr.indptr), shape=csr.shape, copy=False)
+    summed = (by_user @ members).toarray().astype(np.float64)
+    by_user.data[:] = 1.0  # the same pattern, now counting
+    counted = (by_user @ members).toarray()
+    return SidePart(mu=float(biases.mu), item_bias=np.array(biases.item, dtype=np.float64),  # its own: saved beside the SVD's
+                    bias_ridge=bias_ridge,
+                    user_affinity=summed / (counted + shrink), groups=groups.matrix.astype(np.float32),
+                    names=groups.names, shrink=shrink)

@@ -19,7 +19,7 @@ import numpy as np
 from recae.models.ridge import ridge_closed_form
 
 if TYPE_CHECKING:
-    from recae.evaluation.baselines import TruncatedSVDBaseline
+    from recae.evaluation.baselines import Biases, TruncatedSVDBaseline
     from recae.store.matrix import RatingMatrix
 
 
@@ -59,6 +59,13 @@ class SvdPart:
     @property
     def shape(self) -> tuple[int, int]:
         return self.user_bias.size, self.item_bias.size
+
+    @property
+    def biases(self) -> Biases:
+        """Its biases (``fit_biases`` with ``reg_user = bias_ridge``): what the side part's residuals are against."""
+        from recae.evaluation.baselines import Biases
+
+        return Biases(mu=self.mu, user=self.user_bias, item=self.item_bias)
 
     def check(self) -> None:
         """ValueError unless the arrays agree with each other (a damaged or hand-edited model file)."""

@@ -183,7 +183,8 @@ def fit_blend_parts(trained: TrainedModel, fit_part: RatingMatrix, blend_part: R
             on_progress("Soft-Impute SVD for the blend")
         started = time.perf_counter()
         svd = fit_svd_part(fit_part, seed=cfg.seed)
-        side = fit_side_part(fit_part, groups) if cfg.blend_side and groups is not None and groups.any else None
+        side = (fit_side_part(fit_part, groups, svd.biases, svd.bias_ridge)
+                if cfg.blend_side and groups is not None and groups.any else None)
         rows, cols, _ = blend_part.coo()
         stacked_parts = [part.predict(rows, cols) for part in (svd, side) if part is not None]
         stacked = fit_mix([*predictions, *stacked_parts], values, fit_part.rating_scale(), seed=cfg.seed)

@@ -94,3 +94,15 @@ def test_the_side_part_reads_neither_the_blend_carve_nor_the_test_part(tastes) -
     for name in ("item_bias", "user_affinity", "groups"):
         assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
     assert before.trained.mix_weights != after.mix_weights
+
+
+def test_a_trained_model_with_its_side_part_saves_and_loads(tastes, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The side part is fitted on the SVD part's biases: it must own its copy (safetensors refuses shared memory)."""
+    from recae.artifacts.model_files import load_model, save_model
+
+    split, _, run = tastes
+    meta = save_model(run.trained, tmp_path / "v", version="v")
+    assert meta["side"]["groups"] == ["Comedy", "Drama", "era:1995-1999"]
+    loaded = load_model(tmp_path / "v")
+    rows, cols, _ = split.test.coo()
+    np.testing.assert_allclose(loaded.predict(rows, cols), run.trained.predict(rows, cols), atol=1e-5)
