@@ -96,6 +96,10 @@ class TrainConfig:
     ranker_max_items: int = 20_000  # dense EASE covers at most this many (most-rated) films: 1.6 GB of float32 weights
     ranker_head_items: int = 12_000  # sparse EASE: films with exact EASE among themselves (576 MB); "auto"'s switch
     ranker_neighbours: int = 64  # sparse EASE: head films each other film is regressed on
+    # dense EASE's Gram matrix also counts films rated within this many places of each other in a user's time order,
+    # weighed ranker_time_weight (recae.models.time_pairs; 0: off; sparse EASE and undated ratings never use it)
+    ranker_time_window: int = 3
+    ranker_time_weight: float = 0.25
     # GB the ranker's fit may take at its peak (estimated before training starts, so a catalogue too large for it is
     # refused in one line rather than killed by the kernel an hour in); 0: no check
     memory_budget_gb: float = 6.0
@@ -151,6 +155,8 @@ class TrainConfig:
             raise TrainingError(f"memory_budget_gb must be >= 0 (0: no check), got {self.memory_budget_gb}")
         if self.ranker_head_items < 1 or self.ranker_neighbours < 1:
             raise TrainingError("ranker_head_items and ranker_neighbours must be positive")
+        if self.ranker_time_window < 0 or self.ranker_time_weight < 0:
+            raise TrainingError("ranker_time_window and ranker_time_weight must be 0 (off) or positive")
         if self.ranker_lambda < 0 or self.ranker_max_items < 1 or not 0.0 < self.ranker_val_fraction < 1.0:
             raise TrainingError("ranker_lambda must be >= 0, ranker_max_items positive, ranker_val_fraction in (0, 1)")
         if not 0.0 <= self.relevant_from < float("inf"):

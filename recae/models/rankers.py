@@ -212,18 +212,41 @@ def _mirror_lower(square: np.ndarray, block: int = 1024) -> None:
         band[upper] = band.T[upper]
 
 
-def fit_ease(train: sp.csr_matrix, lam: float, *, input: str = "value", rating_max: float = 5.0,
-             max_items: int = DEFAULT_MAX_ITEMS, gram: np.ndarray | None = None) -> EaseRanker:
-    """EASE on the training ratings ``train`` (n_users, n_movies).
+@dataclass(frozen=True)
+class TimeNeighbours:
+    """Films rated within ``window`` places of each other in a user's time order, weighed ``weight`` in the Gram
+    matrix (``recae.models.time_pairs``); ``timestamps`` aligned with the ratings' CSR data, 0 unknown."""
 
-    ``gram`` is the covered films' X^T X when the caller already has it (trying several lambdas on one carve):
-    it is copied, not consumed.
+    timestamps: np.ndarray
+    window: int
+    weight: float
+
+
+def ranker_gram(train: sp.csr_matrix, items: np.ndarray, input: str, rating_max: float,
+                near: TimeNeighbours | None = None) -> np.ndarray:
+    """The covered ``items``' Gram matrix as EASE reads the ratings, with the time-neighbour term when ``near``."""
+    x = ranker_input(train, input, rating_max)
+    gram = gram_matrix(x[:, items])
+    if near is not None:
+        from recae.models.time_pairs import add_time_neighbours
+
+        add_time_neighbours(gram, x, near.timestamps, items, near.window, near.weight)
+    return gram
+
+
+def fit_ease(train: sp.csr_matrix, lam: float, *, input: str = "value", rating_max: float = 5.0,
+             max_items: int = DEFAULT_MAX_ITEMS, gram: np.ndarray | None = None,
+             near: TimeNeighbours | None = None) -> EaseRanker:
+    """EASE on the training ratings ``train`` (n_users, n_movies), with the time-neighbour term when ``near``.
+
+    ``gram`` is the covered films' Gram matrix when the caller already has it (trying several lambdas on one
+    carve): it is copied, not consumed.
     """
     items = covered_items(train, max_items)
     if items.size == 0:
         raise TrainingError("EASE needs at least one rated film")
     if gram is None:
-        gram = gram_matrix(ranker_input(train, input, rating_max)[:, items])
+        gram = ranker_gram(train, items, input, rating_max, near)
     else:
         gram = np.array(gram, order="F", copy=True)
     return EaseRanker(items=items, weights=ease_from_gram(gram, lam), n_movies=train.shape[1], lam=float(lam),
@@ -277,8 +300,10 @@ def best_trial(trials: list[LambdaTrial]) -> LambdaTrial:
 
 def train_ease(train: RatingMatrix, *, lam: float = 0.0, input: str = "value", max_items: int = DEFAULT_MAX_ITEMS,
                val_fraction: float = 0.1, seed: int = 0, on_trial: Callable[[LambdaTrial], None] | None = None,
-               relevant_from: float | None = None) -> tuple[EaseRanker, dict[str, Any]]:
-    """EASE on every training rating, with lambda chosen on a validation carve of them unless ``lam`` > 0.
+               relevant_from: float | None = None, time_window: int = 0,
+               time_weight: float = 0.0) -> tuple[EaseRanker, dict[str, Any]]:
+    """EASE on every training rating, with lambda chosen on a validation carve of them unless ``lam`` > 0, and
+    with ``time_window`` and ``time_weight`` > 0 the time-neighbour term (:class:`TimeNeighbours`).
 
     See :func:`search_ease_lambda` for the choice. Returns the ranker refitted on all of ``train`` and the search
     record for meta.json.
@@ -286,15 +311,28 @@ def train_ease(train: RatingMatrix, *, lam: float = 0.0, input: str = "value", m
     search: dict[str, Any] = {"input": input, "max_items": max_items}
     if lam <= 0:
         search = search_ease_lambda(train, input=input, max_items=max_items, val_fraction=val_fraction, seed=seed,
-                                    on_trial=on_trial, relevant_from=relevant_from)
+                                    on_trial=on_trial, relevant_from=relevant_from, time_window=time_window,
+                                    time_weight=time_weight)
         lam = search["lambda"]
     search["lambda"] = lam
-    return fit_ease(train.csr, lam, input=input, rating_max=train.rating_scale()[1], max_items=max_items), search
+    near = _time_neighbours(train, time_window, time_weight)
+    if near is not None:
+        search.update(time_window=time_window, time_weight=time_weight)
+    return fit_ease(train.csr, lam, input=input, rating_max=train.rating_scale()[1], max_items=max_items,
+                    near=near), search
+
+
+def _time_neighbours(train: RatingMatrix, window: int, weight: float) -> TimeNeighbours | None:
+    """The time-neighbour term of ``train``, or None when it is off or no rating has a known time."""
+    if window <= 0 or weight <= 0 or not np.any(train.timestamps > 0):
+        return None
+    return TimeNeighbours(train.timestamps, int(window), float(weight))
 
 
 def search_ease_lambda(train: RatingMatrix, *, input: str = "value", max_items: int = DEFAULT_MAX_ITEMS,
                        val_fraction: float = 0.1, seed: int = 0, on_trial: Callable[[LambdaTrial], None] | None = None,
-                       relevant_from: float | None = None) -> dict[str, Any]:
+                       relevant_from: float | None = None, time_window: int = 0,
+                       time_weight: float = 0.0) -> dict[str, Any]:
     """EASE's lambda chosen on a validation carve of ``train``: the search record, ``lambda`` the winner.
 
     The carve (``val_fraction`` of ``train``, seed ``seed``) is split off, EASE is fitted on the rest for each
@@ -310,13 +348,14 @@ def search_ease_lambda(train: RatingMatrix, *, input: str = "value", max_items: 
     fit, val = holdout_validation(train, val_fraction, seed)
     # one Gram matrix for every lambda tried (only the inverse changes), when a second copy of it is cheap
     fit_items = covered_items(fit.csr, max_items)
+    near = _time_neighbours(fit, time_window, time_weight)
     fit_gram = None
     if 4 * fit_items.size**2 <= GRAM_CACHE_BYTES:
-        fit_gram = gram_matrix(ranker_input(fit.csr, input, rating_max)[:, fit_items])
+        fit_gram = ranker_gram(fit.csr, fit_items, input, rating_max, near)
 
     def score(candidate: float) -> float:
         ranker = fit_ease(fit.csr, candidate, input=input, rating_max=rating_max, max_items=max_items,
-                          gram=fit_gram)
+                          gram=fit_gram, near=near)
         carve_scores = RowScores(lambda rows: ranker.score_rows(fit.csr[rows]))
         ndcg = ranking_metrics(carve_scores, fit, val, k=10, threshold=threshold).ndcg
         trial = LambdaTrial(candidate, -math.inf if math.isnan(ndcg) else ndcg)

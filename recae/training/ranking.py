@@ -75,7 +75,8 @@ def fit_ranker(train: RatingMatrix, cfg: TrainConfig) -> tuple[Ranker, dict[str,
                                  head_items=cfg.ranker_head_items, neighbours=cfg.ranker_neighbours,
                                  val_fraction=cfg.ranker_val_fraction, seed=cfg.seed, relevant_from=cfg.relevant_from)
     return train_ease(train, lam=cfg.ranker_lambda, input=cfg.ranker_input, max_items=cfg.ranker_max_items,
-                      val_fraction=cfg.ranker_val_fraction, seed=cfg.seed, relevant_from=cfg.relevant_from)
+                      val_fraction=cfg.ranker_val_fraction, seed=cfg.seed, relevant_from=cfg.relevant_from,
+                      time_window=cfg.ranker_time_window, time_weight=cfg.ranker_time_weight)
 
 
 @dataclass(frozen=True, eq=False)

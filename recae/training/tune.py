@@ -337,7 +337,8 @@ class _Search:
             else:
                 search = search_ease_lambda(train, input=name, max_items=cfg.ranker_max_items,
                                             val_fraction=cfg.ranker_val_fraction, seed=cfg.seed,
-                                            relevant_from=cfg.relevant_from)
+                                            relevant_from=cfg.relevant_from, time_window=cfg.ranker_time_window,
+                                            time_weight=cfg.ranker_time_weight)
             seconds = time.perf_counter() - started
             self.ranker_seconds += seconds
             self.ranker_searches.append({**search, "seconds": round(seconds, 3)})

@@ -113,11 +113,11 @@ def neighbours_in_time(c: Carve, window: int) -> np.ndarray:
 
 
 def time_gram(c: Carve) -> None:
-    for window in (5, 20):
+    for window in (1, 2, 3, 5, 20):
         near = neighbours_in_time(c, window)
         near += np.diag(near.sum(1))  # the pairs' own Gram: positive semi-definite
-        for alpha in (0.25, 0.5, 2.0):
-            for lam in (c.lam * (1 + alpha) / 2, c.lam * (1 + alpha)):
+        for alpha in (0.05, 0.1, 0.25, 0.5):
+            for lam in (c.lam * (1 + alpha) / 2, c.lam * (1 + alpha) / 1.4, c.lam * (1 + alpha)):
                 b = ease(c.gram + alpha * near, lam)
                 c.report(f"time gram w {window} alpha {alpha} lambda {lam:g}", lambda r, b=b: dense(c.x[r], b))
 
