@@ -45,7 +45,8 @@ def check_ranker_memory(train: RatingMatrix, cfg: TrainConfig) -> None:
     """TrainingError, before any training, when the ranker's estimated peak exceeds ``cfg.memory_budget_gb``.
 
     The estimate counts what the fit holds at once: dense EASE two films x films float32 matrices (the Gram and the
-    inverse of a trial); sparse EASE three head x head ones (the search's Gram, the final Gram and its inverse),
+    inverse of a trial), and with the time term the pairs it sorts and sums (about 52 bytes a rating: 0.46 GB at
+    ML-10M shape, ``tests/benchmarks/bench_time_pairs.py``); sparse EASE three head x head ones (the search's Gram, the final Gram and its inverse),
     the tail's neighbours and weights (about 32 bytes each), and three copies of the ratings (8 bytes a rating).
     At ML-32M shape it says 2.7 GB where the whole benchmark peaked at 4.2 GiB with the data itself.
     """
@@ -55,7 +56,8 @@ def check_ranker_memory(train: RatingMatrix, cfg: TrainConfig) -> None:
     rated = _rated_films(train)
     if kind == "ease":
         films = min(rated, cfg.ranker_max_items)
-        need, what, knob = 8.0 * films**2, f"dense EASE over {films:,} films", "ranker_max_items"
+        pairs = 52.0 * train.nnz if cfg.ranker_time_window > 0 and cfg.ranker_time_weight > 0 else 0.0
+        need, what, knob = 8.0 * films**2 + pairs, f"dense EASE over {films:,} films", "ranker_max_items"
     else:
         head = min(rated, cfg.ranker_head_items)
         need = 12.0 * head**2 + 32.0 * (rated - head) * cfg.ranker_neighbours + 24.0 * train.nnz

@@ -122,6 +122,22 @@ def time_gram(c: Carve) -> None:
                 c.report(f"time gram w {window} alpha {alpha} lambda {lam:g}", lambda r, b=b: dense(c.x[r], b))
 
 
+def time_dlae(c: Carve) -> None:
+    """The time term with DLAE's dropout penalty (Steck 2020): free diagonal, or zero diagonal (EDLAE)."""
+    near = neighbours_in_time(c, 3)
+    near += np.diag(near.sum(1))
+    gram = c.gram + 0.25 * near
+    for dropout in (0.1, 0.25):
+        for lam in (c.lam / 8, c.lam / 4, c.lam / 2):
+            penalty = lam + dropout / (1 - dropout) * np.diag(gram)
+            p = _inverse(gram, penalty)
+            free = np.eye(c.n_items) - p * penalty[None, :]
+            zero = -p / np.diag(p)[None, :]
+            np.fill_diagonal(zero, 0.0)
+            for kind, b in (("DLAE", free), ("EDLAE", zero)):
+                c.report(f"time gram + {kind} p {dropout} lambda {lam:g}", lambda r, b=b: dense(c.x[r], b))
+
+
 def next_to(c: Carve) -> None:
     b0 = ease(c.gram, c.lam)
     for window in (1, 3, 10):
@@ -208,7 +224,7 @@ def prior(c: Carve) -> None:
         c.with_feature(f"prior: {label}", np.broadcast_to(z, (c.n_users, c.n_items)), (-0.2, -0.1, 0.1, 0.2))
 
 
-VARIANTS = {"time share": time_share, "time gram": time_gram, "next to": next_to, "blend": blend,
+VARIANTS = {"time share": time_share, "time gram": time_gram, "time dlae": time_dlae, "next to": next_to, "blend": blend,
             "two channels": two_channels, "prior": prior}
 
 
