@@ -55,6 +55,13 @@ def run_folder(models_dir: Path, spec: SplitSpec, model_cfg: ModelConfig, train_
     return models_dir / ".runs" / fingerprint
 
 
+def clear_run_folder(run_dir: Path, resume: bool) -> None:
+    """Start a run that does not resume in an empty folder. Under torchrun only rank 0 clears it: a slower rank
+    clearing it too would delete what rank 0 had already parked there (its ranker), and the run would fail."""
+    if not resume and run_dir.exists() and not distributed.is_secondary_rank():
+        shutil.rmtree(run_dir)
+
+
 def train_and_publish(
     engine: Engine,
     models_dir: Path,
@@ -101,8 +108,7 @@ def train_and_publish(
         with ExitStack() as held:
             if not distributed.is_secondary_rank():  # torchrun's ranks share rank 0's run; only it takes the lock
                 held.enter_context(run_lock(models_dir, run_dir))
-            if not resume and run_dir.exists():
-                shutil.rmtree(run_dir)
+            clear_run_folder(run_dir, resume)
             final_started = time.perf_counter()
             result = train_split(split, model_cfg, train_cfg, run_dir=run_dir, resume=resume, on_epoch=on_epoch,
                                  on_progress=on_progress, groups=groups_from_store(engine, matrix.index))

@@ -81,3 +81,21 @@ def test_torchrun_recae_train_publishes_once_from_rank_zero(tmp_path: Path) -> N
         versions = conn.execute(select(ModelVersion.version)).scalars().all()
     assert versions == [summary["version"]]
     assert [p.name for p in paths.models_dir.iterdir() if not p.name.startswith(".")] == [summary["version"]]
+
+
+def test_only_rank_zero_clears_a_run_folder_it_does_not_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slower rank clearing the shared run folder deleted rank 0's parked ranker (about 1 run in 6 failed)."""
+    from recae.serving.publish import clear_run_folder
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    parked = run_dir / "ranker.safetensors"
+    parked.write_bytes(b"rank 0's ranker")
+    monkeypatch.setenv("RANK", "1")
+    clear_run_folder(run_dir, resume=False)
+    assert parked.exists()
+    monkeypatch.setenv("RANK", "0")
+    clear_run_folder(run_dir, resume=True)
+    assert parked.exists()
+    clear_run_folder(run_dir, resume=False)
+    assert not run_dir.exists()
