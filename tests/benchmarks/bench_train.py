@@ -76,7 +76,7 @@ def child(args: argparse.Namespace) -> None:
             loss.backward()
             optimizer.step()
         times.append(time.perf_counter() - start)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB; GB = 10^9 bytes
     print(json.dumps({"orientation": args.orientation, "users": args.users, "movies": args.movies,
                       "ratings": matrix.nnz, "epoch_seconds": min(times), "peak_rss_gb": peak_gb}))
 
