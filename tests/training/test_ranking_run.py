@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from recae.evaluation.splits import Split, SplitSpec, random_split
+from recae.store.matrix import RatingMatrix
 from recae.artifacts.train_config import TrainConfig
 from recae.training.ranking import RANKER_FILE, fit_ranker, run_ranker
 from recae.training.train import train_split
@@ -60,3 +61,37 @@ def test_train_split_with_a_run_folder_ships_the_parked_ranker(tmp_path: Path) -
                        atol=1e-5)
     assert result.metrics["ranker_lambda"] == direct.lam
     assert isinstance(result.trained.split_spec, dict) and SplitSpec.from_json(result.trained.split_spec).name
+
+
+def watched_alike_liked_apart(seed: int = 0, n_users: int = 400) -> tuple[RatingMatrix, int, int]:
+    """(ratings, liked film, disliked film): every user rates 5 of 10 anchor films; each also watches film 10 and
+    film 11 with the same chance, independently, but rates film 10 with 4-5 stars and film 11 with 1-2. Who
+    watches either is alike; only the ratings tell them apart."""
+    rng = np.random.default_rng(seed)
+    users, films, values = [], [], []
+    for user in range(n_users):
+        for film in rng.choice(10, size=5, replace=False):
+            users.append(user), films.append(int(film)), values.append(float(rng.integers(3, 6)))
+        for film, low in ((10, 4), (11, 1)):
+            if rng.random() < 0.5:
+                users.append(user), films.append(film), values.append(float(rng.integers(low, low + 2)))
+    matrix = RatingMatrix.from_ids(np.array(users) + 1, np.array(films) + 1, np.array(values, np.float32))
+    return matrix, 10, 11
+
+
+def test_the_served_order_prefers_what_users_would_like_among_what_they_would_watch() -> None:
+    """Issue 27's planted check: watched equally, liked differently; the shipped ranker (EASE on the rating values,
+    its lambda chosen on a carve) puts the liked film first for users who have rated neither, and it is the values
+    that do it (EASE on "has rated" alone sees two alike films)."""
+    import scipy.sparse as sp
+
+    from recae.models.rankers import fit_ease
+
+    ratings, liked, disliked = watched_alike_liked_apart()
+    ranker, _ = fit_ranker(ratings, TrainConfig())
+    newcomers = sp.csr_matrix(ratings.csr[:50].toarray() * (np.arange(ratings.shape[1]) < 10))  # anchors only
+    served = ranker.score_rows(newcomers)
+    assert np.mean(served[:, liked] > served[:, disliked]) > 0.95
+    binary = fit_ease(ratings.csr, ranker.lam, input="binary").score_rows(newcomers)
+    gap = np.abs(binary[:, liked] - binary[:, disliked]).mean()
+    assert gap < 0.25 * np.abs(served[:, liked] - served[:, disliked]).mean()
