@@ -62,7 +62,8 @@ def find_bindir() -> Path:
                             "install the distribution's `postgresql` package")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback nobody listens on now (the PostgreSQL server's, and the HTTP tests' too)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -161,7 +162,7 @@ def start_server(settings: dict[str, str] | None = None) -> PostgresServer:
             raise ServerUnavailable(f"initdb failed: {init.stderr.strip().splitlines()[-1:]}")
         options = {**TEST_SETTINGS, **(settings or {})}
         for attempt in range(3):
-            port = _free_port()
+            port = free_port()
             command = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root)]
             for name, value in options.items():
                 command += ["-c", f"{name}={value}"]

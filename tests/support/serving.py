@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from recae.store.db import Movie, open_store
+from tests.support.pg_server import free_port
 from tests.support.synthetic import planted_low_rank
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,12 +106,6 @@ class InProcess:
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", path, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
