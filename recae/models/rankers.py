@@ -151,11 +151,11 @@ def gram_matrix(x: sp.csr_matrix, block_products: int = GRAM_BLOCK_PRODUCTS) -> 
         return block.T @ block
 
     for part in in_order_on_threads(product, bounds):  # summed in block order: the same G on any thread count
-        _add_into(gram, part)
+        add_into(gram, part)
     return gram
 
 
-def _add_into(dense: np.ndarray, symmetric: sp.spmatrix) -> None:
+def add_into(dense: np.ndarray, symmetric: sp.spmatrix) -> None:
     """``dense += symmetric`` in place, without a dense temporary (``dense`` is Fortran-ordered, so its transpose
     is a C-ordered view and, the product being symmetric, receives the same sums)."""
     part = sp.csr_matrix(symmetric)

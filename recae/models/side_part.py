@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -108,9 +109,10 @@ class SidePart:
     def shape(self) -> tuple[int, int]:
         return self.user_affinity.shape[0], self.item_bias.size
 
-    @property
+    @cached_property
     def _film_weights(self) -> np.ndarray:
-        """(n_movies, n_groups): each film's groups weighted 1 / their number (its output is their mean)."""
+        """(n_movies, n_groups): each film's groups weighted 1 / their number (its output is their mean); computed
+        once, as scoring asks for it at every batch."""
         count = self.groups.sum(axis=1, keepdims=True)
         return (self.groups / np.maximum(count, 1.0)).astype(np.float32)
 
@@ -126,11 +128,11 @@ class SidePart:
         """(n,) float32 corrections at (user row, movie col) pairs."""
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
         weights = self._film_weights
-        affinity = self.user_affinity.astype(np.float32)
         out = np.empty(rows.shape, dtype=np.float32)
-        for start in range(0, rows.size, PREDICT_CHUNK):
+        for start in range(0, rows.size, PREDICT_CHUNK):  # only the chunk's users' affinities are cast
             r, c = rows[start : start + PREDICT_CHUNK], cols[start : start + PREDICT_CHUNK]
-            out[start : start + PREDICT_CHUNK] = np.einsum("ng,ng->n", affinity[r], weights[c])
+            out[start : start + PREDICT_CHUNK] = np.einsum("ng,ng->n", self.user_affinity[r].astype(np.float32),
+                                                           weights[c])
         return out
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:

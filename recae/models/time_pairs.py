@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recae.models.rankers import add_into
+
 
 def add_time_neighbours(gram: np.ndarray, x: sp.csr_matrix, timestamps: np.ndarray, items: np.ndarray,
                         window: int, weight: float) -> None:
     """``gram`` (the covered ``items``' X^T X, float32) plus the time-neighbour pairs of ``x`` (users x films, the
     values EASE reads, sorted indices), in place. ``timestamps`` are aligned with ``x.data``; 0 means unknown."""
-    from recae.models.rankers import _add_into
-
     if window <= 0 or weight <= 0 or x.nnz == 0:
         return
     timestamps = np.asarray(timestamps)
@@ -48,5 +48,5 @@ def add_time_neighbours(gram: np.ndarray, x: sp.csr_matrix, timestamps: np.ndarr
         both = sp.coo_matrix((np.concatenate([pair, pair]), (np.concatenate([films[first], films[second]]),
                                                              np.concatenate([films[second], films[first]]))),
                              shape=(size, size))
-        _add_into(gram, both.tocsr())  # duplicates summed
+        add_into(gram, both.tocsr())  # duplicates summed
     gram[np.diag_indices_from(gram)] += diagonal.astype(np.float32)

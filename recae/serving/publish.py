@@ -28,11 +28,11 @@ from recae.serving.recommend import precompute_recommendations
 from recae.serving.registry import VersionInfo, publish, remove_orphans
 from recae.store.db import is_lock_timeout
 from recae.store.matrix import RatingMatrix
+from recae.threads import blas_threads
 from recae.training import distributed
-from recae.training.memory import log_peak
 from recae.training.checkpoint import run_fingerprint
 from recae.training.loop import EpochReport
-from recae.threads import blas_threads
+from recae.training.memory import log_peak
 from recae.training.train import TrainResult, train_split
 
 log = logging.getLogger(__name__)

@@ -22,14 +22,14 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sparse_ease import as_matrix  # noqa: E402
-from bench_train_memory import peak_gb, rss_gb  # noqa: E402
+from bench_sparse_ease import as_matrix
+from bench_train_memory import peak_gb, rss_gb
 
-from recae.artifacts.train_config import default_configs  # noqa: E402
-from recae.evaluation.splits import random_split  # noqa: E402
-from recae.models.side_part import film_groups, fit_side_part  # noqa: E402
-from recae.models.svd_part import fit_svd_part  # noqa: E402
-from recae.training.ensemble import blend_carve  # noqa: E402
+from recae.artifacts.train_config import default_configs
+from recae.evaluation.splits import random_split
+from recae.models.side_part import film_groups, fit_side_part
+from recae.models.svd_part import fit_svd_part
+from recae.training.ensemble import blend_carve
 
 GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
           "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")

@@ -20,10 +20,10 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train_memory import peak_gb, rss_gb  # noqa: E402
+from bench_train_memory import peak_gb, rss_gb
 
-from recae.models.rankers import covered_items, gram_matrix, ranker_input  # noqa: E402
-from recae.models.time_pairs import add_time_neighbours  # noqa: E402
+from recae.models.rankers import covered_items, gram_matrix, ranker_input
+from recae.models.time_pairs import add_time_neighbours
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ the paired gain over the served order (EASE on r / 5 at its best lambda) with it
 - ``time share``: the served scores plus gamma x the log ratio of the film's share of the ratings in the days the
   user was active (windows of 1 to 30 days; unknown timestamps left out) to its overall share, scaled per user;
 - ``time gram``: EASE on the plain Gram plus alpha x a Gram of films rated within w places of each other in the
-  user's time order, kept positive definite by its degree diagonal;
+  user's time order, kept positive definite by its degree diagonal (the shipped term, ``recae.models.time_pairs``);
 - ``next to``: the served weights plus beta x a normalised "rated within w places" similarity;
 - ``blend``: per-user standardised scores of EASE, DLAE, RP3beta, user kNN and PureSVD, weights chosen greedily on
   one half of the carve's users and scored on the other half;
@@ -34,9 +34,10 @@ from scipy.sparse.linalg import svds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_lists import _inverse, load, paired, per_user_ndcg  # noqa: E402
+from bench_lists import _inverse, load, paired, per_user_ndcg
 
-from recae.evaluation.splits import holdout_validation  # noqa: E402
+from recae.evaluation.splits import holdout_validation
+from recae.models.time_pairs import add_time_neighbours
 
 Scores = Callable[[np.ndarray], np.ndarray]
 
@@ -99,17 +100,14 @@ def time_share(c: Carve) -> None:
 
 
 def neighbours_in_time(c: Carve, window: int) -> np.ndarray:
-    """(films, films) count of pairs rated within ``window`` places of each other in a user's time order."""
-    rows, cols, ts = c.fit.row_of_each_rating(), c.fit.csr.indices, c.fit.timestamps
-    order = np.lexsort((cols, ts, rows))
-    r, m, v = rows[order], cols[order], c.x.data[order]
-    out = np.zeros((c.n_items, c.n_items))
-    for d in range(1, window + 1):
-        a = np.arange(r.size - d)
-        a = a[r[a] == r[a + d]]
-        pairs = sp.coo_matrix((v[a] * v[a + d], (m[a], m[a + d])), shape=out.shape).toarray()
-        out += pairs + pairs.T
-    return out
+    """(films, films) sum of x_a x_b over pairs rated within ``window`` places of each other in a user's time order
+    (undated ratings left out), off the diagonal: the shipped term (``recae.models.time_pairs``) at weight 1 less
+    the diagonal it adds to stay positive definite."""
+    term = np.zeros((c.n_items, c.n_items), dtype=np.float32, order="F")
+    add_time_neighbours(term, sp.csr_matrix(c.x, dtype=np.float32), c.fit.timestamps, np.arange(c.n_items),
+                        window, 1.0)
+    np.fill_diagonal(term, 0.0)
+    return term.astype(np.float64)
 
 
 def time_gram(c: Carve) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recae.artifacts.train_config import TrainConfig
 from recae.evaluation.splits import Split, SplitSpec, random_split
 from recae.store.matrix import RatingMatrix
-from recae.artifacts.train_config import TrainConfig
 from recae.training.ranking import RANKER_FILE, fit_ranker, run_ranker
 from recae.training.train import train_split
 from tests.models.test_rankers import _tiny_configs

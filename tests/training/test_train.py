@@ -273,17 +273,18 @@ def read_fold(folder: Path, fold: str):  # type: ignore[no-untyped-def]
     return matrix(base), matrix(test)
 
 
-def read_groups(folder: Path, index):  # type: ignore[no-untyped-def]
-    """ml-100k's genres (u.genre, u.item's flags) and release years (u.item's dates) as the films' groups."""
-    from recae.models.side_part import film_groups
+def read_groups(folder: Path, index, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """ml-100k's genres and years as the films' groups, the way training reads them: ingested, then from the store."""
+    from recae.models.side_part import groups_from_store
+    from recae.store.db import open_store
+    from recae.store.ingest import ingest_dataset
 
-    genre_names = [line.split("|")[0] for line in (folder / "u.genre").read_text().splitlines() if line.strip()]
-    films = {}
-    for line in (folder / "u.item").read_text(encoding="latin-1").splitlines():
-        fields = line.split("|")
-        films[int(fields[0])] = ("|".join(g for g, flag in zip(genre_names, fields[5:]) if flag == "1"),
-                                 int(fields[2][-4:]) if fields[2] else None)
-    return film_groups([films[int(m)][0] for m in index.movie_ids], [films[int(m)][1] for m in index.movie_ids])
+    engine = open_store(f"sqlite:///{tmp_path / 'catalogue.db'}")
+    try:
+        ingest_dataset(engine, "ml-100k", folder, downloads_dir=tmp_path)
+        return groups_from_store(engine, index)
+    finally:
+        engine.dispose()
 
 
 # The default model on ml-100k u1 (anchors: tuned SVD 0.9234, plain I-AutoRec 0.9028, GLocal-K 0.8889). Measured
@@ -292,7 +293,7 @@ def read_groups(folder: Path, index):  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("init_seed", [0, 2])  # 2: the worst of the five init seeds measured (0.89128)
-def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int) -> None:
+def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int, tmp_path: Path) -> None:
     from recae.artifacts.train_config import DEFAULT_MODEL
     from recae.evaluation.splits import Split, SplitSpec
     from recae.training.train import train_split
@@ -301,7 +302,7 @@ def test_default_model_keeps_its_rmse_on_ml100k_u1(ml100k: Path, init_seed: int)
     split = Split(SplitSpec("u1"), train, test)
     # One thread: on a shared 2-core runner two threads contend and run several times slower.
     result = train_split(split, model_config(DEFAULT_MODEL), TrainConfig(init_seed=init_seed, threads=1),
-                         groups=read_groups(ml100k, train.index))
+                         groups=read_groups(ml100k, train.index, tmp_path))
     assert result.metrics["test_rmse"] <= ML100K_U1_RMSE_BOUND, result.metrics
     assert result.trained.partner is not None and 0.5 < result.metrics["blend_weight"] < 0.9  # measured 0.67-0.69
     assert result.trained.svd is not None and result.trained.side is not None  # the stacked SVD and side parts
